@@ -1,0 +1,210 @@
+"""Backfill benchmarks: the node's bare serving rate, full backfills per read path, stage costs, peak RSS.
+
+Also runnable on its own as the child process whose peak RSS is measured:
+
+    python -m benchmarks.backfill --config JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import http.client
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.node import NodeClient, NodeConfig
+
+
+def node_config(rpc_url: str, cookie_file: str, source: str) -> NodeConfig:
+    """REST for "rest" and "blkfiles" (it is not used by the latter), getblock 0 for "rpc"."""
+    config = NodeConfig.resolve(url=rpc_url, cookie_file=cookie_file)
+    return dataclasses.replace(config, use_rest=(source != "rpc"), timeout=120)
+
+
+# ------------------------------------------------------------------------------------------------
+# the node's own rate: a loop that does nothing but fetch raw blocks
+# ------------------------------------------------------------------------------------------------
+
+
+def bare_rest(config: NodeConfig, hashes: list[str]) -> dict[str, float]:
+    """GET /rest/block/<hash>.bin for each hash on one kept-alive connection; bytes only."""
+    conn = http.client.HTTPConnection(config.host, config.port, timeout=120)
+    total = 0
+    started = time.perf_counter()
+    try:
+        for h in hashes:
+            conn.request("GET", f"/rest/block/{h}.bin")
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"REST block {h}: HTTP {resp.status}")
+            total += len(data)
+    finally:
+        conn.close()
+    return _rate(len(hashes), total, time.perf_counter() - started)
+
+
+def bare_rpc(config: NodeConfig, hashes: list[str]) -> dict[str, float]:
+    """getblock <hash> 0 for each hash (one call at a time), hex decoded to bytes."""
+    client = NodeClient(config)
+    total = 0
+    started = time.perf_counter()
+    try:
+        for h in hashes:
+            total += len(bytes.fromhex(client.call("getblock", h, 0)))
+    finally:
+        client.close()
+    return _rate(len(hashes), total, time.perf_counter() - started)
+
+
+def _rate(blocks: int, nbytes: int, seconds: float) -> dict[str, float]:
+    return {"blocks": blocks, "bytes": nbytes, "seconds": seconds, "blocks_per_s": blocks / seconds,
+            "mb_per_s": nbytes / 1e6 / seconds}
+
+
+# ------------------------------------------------------------------------------------------------
+# full backfill: fetch, decode, attribute, validate, commit (what `poolwatch sync` does)
+# ------------------------------------------------------------------------------------------------
+
+
+def run_backfill(rpc_url: str, cookie_file: str, warehouse_root: str, start: int, end: int, *, source: str,
+                 workers: int, datadir: str | None, batch_size: int = 200, validate: bool = True) -> dict[str, Any]:
+    """One backfill of [start, end] into a fresh warehouse; the same steps as ``sync_range``."""
+    from pipeline.attribution import pool_definitions_table
+    from pipeline.parallel import BatchPlan, ChunkFetcher, load_chunks
+    from pipeline.registry import load_registry
+    from pipeline.sync import plan_chunks
+    from pipeline.warehouse import Warehouse
+
+    shutil.rmtree(warehouse_root, ignore_errors=True)
+    registry = load_registry()
+    client = NodeClient(node_config(rpc_url, cookie_file, source))
+    stages: dict[str, float] = {}
+    network = client.network()
+    genesis = client.block_hashes([0])[0]
+    warehouse = Warehouse(Path(warehouse_root))
+    fetch_source = "blkfiles" if source == "blkfiles" else "node"
+    plan = BatchPlan(registry=registry, chain=network.name, validate=validate)
+    with warehouse.writer(), ChunkFetcher(client, network, workers=workers, source=fetch_source,
+                                          datadir=datadir, plan=plan) as fetcher:
+        # Worker start-up (spawn + imports, once per run) is reported apart from the throughput.
+        startup = fetcher.start()
+        started = time.perf_counter()
+        warehouse.bind_chain(network.name, genesis)
+        loaded = load_chunks(warehouse, fetcher, plan_chunks(start, end, batch_size), stages=stages)
+        warehouse.commit({"pool_definitions": pool_definitions_table(registry)})
+        warehouse.set_meta(registry_version=registry.version, registry_cross_network=False)
+        finished = time.perf_counter()
+        warehouse.refresh_catalog()
+    client.close()
+    seconds = finished - started
+    stored = warehouse.stored_range()
+    return {"source": source, "workers": workers, "blocks": loaded, "seconds": seconds, "startup_seconds": startup,
+            "catalog_seconds": time.perf_counter() - finished, "stages": stages, "stored_range": stored,
+            "blocks_per_s": loaded / seconds}
+
+
+def stage_breakdown(rpc_url: str, cookie_file: str, heights: list[int], warehouse_root: str,
+                    batch_size: int = 200) -> dict[str, float]:
+    """Seconds per stage for one sequential pass over ``heights`` via REST (each stage timed alone)."""
+    from pipeline.attribution import attribute_tables
+    from pipeline.decode import blocks_to_tables, decode_block
+    from pipeline.registry import load_registry
+    from pipeline.sync import validation_context
+    from pipeline.validation import validate_batch
+    from pipeline.warehouse import Warehouse
+
+    shutil.rmtree(warehouse_root, ignore_errors=True)
+    registry = load_registry()
+    client = NodeClient(node_config(rpc_url, cookie_file, "rest"))
+    network = client.network()
+    warehouse = Warehouse(Path(warehouse_root))
+    t: dict[str, float] = {k: 0.0 for k in ("hashes_rpc", "median_times_rpc", "raw_blocks_rest", "decode",
+                                             "to_arrow", "attribute", "validate", "commit")}
+    clock = time.perf_counter
+    with warehouse.writer():
+        warehouse.bind_chain(network.name, client.block_hashes([0])[0])
+        for lo in range(0, len(heights), batch_size):
+            chunk = heights[lo:lo + batch_size]
+            a = clock()
+            hashes = client.block_hashes(chunk)
+            b = clock()
+            mtps = client.median_times(hashes)
+            c = clock()
+            raws = client.raw_blocks(hashes)
+            d = clock()
+            blocks = [decode_block(r, network, height=h, median_time=m) for r, h, m in zip(raws, chunk, mtps)]
+            e = clock()
+            tables = blocks_to_tables(blocks)
+            f = clock()
+            tables.update(attribute_tables(tables["blocks"], tables["coinbase_outputs"], registry, network.name))
+            g = clock()
+            report = validate_batch(tables, validation_context(warehouse, chunk[0], network.name, registry))
+            if not report.ok:
+                raise RuntimeError(f"benchmark batch rejected: {report.summary()}")
+            h_ = clock()
+            warehouse.commit(tables)
+            i = clock()
+            for key, dt in zip(t, (b - a, c - b, d - c, e - d, f - e, g - f, h_ - g, i - h_)):
+                t[key] += dt
+    client.close()
+    return t
+
+
+def run_read(rpc_url: str, cookie_file: str, start: int, end: int, *, source: str, workers: int,
+             datadir: str | None, batch_size: int) -> dict[str, Any]:
+    """Read path alone: fetch and decode [start, end] (no attribution, validation or commit)."""
+    from pipeline.parallel import ChunkFetcher
+    from pipeline.sync import plan_chunks
+
+    client = NodeClient(node_config(rpc_url, cookie_file, source))
+    network = client.network()
+    fetch_source = "blkfiles" if source == "blkfiles" else "node"
+    with ChunkFetcher(client, network, workers=workers, source=fetch_source, datadir=datadir) as fetcher:
+        startup = fetcher.start()
+        started = time.perf_counter()
+        blocks = sum(len(b) for _, b in fetcher.iter_chunks(plan_chunks(start, end, batch_size)))
+        seconds = time.perf_counter() - started
+    client.close()
+    return {"blocks": blocks, "seconds": seconds, "startup_seconds": startup, "blocks_per_s": blocks / seconds}
+
+
+# ------------------------------------------------------------------------------------------------
+# peak RSS: a child process does the backfill; wait4 gives its rusage
+# ------------------------------------------------------------------------------------------------
+
+
+def measure_rss(job: dict[str, Any]) -> dict[str, Any]:
+    """Run ``run_backfill(**job)`` in a fresh interpreter; its own and its workers' peak RSS in MB."""
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.backfill", "--config", json.dumps(job)],
+                            cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"backfill child failed ({proc.returncode}): {err.decode()[-2000:]}")
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+def _child(job: dict[str, Any]) -> None:
+    started = time.perf_counter()
+    result = run_backfill(**job)
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    workers_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result.update({"wall_seconds_with_imports": time.perf_counter() - started,
+                   "peak_rss_mb": self_kb / 1024, "worker_peak_rss_mb": workers_kb / 1024 if job["workers"] > 1 else 0.0,
+                   "peak_rss_total_mb_upper_bound": (self_kb + (job["workers"] if job["workers"] > 1 else 0)
+                                                     * workers_kb) / 1024})
+    print(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="one backfill in this process (for peak-RSS measurement)")
+    parser.add_argument("--config", required=True, help="JSON arguments of run_backfill")
+    _child(json.loads(parser.parse_args().config))

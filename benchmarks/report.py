@@ -1,0 +1,134 @@
+"""results.json (everything measured) and results.md (the tables the README quotes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+GOAL_BARE_RATIO = 0.8
+GOAL_ETL_SPEEDUP = 10.0
+GOAL_RSS_MB = 1024
+
+
+def _ok(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
+def _best_backfill(results: dict[str, Any]) -> dict[str, Any] | None:
+    runs = [r for r in results.get("backfill", []) if "blocks_per_s" in r]
+    return max(runs, key=lambda r: r["blocks_per_s"]) if runs else None
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results.get("machine", {})
+    lines = ["# poolwatch benchmark results", "",
+             f"Run `{results.get('command', 'python -m benchmarks')}` on {results.get('started')} "
+             f"({results.get('total_seconds', 0):.0f} s in all). Regenerate with `python -m benchmarks`.", "",
+             "## Machine", "",
+             f"- CPU: {m.get('cpu_model')} ({m.get('cpus')} cores available), RAM {m.get('ram_gb')} GB, "
+             f"disk {m.get('disk')}, {m.get('os')}",
+             f"- Python {m.get('python')}; " + ", ".join(f"{k} {v}" for k, v in (m.get('packages') or {}).items() if v),
+             f"- Load average when the run started: {', '.join(f'{x:.1f}' for x in m.get('load_average_at_start') or [])} "
+             "(the machine may be shared: compare ratios measured in the same run, not absolute numbers across runs)"]
+    node = results.get("node")
+    if node:
+        lines.append(f"- Node: {node.get('subversion')} ({node.get('flavor')}), regtest, on the same machine")
+    chain = results.get("chain")
+    if chain:
+        lines += ["", "## Chain", "",
+                  f"{chain['blocks']} blocks (heights {chain['first_height']}..{chain['last_height']}), "
+                  f"{chain['mb']:.0f} MB, {chain['avg_block_bytes'] / 1e6:.2f} MB per block on average, built by "
+                  f"the benchmark in {chain['build_seconds']:.0f} s (benchmarks/chain.py: real pool tags and payouts "
+                  "from the registry, ~4,300 P2PKH-sized transactions per MB)."]
+    bare_rest, bare_rpc = results.get("bare_rest"), results.get("bare_rpc")
+    if bare_rest:
+        lines += ["", "## Backfill throughput", "",
+                  f"The node's bare serving rate (a loop that only fetches raw blocks, one request at a time, best of 3): "
+                  f"REST {bare_rest['blocks_per_s']:.1f} blocks/s ({bare_rest['mb_per_s']:.0f} MB/s)"
+                  + (f", RPC getblock 0 {bare_rpc['blocks_per_s']:.1f} blocks/s ({bare_rpc['mb_per_s']:.0f} MB/s)"
+                     if bare_rpc else "") + ".",
+                  "", "A backfill is the whole `poolwatch sync` pipeline: fetch, decode, attribute, validate (Great "
+                  "Expectations), commit to Parquet, catalog refresh excluded. Goal: at least "
+                  f"{GOAL_BARE_RATIO} of the bare REST rate.", "",
+                  "Worker start-up (spawning processes, importing Great Expectations: a few seconds once per "
+                  "run) is excluded and listed apart. \"read+decode\" is the read path alone (fetch and decode, "
+                  "no attribution, validation or commit).", "",
+                  "| read path | workers | blocks/s | MB/s | x bare REST | goal met | seconds | start-up s "
+                  "| read+decode blocks/s | x bare REST | same tables |",
+                  "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+        for r in results.get("backfill", []):
+            if "blocks_per_s" not in r:
+                lines.append(f"| {r.get('source')} | {r.get('workers')} | failed: {r.get('error')} | | | | | | | | |")
+                continue
+            read = (f"{r['read_blocks_per_s']:.1f} | {r['read_ratio_to_bare_rest']:.2f}" if "read_blocks_per_s" in r
+                    else "failed | ")
+            lines.append(f"| {r['source']} | {r['workers']} | {r['blocks_per_s']:.1f} | {r['mb_per_s']:.1f} | "
+                         f"{r['ratio_to_bare_rest']:.2f} | {_ok(r['ratio_to_bare_rest'] >= GOAL_BARE_RATIO)} | "
+                         f"{r['seconds']:.1f} | {r.get('startup_seconds', 0):.1f} | {read} | "
+                         f"{r.get('same_blocks_table_as_first_run', '?')} |")
+    stages = results.get("stages")
+    if isinstance(stages, dict) and "error" not in stages and chain:
+        total = sum(stages.values())
+        lines += ["", "## Where the time goes (one process, REST, each stage timed alone)", "",
+                  "| stage | seconds | ms per block | share |", "|---|---:|---:|---:|"]
+        for name, secs in stages.items():
+            lines.append(f"| {name} | {secs:.2f} | {secs / chain['blocks'] * 1000:.1f} | {secs / total:.0%} |")
+    rss = results.get("rss")
+    if rss:
+        lines += ["", "## Peak memory of a backfill", "",
+                  "Measured with `getrusage` in a child process doing the whole backfill (200-block batches, as "
+                  f"`poolwatch sync`). Goal: under {GOAL_RSS_MB} MB. Memory is bounded by the batch, not the range: "
+                  "each process holds at most 16 raw blocks and one batch of decoded rows.", "",
+                  "| read path | workers | parent peak MB | each worker peak MB | total upper bound MB | goal met |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for r in rss:
+            if "peak_rss_mb" not in r:
+                lines.append(f"| {r.get('source')} | {r.get('workers')} | failed: {r.get('error')} | | | |")
+                continue
+            lines.append(f"| {r['source']} | {r['workers']} | {r['peak_rss_mb']:.0f} | {r['worker_peak_rss_mb']:.0f} | "
+                         f"{r['peak_rss_total_mb_upper_bound']:.0f} | {_ok(r['peak_rss_total_mb_upper_bound'] < GOAL_RSS_MB)} |")
+    etl = results.get("bitcoin_etl")
+    if etl:
+        lines += ["", "## bitcoin-etl on the same range", ""]
+        best = _best_backfill(results)
+        if etl.get("ok") and best:
+            speedup = best["blocks_per_s"] / etl["blocks_per_s"]
+            lines.append(f"`bitcoinetl export_blocks_and_transactions` ({etl['install']}, {etl['workers']} workers): "
+                         f"{etl['blocks_per_s']:.2f} blocks/s ({etl['seconds']:.0f} s). Best poolwatch backfill "
+                         f"({best['source']}, {best['workers']} workers): {best['blocks_per_s']:.1f} blocks/s = "
+                         f"**{speedup:.1f}x** (goal {GOAL_ETL_SPEEDUP:g}x: {_ok(speedup >= GOAL_ETL_SPEEDUP)}). "
+                         "bitcoin-etl exports every transaction (getblock verbosity 2), poolwatch only header and "
+                         "coinbase, so this compares tools, not equal work.")
+        else:
+            lines.append(f"Not measured: {etl.get('install')}; {etl.get('error', '')}")
+    attribution = results.get("attribution")
+    if attribution:
+        lines += ["", f"## Attribution ({attribution.get('blocks', 0):,} synthetic coinbases)", ""]
+        if "report" in attribution:
+            lines += [f"    {line}" for line in attribution["report"]]
+        if "error" in attribution:
+            lines.append(f"Failed: {attribution['error']}")
+    metrics = results.get("metrics")
+    if metrics:
+        lines += ["", f"## Metrics on a synthetic {metrics.get('blocks_requested', 0):,}-block warehouse", ""]
+        if "error" in metrics:
+            lines.append(f"Failed: {metrics['error']}")
+        else:
+            lines += [f"- Building the warehouse (not the metric): {metrics['build_seconds']:.0f} s",
+                      f"- `refresh_metrics` (windows {', '.join(metrics['windows'])}, bootstrap "
+                      f"{metrics['bootstrap_draws']} draws): **{metrics['refresh_metrics_seconds']:.1f} s** "
+                      f"({metrics['refresh_metrics_rows']})",
+                      f"- `compute_metrics(month)` with bootstrap: {metrics['compute_month_seconds']:.1f} s; "
+                      f"without: month {metrics['compute_month_no_bootstrap_seconds']:.1f} s, "
+                      f"day {metrics['compute_day_no_bootstrap_seconds']:.1f} s"]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict[str, Any], directory: Path) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    js = directory / "results.json"
+    js.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    md = directory / "results.md"
+    md.write_text(render(results))
+    return md, js

@@ -1,0 +1,459 @@
+"""Stored coinbases + a registry -> attributions (one row per block) and their candidates.
+
+Input is what the warehouse stores (``blocks`` and ``coinbase_outputs`` as Arrow tables), never the
+node, so the whole history can be re-attributed with any registry version.
+
+Matching (docs/attribution.md):
+- Tags are literal bytes searched in the raw scriptSig bytes. Case rule: ASCII letters are folded
+  (``bytes.lower()`` on both sides); every other byte, UTF-8 included, must match exactly. All tags
+  are found, overlapping ones included, in time linear in the scriptSig length for a given registry:
+  one compiled alternation of escaped literals (no backtracking constructs), searched again from
+  one byte after each match's start.
+- Addresses are matched as scriptPubKeys: each registry address is turned into its script once, and
+  every value-bearing coinbase output of any script type is looked up by its script bytes. An
+  address only matches on its own network (regtest may borrow mainnet scripts when asked).
+- Windows (from/to height, inclusive) are respected for tags, addresses and families.
+
+Precedence (independent of registry order):
+1. Address evidence beats tag evidence.
+2. Several pools by address: most value paid to the pool's matched outputs, then a pool that a tag
+   also supports, then the smallest pool id.
+3. Tags only: the longest tag, then the earliest offset in the scriptSig, then the smallest pool id.
+Every candidate is kept; a block whose candidates name more than one pool is flagged ``conflict``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.networks import network_for_chain
+from pipeline.registry import UNKNOWN_POOL_ID, Address, Pool, Registry, Tag, canonical_json
+from pipeline.schemas import table_spec
+
+UNKNOWN_POOL_NAME = "Unknown"
+
+
+@dataclass(frozen=True)
+class TagRule:
+    pool: Pool
+    tag: Tag
+    rule: str
+
+
+@dataclass(frozen=True)
+class AddressRule:
+    pool: Pool
+    address: Address
+    rule: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    pool_id: str
+    method: str            # address | tag
+    rule: str
+    output_index: int | None = None
+    value_sat: int | None = None
+    tag_offset: int | None = None
+    tag_length: int = 0
+    tag_key: bytes = b""   # the tag, ASCII-lowered, as matched
+
+
+@dataclass(frozen=True)
+class Decision:
+    pool_id: str
+    method: str            # address | tag | both | none
+    rule: str | None
+    candidates: tuple[Candidate, ...]
+    pool_ids: tuple[str, ...]        # every pool among the candidates
+    conflict: bool                   # the evidence (see evidence_pools) names more than one pool
+
+
+class Matcher:
+    """A registry compiled for one chain: script -> address rules, one tag automaton."""
+
+    def __init__(self, registry: Registry, chain: str, allow_cross_network: bool = False) -> None:
+        self.registry = registry
+        self.network = network_for_chain(chain).name
+        usable = {self.network}
+        if allow_cross_network:
+            if self.network != "regtest":
+                raise ValueError(f"cross-network matching is only for regtest chains (chain is {self.network!r}): "
+                                 "a mainnet registry's scripts must never match on test networks or vice versa")
+            usable.add("main")
+        self.by_script: dict[str, list[AddressRule]] = defaultdict(list)
+        tag_rules: dict[bytes, list[TagRule]] = defaultdict(list)
+        for pool in registry.pools:
+            for addr in pool.addresses:
+                if addr.network in usable:
+                    self.by_script[addr.script.hex()].append(AddressRule(pool, addr, "address:" + addr.address))
+            for tag in pool.tags:
+                tag_rules[tag.value.lower()].append(TagRule(pool, tag, "tag:" + tag.text))
+        self.tag_rules = dict(tag_rules)
+        self.scripts = pa.array(sorted(self.by_script), pa.string())
+        self._tag_regex = _tag_regex(tuple(sorted(self.tag_rules, key=lambda t: (-len(t), t))))
+        # For each tag, the other tags inside it: a search reports only the longest tag starting at
+        # an offset, so shorter tags starting there (or inside it) come from this closure.
+        keys = list(self.tag_rules)
+        self._inner = {t: tuple(u for u in keys if u != t and u in t) for t in keys}
+
+    def tag_hits(self, script_sig: bytes) -> dict[bytes, int]:
+        """Every registry tag present in ``script_sig`` -> offset of its first occurrence."""
+        if self._tag_regex is None:
+            return {}
+        lowered = script_sig.lower()
+        hits: dict[bytes, int] = {}
+        search = self._tag_regex.search
+        m = search(lowered)
+        while m is not None:
+            longest = m.group()
+            if longest not in hits:
+                hits[longest] = m.start()
+                for inner in self._inner[longest]:
+                    if inner not in hits:
+                        hits[inner] = lowered.find(inner)
+            # Restart one byte after this match's start, not after its end: tags that overlap it
+            # (start inside it) are found too. Each search is a C scan, so the loop runs once per
+            # offset where some tag starts, not once per byte.
+            m = search(lowered, m.start() + 1)
+        return hits
+
+    def candidates(self, height: int, script_sig: bytes,
+                   outputs: Iterable[tuple[int, int, str]]) -> list[Candidate]:
+        """All (pool, method, rule) matches for one block; ``outputs`` = (index, value_sat, script_hex)."""
+        found: list[Candidate] = []
+        for index, value, script_hex in outputs:
+            if value <= 0:
+                continue  # zero-value outputs (commitments, markers) pay no one
+            for rule in self.by_script.get(script_hex, ()):
+                if rule.address.window.contains(height):
+                    found.append(Candidate(rule.pool.id, "address", rule.rule, index, value))
+        for tag, offset in self.tag_hits(script_sig).items():
+            for rule in self.tag_rules[tag]:
+                if rule.tag.window.contains(height):
+                    found.append(Candidate(rule.pool.id, "tag", rule.rule, tag_offset=offset, tag_length=len(tag),
+                                           tag_key=tag))
+        return found
+
+
+@lru_cache(maxsize=16)
+def _tag_regex(tags: tuple[bytes, ...]) -> re.Pattern[bytes] | None:
+    if not tags:
+        return None
+    # Longest first, so at each offset the alternation reports the longest tag starting there.
+    return re.compile(b"|".join(re.escape(t) for t in tags), re.DOTALL)
+
+
+def evidence_pools(candidates: list[Candidate]) -> tuple[str, ...]:
+    """Distinct pools the candidates point to, leaving out tags nested in a longer matched tag of
+    another pool ("ckpool" inside "/solo.ckpool.org/"): such a tag is part of the longer tag's
+    text, not separate evidence, so it does not make a conflict (it is still a recorded candidate)."""
+    tags = [c for c in candidates if c.method == "tag"]
+    pools = set()
+    for c in candidates:
+        if c.method == "tag" and any(o.pool_id != c.pool_id and o.tag_length > c.tag_length
+                                     and c.tag_key in o.tag_key for o in tags):
+            continue
+        pools.add(c.pool_id)
+    return tuple(sorted(pools))
+
+
+def decide(candidates: list[Candidate]) -> Decision:
+    """The documented precedence; the result depends only on the candidate set, not its order."""
+    pool_ids = tuple(sorted({c.pool_id for c in candidates}))
+    conflict = len(evidence_pools(candidates)) > 1
+    if not candidates:
+        return Decision(UNKNOWN_POOL_ID, "none", None, (), (), False)
+    by_address = [c for c in candidates if c.method == "address"]
+    by_tag = [c for c in candidates if c.method == "tag"]
+    tag_pools = {c.pool_id for c in by_tag}
+    if by_address:
+        paid: dict[str, int] = defaultdict(int)
+        for c in by_address:
+            paid[c.pool_id] += c.value_sat or 0
+        winner = min(paid, key=lambda pid: (-paid[pid], pid not in tag_pools, pid))
+        best_addr = min((c for c in by_address if c.pool_id == winner),
+                        key=lambda c: (-(c.value_sat or 0), c.output_index))
+        supporting = [c for c in by_tag if c.pool_id == winner]
+        if supporting:
+            best_tag = min(supporting, key=lambda c: (-c.tag_length, c.tag_offset, c.rule))
+            return Decision(winner, "both", f"{best_addr.rule} + {best_tag.rule}", tuple(candidates), pool_ids, conflict)
+        return Decision(winner, "address", best_addr.rule, tuple(candidates), pool_ids, conflict)
+    best_tag = min(by_tag, key=lambda c: (-c.tag_length, c.tag_offset, c.pool_id, c.rule))
+    return Decision(best_tag.pool_id, "tag", best_tag.rule, tuple(candidates), pool_ids, conflict)
+
+
+def _outputs_by_block(outputs: pa.Table, matcher: Matcher) -> dict[tuple[int, str], list[tuple[int, int, str]]]:
+    """Only outputs whose script is in the registry matter: filter in Arrow, group the few left."""
+    if outputs.num_rows == 0 or len(matcher.scripts) == 0:
+        return {}
+    mask = pc.and_(pc.greater(outputs["value_sat"], 0), pc.is_in(outputs["script_hex"], value_set=matcher.scripts))
+    hits = outputs.filter(mask).select(["height", "block_hash", "output_index", "value_sat", "script_hex"])
+    grouped: dict[tuple[int, str], list[tuple[int, int, str]]] = defaultdict(list)
+    for h, bh, idx, val, script in zip(*(hits[c].to_pylist() for c in hits.column_names)):
+        grouped[(h, bh)].append((idx, val, script))
+    return grouped
+
+
+def attribute_tables(blocks: pa.Table, outputs: pa.Table, registry: Registry, chain: str,
+                     allow_cross_network: bool = False) -> dict[str, pa.Table]:
+    """Attribute every block in ``blocks``; returns {"attributions", "attribution_candidates"}."""
+    matcher = compiled_matcher(registry, chain, allow_cross_network)
+    return attribute_with(matcher, blocks, outputs)
+
+
+_MATCHERS: dict[tuple[str, str, bool], Matcher] = {}
+
+
+def compiled_matcher(registry: Registry, chain: str, allow_cross_network: bool = False) -> Matcher:
+    """Matchers are cached per (registry version, chain, flag): sync calls this once per batch."""
+    key = (registry.version, network_for_chain(chain).name, allow_cross_network)
+    matcher = _MATCHERS.get(key)
+    if matcher is None:
+        matcher = Matcher(registry, chain, allow_cross_network)
+        if len(_MATCHERS) > 8:
+            _MATCHERS.clear()
+        _MATCHERS[key] = matcher
+    return matcher
+
+
+def attribute_with(matcher: Matcher, blocks: pa.Table, outputs: pa.Table) -> dict[str, pa.Table]:
+    registry = matcher.registry
+    version = registry.version
+    by_block = _outputs_by_block(outputs, matcher)
+    heights = blocks["height"].to_pylist()
+    hashes = blocks["hash"].to_pylist()
+    sigs = blocks["coinbase_script_sig_hex"].to_pylist()
+    pools = registry.by_id
+    families = registry.family_names
+    a_cols: dict[str, list] = {k: [] for k in ("height", "block_hash", "pool_id", "pool_name", "family", "method",
+                                               "rule", "candidate_count", "candidate_pool_ids", "conflict")}
+    c_cols: dict[str, list] = {k: [] for k in ("height", "block_hash", "pool_id", "method", "rule", "output_index",
+                                               "value_sat", "tag_offset", "chosen")}
+    for height, block_hash, sig_hex in zip(heights, hashes, sigs):
+        cands = matcher.candidates(height, bytes.fromhex(sig_hex), by_block.get((height, block_hash), ()))
+        d = decide(cands)
+        pool = pools.get(d.pool_id)
+        a_cols["height"].append(height)
+        a_cols["block_hash"].append(block_hash)
+        a_cols["pool_id"].append(d.pool_id)
+        a_cols["pool_name"].append(pool.name if pool else UNKNOWN_POOL_NAME)
+        family = pool.family_at(height) if pool else None
+        a_cols["family"].append(family if family is None or family in families else None)
+        a_cols["method"].append(d.method)
+        a_cols["rule"].append(d.rule)
+        a_cols["candidate_count"].append(len(cands))
+        a_cols["candidate_pool_ids"].append(list(d.pool_ids))
+        a_cols["conflict"].append(d.conflict)
+        for c in cands:
+            c_cols["height"].append(height)
+            c_cols["block_hash"].append(block_hash)
+            c_cols["pool_id"].append(c.pool_id)
+            c_cols["method"].append(c.method)
+            c_cols["rule"].append(c.rule)
+            c_cols["output_index"].append(c.output_index)
+            c_cols["value_sat"].append(c.value_sat)
+            c_cols["tag_offset"].append(c.tag_offset)
+            c_cols["chosen"].append(c.pool_id == d.pool_id)
+    a_cols["registry_version"] = [version] * len(a_cols["height"])
+    c_cols["registry_version"] = [version] * len(c_cols["height"])
+    return {
+        "attributions": _build("attributions", a_cols),
+        "attribution_candidates": _build("attribution_candidates", c_cols),
+    }
+
+
+def _build(name: str, cols: dict[str, list]) -> pa.Table:
+    spec = table_spec(name)
+    schema = spec.arrow_schema
+    arrays = [pa.array(cols[f.name], type=f.type) for f in schema]
+    return spec.conform(pa.Table.from_arrays(arrays, schema=schema))
+
+
+def pool_definitions_table(registry: Registry) -> pa.Table:
+    """One row per pool / tag / address / family membership, plus the registry's canonical JSON."""
+    spec = table_spec("pool_definitions")
+    rows: list[dict[str, Any]] = [{"kind": "document", "value": canonical_json(registry.document)}]
+    for p in registry.pools:
+        base = {"pool_id": p.id, "pool_name": p.name, "slug": p.slug, "link": p.link}
+        rows.append({**base, "kind": "pool", "value": p.id})
+        for t in p.tags:
+            rows.append({**base, "kind": "tag", "value": t.text, "from_height": t.window.from_height,
+                         "to_height": t.window.to_height, "sources": list(t.sources)})
+        for a in p.addresses:
+            rows.append({**base, "kind": "address", "value": a.address, "script_hex": a.script.hex(),
+                         "network": a.network, "from_height": a.window.from_height,
+                         "to_height": a.window.to_height, "sources": list(a.sources)})
+        for m in p.family:
+            rows.append({**base, "kind": "family", "value": m.family, "from_height": m.window.from_height,
+                         "to_height": m.window.to_height})
+    cols = {c: [r.get(c) for r in rows] for c in spec.column_names if c != "registry_version"}
+    cols["registry_version"] = [registry.version] * len(rows)
+    return _build("pool_definitions", cols)
+
+
+def registry_from_definitions(definitions: pa.Table, version: str) -> Registry:
+    """Reload a registry version stored in ``pool_definitions`` (its document row)."""
+    import json
+
+    from pipeline.registry import RegistryError, parse_registry
+
+    docs = definitions.filter(pc.and_(pc.equal(definitions["registry_version"], version),
+                                      pc.equal(definitions["kind"], "document")))
+    if docs.num_rows == 0:
+        raise RegistryError(f"registry version {version!r} is not stored in pool_definitions")
+    registry = parse_registry(json.loads(docs["value"][0].as_py()))
+    if registry.version != version:
+        raise RegistryError(f"stored registry document hashes to {registry.version}, not {version}")
+    return registry
+
+
+# ------------------------------------------------------------------------------------ stored history
+
+def stored_or_computed(warehouse, registry: Registry, chain: str, allow_cross_network: bool = False,
+                       chunk_size: int = 100_000) -> pa.Table:
+    """Attributions of every stored block under ``registry``: the stored rows when that version has
+    been run over the whole stored history, else computed in memory from the stored coinbases
+    (nothing is written)."""
+    stored = warehouse.stored_range()
+    if stored is None:
+        return table_spec("attributions").arrow_schema.empty_table()
+    n_blocks = warehouse.read("blocks", columns=["height"]).num_rows
+    if warehouse.table_dir("attributions").is_dir():
+        rows = warehouse.read("attributions", where=f"registry_version = '{registry.version}'")
+        if rows.num_rows == n_blocks:
+            return rows
+    matcher = compiled_matcher(registry, chain, allow_cross_network)
+    parts = []
+    for lo in range(stored[0], stored[1] + 1, chunk_size):
+        where = f"height BETWEEN {lo} AND {lo + chunk_size - 1}"
+        blocks = warehouse.read("blocks", where=where, columns=["height", "hash", "coinbase_script_sig_hex"])
+        outputs = warehouse.read("coinbase_outputs", where=where,
+                                 columns=["height", "block_hash", "output_index", "value_sat", "script_hex"])
+        parts.append(attribute_with(matcher, blocks, outputs)["attributions"])
+    return pa.concat_tables(parts)
+
+
+def changed_blocks(old: pa.Table, new: pa.Table) -> pa.Table:
+    """Heights whose pool differs between two attributions tables (joined on height and block hash)."""
+    a = old.select(["height", "block_hash", "pool_id", "rule"]).rename_columns(
+        ["height", "block_hash", "old_pool_id", "old_rule"])
+    b = new.select(["height", "block_hash", "pool_id", "rule"]).rename_columns(
+        ["height", "block_hash", "new_pool_id", "new_rule"])
+    joined = a.join(b, keys=["height", "block_hash"], join_type="inner")
+    changed = joined.filter(pc.not_equal(joined["old_pool_id"], joined["new_pool_id"]))
+    return changed.sort_by("height")
+
+
+def block_changes(warehouse, old: Registry, new: Registry, chain: str, allow_cross_network: bool = False) -> pa.Table:
+    return changed_blocks(stored_or_computed(warehouse, old, chain, allow_cross_network),
+                          stored_or_computed(warehouse, new, chain, allow_cross_network))
+
+
+# ------------------------------------------------------------------------------------------ discovery
+
+_SLASH_TOKEN = re.compile(r"/[^/\x00-\x1f]{3,40}/")
+_WORDS_TOKEN = re.compile(r"[^\W_][\w.\-#@]*(?: [\w.\-#@]+){0,4}")
+
+
+def tag_tokens(coinbase_tag: str) -> set[str]:
+    """Candidate tag texts in a coinbase's printable text: '/slash-delimited/' segments and runs of
+    up to five words. Random extranonce bytes rarely form the same run twice, so recurrence over
+    several blocks separates a pool's tag from noise."""
+    tokens = {m.group(0) for m in _SLASH_TOKEN.finditer(coinbase_tag)}
+    for m in _WORDS_TOKEN.finditer(coinbase_tag):
+        text = m.group(0).strip()
+        if len(text) >= 5 and sum(ch.isalpha() for ch in text) >= 4:
+            tokens.add(text)
+    return tokens
+
+
+def suggest_entries(unknown_blocks: Iterable[tuple[int, str]], payouts: Iterable[tuple[int, str, str]],
+                    min_blocks: int = 3, network: str = "main") -> list[dict[str, Any]]:
+    """Proposed registry entries from unknown blocks.
+
+    ``unknown_blocks``: (height, coinbase_tag text); ``payouts``: (height, address, script_type) of
+    their value-bearing outputs. Recurring tags and addresses are grouped when they occur in the
+    same blocks; each group becomes one proposed pool with its evidence (blocks, first/last height).
+    """
+    from pipeline.importers import slugify
+
+    heights_by: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for height, text in unknown_blocks:
+        for token in tag_tokens(text or ""):
+            heights_by[("tag", token)].add(height)
+    for height, address, _ in payouts:
+        if address:
+            heights_by[("address", address)].add(height)
+    recurring = {k: v for k, v in heights_by.items() if len(v) >= min_blocks}
+    # A tag inside a longer recurring tag seen in the same blocks adds nothing ("Mined by" in
+    # "Mined by Example"): keep the longest.
+    for key in [k for k in recurring if k[0] == "tag"]:
+        if any(o[0] == "tag" and o != key and key[1] in o[1] and recurring[o] >= recurring[key] for o in recurring):
+            del recurring[key]
+    keys = sorted(recurring, key=lambda k: (-len(recurring[k]), k))
+    parent = {k: k for k in keys}
+
+    def find(k):
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            shared = len(recurring[a] & recurring[b])
+            if shared * 2 >= min(len(recurring[a]), len(recurring[b])):
+                parent[find(b)] = find(a)
+    groups: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
+    for k in keys:
+        groups[find(k)].append(k)
+    proposals = []
+    taken: set[str] = set()
+    for root, members in groups.items():
+        heights = set().union(*(recurring[m] for m in members))
+        tags = sorted(m[1] for m in members if m[0] == "tag")
+        addresses = sorted(m[1] for m in members if m[0] == "address")
+        label = max(tags, key=lambda t: (len(recurring[("tag", t)]), len(t))) if tags else addresses[0]
+        base = "new-" + slugify(label.strip("/"))[:40]
+        pid, n = base, 2
+        while pid in taken:
+            pid, n = f"{base}-{n}", n + 1
+        taken.add(pid)
+        proposals.append({
+            "id": pid,
+            "name": label.strip("/ ") or pid,
+            "tags": [{"tag": t, "sources": ["suggest"]} for t in tags],
+            "addresses": [{"address": a, "network": network, "sources": ["suggest"]} for a in addresses],
+            "evidence": {"blocks": len(heights), "first_height": min(heights), "last_height": max(heights),
+                         "per_rule": {m[1]: len(recurring[m]) for m in members}},
+        })
+    proposals.sort(key=lambda p: (-p["evidence"]["blocks"], p["id"]))
+    return proposals
+
+
+def suggest_from_warehouse(warehouse, registry: Registry, min_blocks: int = 3) -> list[dict[str, Any]]:
+    chain = warehouse.meta.get("chain", "main")
+    cross = bool(warehouse.meta.get("registry_cross_network", False))
+    attributions = stored_or_computed(warehouse, registry, chain, cross)
+    unknown = attributions.filter(pc.equal(attributions["pool_id"], UNKNOWN_POOL_ID))
+    if unknown.num_rows == 0:
+        return []
+    heights = pa.array(sorted(set(unknown["height"].to_pylist())), pa.int32())
+    blocks = warehouse.read("blocks", columns=["height", "hash", "coinbase_tag"])
+    blocks = blocks.filter(pc.is_in(blocks["height"], value_set=heights))
+    outputs = warehouse.read("coinbase_outputs", columns=["height", "value_sat", "address", "script_type"])
+    outputs = outputs.filter(pc.and_(pc.is_in(outputs["height"], value_set=heights),
+                                     pc.greater(outputs["value_sat"], 0)))
+    return suggest_entries(zip(blocks["height"].to_pylist(), blocks["coinbase_tag"].to_pylist()),
+                           zip(outputs["height"].to_pylist(), outputs["address"].to_pylist(),
+                               outputs["script_type"].to_pylist()),
+                           min_blocks=min_blocks, network=network_for_chain(chain).name)

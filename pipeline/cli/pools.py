@@ -1,0 +1,252 @@
+"""Pool registry commands (`poolwatch pools import|validate|diff|list|suggest`) and `poolwatch attribute`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    sys.exit(1)
+
+
+def _load(path: Path | None):
+    from pipeline.registry import RegistryError, load_registry
+
+    try:
+        return load_registry(path)
+    except RegistryError as exc:
+        _fail(str(exc))
+
+
+def _warehouse(ctx: click.Context):
+    from pipeline.warehouse import Warehouse
+
+    return Warehouse(ctx.obj["warehouse"])
+
+
+def _has_data(warehouse) -> bool:
+    return warehouse.table_dir("blocks").is_dir() and warehouse.stored_range() is not None
+
+
+def _resolve_registry(ctx: click.Context, ref: str):
+    """A registry file path, or a version hash stored in the warehouse's pool_definitions."""
+    path = Path(ref)
+    if path.exists():
+        return _load(path)
+    from pipeline.attribution import registry_from_definitions
+    from pipeline.registry import RegistryError
+
+    warehouse = _warehouse(ctx)
+    if not warehouse.table_dir("pool_definitions").is_dir():
+        _fail(f"{ref!r} is neither a registry file nor a version stored in warehouse {warehouse.root}")
+    try:
+        return registry_from_definitions(warehouse.read("pool_definitions", where=f"registry_version = '{_sql(ref)}'"),
+                                         ref)
+    except RegistryError as exc:
+        _fail(f"{ref!r} is not a registry file, and {exc}")
+
+
+def _sql(text: str) -> str:
+    return text.replace("'", "''")
+
+
+@click.group()
+def pools() -> None:
+    """The pool registry: import community lists, validate, list, diff, suggest new entries."""
+
+
+@pools.command("import")
+@click.option("--from", "sources", nargs=2, multiple=True, metavar="KIND PATH",
+              help="A list to import; KIND is mempool-v2, v1 or bitcoin-data (a folder). Repeatable; "
+                   "earlier lists win disagreements unless --rules says otherwise.")
+@click.option("--default-sources", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Import the default set from a pool-lists folder (../shared/pool-lists) with the shipped rules.")
+@click.option("--rules", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Resolution rules JSON (default with --default-sources: pipeline/data/registry_rules.json).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Registry file to write.")
+def import_(sources, default_sources, rules, output) -> None:
+    """Merge pool lists into a registry, reporting every disagreement and how it was resolved."""
+    from pipeline import importers
+    from pipeline.registry import RegistryError, parse_registry
+
+    if not sources and default_sources is None:
+        raise click.UsageError("give --from KIND PATH (repeatable) or --default-sources FOLDER")
+    try:
+        if default_sources is not None and not sources:
+            document, disagreements = importers.build_default(default_sources, rules)
+        else:
+            read = []
+            for i, (kind, path) in enumerate(sources):
+                source_id = kind if all(k != kind for k, _ in sources[:i]) else f"{kind}-{i + 1}"
+                read.append(importers.read_source(kind, Path(path), source_id))
+            document, disagreements = importers.merge_sources(read, importers.load_rules(rules) if rules else None)
+            parse_registry(document)
+    except (importers.SourceListError, RegistryError) as exc:
+        _fail(str(exc))
+    importers.write_registry(document, output)
+    _print_disagreements(disagreements)
+    registry = parse_registry(document)
+    out.print(f"wrote {output}: {len(registry.pools)} pools, {sum(len(p.tags) for p in registry.pools)} tags, "
+              f"{sum(len(p.addresses) for p in registry.pools)} addresses, {len(disagreements)} disagreements "
+              f"resolved (listed in the file's 'resolutions'); version {registry.version}")
+
+
+def _print_disagreements(disagreements) -> None:
+    """One line per disagreement (plain text: these lines end up in logs and CI output)."""
+    if disagreements:
+        out.print(f"{len(disagreements)} disagreement(s) between the lists:")
+    for d in disagreements:
+        claims = "; ".join(f"{pid} <- {', '.join(srcs)}" for pid, srcs in d.claims.items())
+        out.print(f"  {d.kind}: {d.subject} [{claims}] => {d.decision} (rule {d.rule})",
+                  markup=False, highlight=False, soft_wrap=True)
+
+
+@pools.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def validate(file) -> None:
+    """Check a registry file; errors name the entry and the field, and exit non-zero."""
+    registry = _load(file)
+    out.print(f"{file}: valid, {len(registry.pools)} pools, version {registry.version}")
+
+
+@pools.command("list")
+@click.option("--registry", "registry_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Registry file (default: the shipped registry).")
+@click.option("--search", default=None, help="Only pools whose id, name, tag or address contains this text.")
+def list_(registry_path, search) -> None:
+    """Show the pools of a registry."""
+    registry = _load(registry_path)
+    table = Table(title=f"registry {registry.version}")
+    for col in ("id", "name", "tags", "addresses", "family", "link"):
+        table.add_column(col, overflow="fold")
+    needle = (search or "").lower()
+    shown = 0
+    for p in sorted(registry.pools, key=lambda p: p.id):
+        texts = [p.id, p.name] + [t.text for t in p.tags] + [a.address for a in p.addresses]
+        if needle and not any(needle in t.lower() for t in texts):
+            continue
+        shown += 1
+        nets = Counter(a.network for a in p.addresses)
+        table.add_row(p.id, p.name, ", ".join(t.text for t in p.tags[:4]) + (" ..." if len(p.tags) > 4 else ""),
+                      " ".join(f"{n} {k}" for k, n in sorted(nets.items())),
+                      ", ".join(m.family for m in p.family), p.link or "")
+    out.print(table)
+    out.print(f"{shown} of {len(registry.pools)} pools")
+
+
+@pools.command()
+@click.argument("old")
+@click.argument("new")
+@click.option("--limit", type=int, default=20, show_default=True, help="Changed blocks to list individually.")
+def diff(old, new, limit) -> None:
+    """Compare two registries (files or stored versions): rule changes, and with a warehouse, which
+    stored blocks change pool."""
+    from pipeline.registry import diff_registries
+
+    ctx = click.get_current_context()
+    a, b = _resolve_registry(ctx, old), _resolve_registry(ctx, new)
+    changes = diff_registries(a, b)
+    out.print(f"registry {a.version} -> {b.version}")
+    for line in changes["pools"] + changes["rules"]:
+        out.print("  " + line, highlight=False, markup=False)
+    if not changes["pools"] and not changes["rules"]:
+        out.print("  no rule changes")
+    warehouse = _warehouse(ctx)
+    if not _has_data(warehouse):
+        out.print("(no stored blocks: block-level changes need a warehouse, see --warehouse)")
+        return
+    from pipeline.attribution import block_changes
+
+    chain = warehouse.meta.get("chain", "main")
+    cross = bool(warehouse.meta.get("registry_cross_network", False))
+    changed = block_changes(warehouse, a, b, chain, allow_cross_network=cross)
+    out.print(f"{changed.num_rows:,} stored blocks change pool")
+    if changed.num_rows:
+        pairs = Counter(zip(changed["old_pool_id"].to_pylist(), changed["new_pool_id"].to_pylist()))
+        table = Table(title="pool changes")
+        for col in ("from", "to", "blocks"):
+            table.add_column(col)
+        for (x, y), n in pairs.most_common():
+            table.add_row(x, y, f"{n:,}")
+        out.print(table)
+        for row in changed.slice(0, limit).to_pylist():
+            out.print(f"  {row['height']}: {row['old_pool_id']} -> {row['new_pool_id']} ({row['new_rule']})",
+                      highlight=False, markup=False)
+
+
+@pools.command()
+@click.option("--registry", "registry_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Registry whose unknown blocks to study (default: the shipped registry).")
+@click.option("--min-blocks", type=int, default=3, show_default=True, help="Evidence needed for a proposal.")
+@click.option("--json", "as_json", is_flag=True, help="Print the proposals as registry entries (JSON).")
+def suggest(registry_path, min_blocks, as_json) -> None:
+    """Propose registry entries from recurring tags and payout addresses of unknown blocks."""
+    from pipeline.attribution import suggest_from_warehouse
+
+    ctx = click.get_current_context()
+    warehouse = _warehouse(ctx)
+    if not _has_data(warehouse):
+        _fail(f"no stored blocks in warehouse {warehouse.root}; run `poolwatch sync` first")
+    registry = _load(registry_path)
+    proposals = suggest_from_warehouse(warehouse, registry, min_blocks=min_blocks)
+    if as_json:
+        click.echo(json.dumps(proposals, indent=1, ensure_ascii=False))
+        return
+    if not proposals:
+        out.print(f"no recurring tag or address among unknown blocks (min {min_blocks} blocks)")
+        return
+    table = Table(title=f"proposed entries (registry {registry.version})")
+    for col in ("proposed id", "tags", "addresses", "blocks", "first", "last"):
+        table.add_column(col, overflow="fold")
+    for p in proposals:
+        ev = p["evidence"]
+        table.add_row(p["id"], ", ".join(t["tag"] for t in p["tags"]), ", ".join(a["address"] for a in p["addresses"]),
+                      str(ev["blocks"]), str(ev["first_height"]), str(ev["last_height"]))
+    out.print(table)
+
+
+@click.command()
+@click.option("--registry", "registry_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Registry file (default: the shipped registry).")
+@click.option("--cross-network-registry", is_flag=True,
+              help="On a regtest warehouse, let the registry's mainnet addresses match (demo and tests).")
+@click.option("--no-validate", is_flag=True, help="Skip the Great Expectations gate.")
+@click.option("--wait", type=float, default=0.0, show_default=True, help="Seconds to wait for another writer.")
+@click.pass_context
+def attribute(ctx, registry_path, cross_network_registry, no_validate, wait) -> None:
+    """Re-attribute all stored blocks from their stored coinbases (no node needed).
+
+    Results are kept per registry version; the warehouse's current version becomes this registry's."""
+    from pipeline.cli.progress import progress_bar
+    from pipeline.sync import reattribute
+
+    registry = _load(registry_path)
+    warehouse = _warehouse(ctx)
+    stored = warehouse.stored_range() if warehouse.table_dir("blocks").is_dir() else None
+    if stored is None:
+        _fail(f"no stored blocks in warehouse {warehouse.root}; run `poolwatch sync` first")
+    try:
+        with warehouse.writer(wait=wait), progress_bar("attribute", total=stored[1] - stored[0] + 1) as advance:
+            done = reattribute(warehouse, registry, allow_cross_network=cross_network_registry,
+                               validate=not no_validate, progress=advance)
+            warehouse.refresh_catalog()
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    out.print(f"attributed {done:,} stored blocks with registry {registry.version}")
+
+
+def register(main: click.Group) -> None:
+    main.add_command(pools)
+    main.add_command(attribute)

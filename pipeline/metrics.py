@@ -1,0 +1,677 @@
+"""Centralization metrics: who holds how much of the block production, with honest uncertainty.
+
+Point metrics are DuckDB SQL (window functions) over the warehouse views ``blocks`` and
+``attributions``; the bootstrap intervals for HHI and the Nakamoto coefficient run in numpy on the
+per-window counts. Every definition, with a worked example, is in ``docs/metrics.md``.
+
+Unknown blocks are never silently dropped: every window-level metric is reported under three
+treatments (``excluded``, ``one_entity``, ``each_own``) so a figure like the Nakamoto coefficient is
+read as a range, not as a false point.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from statistics import NormalDist
+from typing import TYPE_CHECKING
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from pipeline.warehouse import Warehouse
+
+log = logging.getLogger("pipeline.metrics")
+
+# Windows materialized by refresh_metrics (others are computed on request).
+MATERIALIZED_WINDOWS = ("day", "week", "month", "epoch")
+CALENDAR_KINDS = ("day", "week", "month")
+LEVELS = ("pool", "family")
+TREATMENTS = ("excluded", "one_entity", "each_own")
+UNKNOWN_ID = "unknown"
+EPOCH_BLOCKS = 2016
+TARGET_SPACING = 600  # seconds per block the difficulty adjustment aims at
+HASHES_PER_DIFFICULTY = 2**32  # expected hashes to find a block at difficulty 1
+# One day of blocks: below that a share's 95% interval is wider than about +-7.5 points for a 30% pool
+# (Wilson, n=144), too wide to tell a top pool's rise from chance. Documented in docs/metrics.md.
+LOW_SAMPLE_BLOCKS = 144
+CONFIDENCE = 0.95
+BOOTSTRAP_DRAWS = 1000
+# The bootstrap draws a (draws x entities) matrix; windows with thousands of singleton entities
+# (each_own treatment in 2009-2011) get fewer draws so one refresh stays bounded in memory and time.
+BOOTSTRAP_MAX_CELLS = 2_000_000
+BOOTSTRAP_MIN_DRAWS = 200
+BOOTSTRAP_SEED = 20240101
+# The per-window views as SQL files (one per view) in the warehouse's extra-views format.
+METRIC_VIEWS_DIR = Path(__file__).resolve().parent / "sql" / "metrics"
+
+
+class MetricsError(RuntimeError):
+    """A metrics computation cannot proceed (missing tables, bad window, empty range)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Windows
+
+
+@dataclass(frozen=True)
+class Window:
+    """A way to cut the chain into windows.
+
+    kind: ``day``/``week``/``month`` (UTC calendar, ISO weeks start Monday), ``epoch`` (difficulty
+    epochs of 2016 blocks), ``blocks`` (consecutive chunks of ``size`` heights aligned at multiples of
+    ``size``), ``rolling`` (sliding ``size``-block windows, one ending every ``step`` blocks) or
+    ``all`` (one window over the whole selected range).
+    """
+
+    kind: str
+    size: int | None = None
+    step: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.kind == "blocks":
+            return f"blocks_{self.size}"
+        if self.kind == "rolling":
+            return f"rolling_{self.size}" + (f"_{self.step}" if self.step and self.step != 1 else "")
+        return self.kind
+
+    @property
+    def is_calendar(self) -> bool:
+        return self.kind in CALENDAR_KINDS
+
+
+_WINDOW_RE = re.compile(r"^(blocks|rolling)[:_ ](\d+)(?:[:_ ](\d+))?$")
+
+
+def parse_window(text: str) -> Window:
+    """``day|week|month|epoch|all|blocks:N|rolling:N[:STEP]`` -> Window (ValueError names the problem)."""
+    value = text.strip().lower()
+    if value in ("day", "week", "month", "epoch", "all"):
+        return Window(value)
+    m = _WINDOW_RE.match(value)
+    if not m:
+        raise ValueError(f"unknown window {text!r}: use day, week, month, epoch, all, blocks:N or rolling:N[:STEP]")
+    size = int(m.group(2))
+    step = int(m.group(3)) if m.group(3) else None
+    if size < 1:
+        raise ValueError(f"window {text!r}: the block count must be >= 1")
+    if m.group(1) == "blocks":
+        if step is not None:
+            raise ValueError(f"window {text!r}: blocks:N takes no step (did you mean rolling:N:STEP?)")
+        return Window("blocks", size)
+    step = step or 1
+    if step < 1:
+        raise ValueError(f"window {text!r}: the step must be >= 1")
+    return Window("rolling", size, step)
+
+
+@dataclass(frozen=True)
+class Range:
+    """Optional selection of blocks: heights and/or UTC times (inclusive start, inclusive end)."""
+
+    from_height: int | None = None
+    to_height: int | None = None
+    from_time: datetime | None = None
+    to_time: datetime | None = None
+
+    def where(self, alias: str = "b") -> str:
+        parts = ["TRUE"]
+        if self.from_height is not None:
+            parts.append(f"{alias}.height >= {int(self.from_height)}")
+        if self.to_height is not None:
+            parts.append(f"{alias}.height <= {int(self.to_height)}")
+        if self.from_time is not None:
+            parts.append(f"{alias}.time >= TIMESTAMPTZ '{_iso(self.from_time)}'")
+        if self.to_time is not None:
+            parts.append(f"{alias}.time <= TIMESTAMPTZ '{_iso(self.to_time)}'")
+        return " AND ".join(parts)
+
+
+def _iso(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S+00")
+
+
+def parse_bound(text: str | None, end: bool = False) -> tuple[int | None, datetime | None]:
+    """A CLI bound: a height (digits) or a UTC date/time (ISO). A bare end date means the whole day."""
+    if text is None:
+        return None, None
+    value = text.strip()
+    if value.isdigit():
+        return int(value), None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"bound {text!r} is neither a height nor an ISO date/time (e.g. 2024-01-31)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    if end and len(value) == 10:  # a date: include the whole day
+        parsed = parsed.replace(hour=23, minute=59, second=59)
+    return None, parsed
+
+
+def make_range(start: str | None, end: str | None) -> Range:
+    from_height, from_time = parse_bound(start)
+    to_height, to_time = parse_bound(end, end=True)
+    return Range(from_height, to_height, from_time, to_time)
+
+
+# --------------------------------------------------------------------------------------------
+# SQL: blocks joined to their attributions, windows, counts
+
+
+def _require_views(con: duckdb.DuckDBPyConnection, names: Iterable[str]) -> None:
+    present = {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()").fetchall()}
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise MetricsError(f"the warehouse has no {', '.join(missing)} table yet: sync blocks and run attribution first")
+
+
+def _base_sql(registry_version: str | None, rng: Range) -> str:
+    """One row per selected block with its attribution; a block without an attribution row counts
+    as unknown (it is in the chain, so dropping it would inflate every known share)."""
+    version = "" if registry_version is None else \
+        f" AND a.registry_version = '{registry_version.replace(chr(39), chr(39) * 2)}'"
+    return f"""
+        SELECT b.height::BIGINT AS height, b.time AT TIME ZONE 'UTC' AS t_utc,
+               b.difficulty * {HASHES_PER_DIFFICULTY}.0 AS work,
+               a.pool_id IS NULL OR a.method = 'none' OR a.pool_id = '{UNKNOWN_ID}' AS is_unknown,
+               a.height IS NULL AS unattributed,
+               CASE WHEN a.pool_id IS NULL OR a.method = 'none' THEN '{UNKNOWN_ID}' ELSE a.pool_id END AS pool_id,
+               CASE WHEN a.pool_id IS NULL OR a.method = 'none' THEN 'Unknown' ELSE a.pool_name END AS pool_name,
+               CASE WHEN a.pool_id IS NULL OR a.method = 'none' THEN '{UNKNOWN_ID}'
+                    ELSE coalesce(a.family, a.pool_id) END AS family_id,
+               CASE WHEN a.pool_id IS NULL OR a.method = 'none' THEN 'Unknown'
+                    ELSE coalesce(a.family, a.pool_name) END AS family_name
+        FROM blocks b
+        LEFT JOIN attributions a ON a.height = b.height AND a.block_hash = b.hash{version}
+        WHERE {rng.where('b')}
+    """
+
+
+def _assign_sql(window: Window) -> str:
+    """Rows of _pw_base with window_key (sort order), window_id, and calendar bounds (naive UTC)."""
+    if window.kind == "day":
+        start = "date_trunc('day', t_utc)"
+        return f"""SELECT *, epoch({start})::BIGINT AS window_key, strftime({start}, '%Y-%m-%d') AS window_id,
+                   {start} AS cal_start, {start} + INTERVAL 1 DAY AS cal_end FROM _pw_base"""
+    if window.kind == "week":
+        start = "date_trunc('week', t_utc)"
+        return f"""SELECT *, epoch({start})::BIGINT AS window_key, strftime(t_utc, '%G-W%V') AS window_id,
+                   {start} AS cal_start, {start} + INTERVAL 7 DAY AS cal_end FROM _pw_base"""
+    if window.kind == "month":
+        start = "date_trunc('month', t_utc)"
+        return f"""SELECT *, epoch({start})::BIGINT AS window_key, strftime({start}, '%Y-%m') AS window_id,
+                   {start} AS cal_start, {start} + INTERVAL 1 MONTH AS cal_end FROM _pw_base"""
+    if window.kind in ("epoch", "blocks"):
+        size = EPOCH_BLOCKS if window.kind == "epoch" else int(window.size or 0)
+        label = "'epoch ' || (height // {s})::VARCHAR" if window.kind == "epoch" else \
+            "((height // {s}) * {s})::VARCHAR || '-' || ((height // {s}) * {s} + {s} - 1)::VARCHAR"
+        return f"""SELECT *, (height // {size})::BIGINT AS window_key, {label.format(s=size)} AS window_id,
+                   NULL::TIMESTAMP AS cal_start, NULL::TIMESTAMP AS cal_end FROM _pw_base"""
+    if window.kind == "rolling":
+        size, step = int(window.size or 0), int(window.step or 1)
+        return f"""
+            WITH bounds AS (SELECT min(height) AS lo, max(height) AS hi FROM _pw_base),
+                 ends AS (SELECT e.range AS end_height FROM bounds, range(bounds.lo + {size} - 1, bounds.hi + 1, {step}) e)
+            SELECT b.*, ends.end_height AS window_key,
+                   (ends.end_height - {size} + 1)::VARCHAR || '-' || ends.end_height::VARCHAR AS window_id,
+                   NULL::TIMESTAMP AS cal_start, NULL::TIMESTAMP AS cal_end
+            FROM ends JOIN _pw_base b ON b.height BETWEEN ends.end_height - {size} + 1 AND ends.end_height"""
+    if window.kind == "all":
+        return """SELECT *, 0::BIGINT AS window_key, 'all' AS window_id,
+                  NULL::TIMESTAMP AS cal_start, NULL::TIMESTAMP AS cal_end FROM _pw_base"""
+    raise MetricsError(f"unknown window kind {window.kind!r}")
+
+
+def _expected_blocks(window: Window) -> str:
+    """SQL for how many blocks a complete block-count window holds (NULL for calendar windows)."""
+    if window.kind == "epoch":
+        return str(EPOCH_BLOCKS)
+    if window.kind in ("blocks", "rolling"):
+        return str(int(window.size or 0))
+    return "NULL"
+
+
+def _windows_sql(window: Window) -> str:
+    """One row per window: bounds, counts, completeness and the network hashrate estimate.
+
+    Hashrate (docs/metrics.md): a complete calendar window has a fixed duration T and a Poisson
+    block count, so W/T (W = summed work) is unbiased as it stands. Any other window is closed by
+    blocks: its elapsed time, measured from the previous block's timestamp to its last block's, is
+    Gamma(m, rate) for m intervals, and E[m/T] = rate * m/(m-1); multiplying by (m-1)/m removes it.
+    """
+    return f"""
+        WITH w AS (
+            SELECT window_key, window_id, any_value(cal_start) AS cal_start, any_value(cal_end) AS cal_end,
+                   min(height) AS first_height, max(height) AS last_height, min(t_utc) AS first_time,
+                   max(t_utc) AS last_time, count(*) AS blocks_total,
+                   count(*) FILTER (WHERE is_unknown) AS unknown_blocks,
+                   count(*) FILTER (WHERE unattributed) AS unattributed_blocks,
+                   sum(work) AS work_total
+            FROM _pw_assigned GROUP BY window_key, window_id
+        ), span AS (SELECT min(t_utc) AS lo_time, max(t_utc) AS hi_time FROM _pw_base)
+        SELECT w.*,
+               coalesce(w.cal_start, w.first_time) AS window_start,
+               coalesce(w.cal_end, w.last_time) AS window_end,
+               CASE WHEN w.cal_start IS NOT NULL
+                    THEN span.lo_time < w.cal_start AND span.hi_time >= w.cal_end
+                    ELSE w.blocks_total = coalesce({_expected_blocks(window)}, w.blocks_total) END AS complete,
+               prev.t_utc AS prev_time,
+               -- intervals m and elapsed time T for the block-interval estimator
+               CASE WHEN prev.height IS NULL THEN w.blocks_total - 1 ELSE w.blocks_total END AS intervals,
+               epoch(w.last_time) - epoch(coalesce(prev.t_utc, w.first_time)) AS interval_seconds,
+               CASE WHEN prev.height IS NULL THEN w.work_total - first_blk.work ELSE w.work_total END AS interval_work
+        FROM w CROSS JOIN span
+        LEFT JOIN _pw_base prev ON prev.height = w.first_height - 1
+        LEFT JOIN _pw_base first_blk ON first_blk.height = w.first_height
+    """
+
+
+def _network_hashrate_sql() -> str:
+    """Columns hashrate_method, elapsed_seconds and network_hashrate over _pw_windows."""
+    return """
+        SELECT *,
+               CASE WHEN cal_start IS NOT NULL AND complete THEN 'fixed_time' ELSE 'block_intervals' END
+                   AS hashrate_method,
+               CASE WHEN cal_start IS NOT NULL AND complete THEN epoch(cal_end) - epoch(cal_start)
+                    ELSE interval_seconds END AS elapsed_seconds,
+               CASE WHEN cal_start IS NOT NULL AND complete
+                        THEN work_total / (epoch(cal_end) - epoch(cal_start))
+                    WHEN intervals >= 2 AND interval_seconds > 0
+                        THEN interval_work / interval_seconds * (intervals - 1) / intervals
+                    ELSE NULL END AS network_hashrate
+        FROM _pw_windows_raw
+    """
+
+
+def _counts_sql() -> str:
+    """Blocks and work per (window, level, entity); the unknown entity included."""
+    return """
+        SELECT window_key, 'pool' AS level, pool_id AS entity_id, any_value(pool_name) AS entity_name,
+               bool_or(is_unknown) AS is_unknown, count(*) AS blocks, sum(work) AS work
+        FROM _pw_assigned GROUP BY window_key, pool_id
+        UNION ALL
+        SELECT window_key, 'family', family_id, any_value(family_name), bool_or(is_unknown), count(*), sum(work)
+        FROM _pw_assigned GROUP BY window_key, family_id
+    """
+
+
+def _entities_sql() -> str:
+    """The entity list of each (window, level) under each unknown treatment."""
+    return f"""
+        SELECT window_key, level, 'excluded' AS treatment, entity_id, blocks
+        FROM _pw_counts WHERE NOT is_unknown
+        UNION ALL
+        SELECT window_key, level, 'one_entity', entity_id, blocks FROM _pw_counts
+        UNION ALL
+        SELECT window_key, level, 'each_own', entity_id, blocks FROM _pw_counts WHERE NOT is_unknown
+        UNION ALL
+        SELECT a.window_key, lv.level, 'each_own', '{UNKNOWN_ID}#' || a.height::VARCHAR, 1
+        FROM _pw_assigned a CROSS JOIN (VALUES ('pool'), ('family')) lv(level) WHERE a.is_unknown
+    """
+
+
+def _centralization_sql() -> str:
+    """Point metrics per (window, level, treatment); integer arithmetic where a tie matters."""
+    return f"""
+        WITH ranked AS (
+            SELECT window_key, level, treatment, entity_id, blocks::DOUBLE AS c,
+                   sum(blocks) OVER part AS total, count(*) OVER part AS n,
+                   row_number() OVER (part ORDER BY blocks DESC, entity_id) AS rank_desc,
+                   row_number() OVER (part ORDER BY blocks ASC, entity_id DESC) AS rank_asc,
+                   sum(blocks) OVER (part ORDER BY blocks DESC, entity_id
+                                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS cum_before
+            FROM _pw_entities
+            WINDOW part AS (PARTITION BY window_key, level, treatment)
+        ), agg AS (
+            SELECT window_key, level, treatment,
+                   any_value(total)::BIGINT AS blocks, any_value(n)::BIGINT AS n_entities,
+                   sum(c) FILTER (WHERE rank_desc <= 1) / any_value(total) AS top1_share,
+                   sum(c) FILTER (WHERE rank_desc <= 3) / any_value(total) AS top3_share,
+                   sum(c) FILTER (WHERE rank_desc <= 5) / any_value(total) AS top5_share,
+                   sum(c * c) / (any_value(total)::DOUBLE * any_value(total)) AS hhi,
+                   CASE WHEN any_value(total) >= 2
+                        THEN sum(c * (c - 1)) / (any_value(total)::DOUBLE * (any_value(total) - 1)) END AS hhi_unbiased,
+                   -- smallest k with top-k blocks * 2 > total: the entities whose preceding sum is <= half
+                   count(*) FILTER (WHERE 2 * coalesce(cum_before, 0) <= total)::BIGINT AS nakamoto,
+                   -sum(c / total * log2(c / total)) AS entropy_bits,
+                   2.0 * sum(rank_asc * c) / (any_value(n) * any_value(total)) - (any_value(n) + 1.0) / any_value(n)
+                       AS gini
+            FROM ranked GROUP BY window_key, level, treatment
+        ), grid AS (
+            SELECT w.window_key, lv.level, tr.treatment
+            FROM _pw_windows w CROSS JOIN (VALUES ('pool'), ('family')) lv(level)
+            CROSS JOIN (VALUES {", ".join(f"('{t}')" for t in TREATMENTS)}) tr(treatment)
+        )
+        SELECT g.window_key, g.level, g.treatment AS unknown_treatment,
+               coalesce(a.blocks, 0) AS blocks, coalesce(a.n_entities, 0) AS n_entities,
+               a.top1_share, a.top3_share, a.top5_share, a.hhi, a.hhi_unbiased, a.nakamoto,
+               greatest(a.entropy_bits, 0.0) AS entropy_bits,
+               CASE WHEN a.n_entities >= 2 THEN greatest(a.entropy_bits, 0.0) / log2(a.n_entities) END
+                   AS entropy_normalized,
+               greatest(a.gini, 0.0) AS gini
+        FROM grid g LEFT JOIN agg a USING (window_key, level, treatment)
+    """
+
+
+def _pool_share_sql() -> str:
+    """Share of every entity (unknown included) in all of the window's blocks, Wilson interval."""
+    return f"""
+        SELECT c.window_key, c.level, c.entity_id, c.entity_name, c.is_unknown, c.blocks,
+               w.blocks_total, c.blocks::DOUBLE / w.blocks_total AS share,
+               CASE WHEN c.is_unknown OR w.blocks_total = w.unknown_blocks THEN NULL
+                    ELSE c.blocks::DOUBLE / (w.blocks_total - w.unknown_blocks) END AS share_of_known,
+               c.work / w.work_total AS work_share,
+               row_number() OVER (PARTITION BY c.window_key, c.level ORDER BY c.blocks DESC, c.entity_id) AS rank,
+               w.network_hashrate * c.work / w.work_total AS hashrate
+        FROM _pw_counts c JOIN _pw_windows w USING (window_key)
+    """
+
+
+def wilson_interval(k: np.ndarray | int, n: np.ndarray | int, confidence: float = CONFIDENCE
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval for a binomial proportion k/n (vectorised).
+
+    Unlike the normal (Wald) interval it never leaves [0, 1] and stays sensible at k=0 or k=n.
+    """
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    k_arr = np.asarray(k, dtype=float)
+    n_arr = np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k_arr / n_arr
+        denom = 1 + z * z / n_arr
+        centre = (p + z * z / (2 * n_arr)) / denom
+        half = z / denom * np.sqrt(p * (1 - p) / n_arr + z * z / (4 * n_arr * n_arr))
+    # At k=0 (k=n) the bound is exactly 0 (1); floating point leaves a 1e-17 residue otherwise.
+    lo = np.where(k_arr == 0, 0.0, np.clip(centre - half, 0.0, 1.0))
+    hi = np.where(k_arr == n_arr, 1.0, np.clip(centre + half, 0.0, 1.0))
+    return lo, hi
+
+
+# --------------------------------------------------------------------------------------------
+# Metric functions on plain count vectors (the reference definitions; the SQL must agree)
+
+
+def hhi(counts: Sequence[int] | np.ndarray) -> float:
+    c = np.asarray(counts, dtype=float)
+    return float((c * c).sum() / c.sum() ** 2)
+
+
+def nakamoto(counts: Sequence[int] | np.ndarray) -> int:
+    """Smallest number of entities whose blocks are strictly more than half of the total."""
+    c = np.sort(np.asarray(counts, dtype=np.int64))[::-1]
+    return int(np.argmax(2 * np.cumsum(c) > c.sum()) + 1)
+
+
+def entropy_bits(counts: Sequence[int] | np.ndarray) -> float:
+    c = np.asarray(counts, dtype=float)
+    p = c[c > 0] / c.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def gini(counts: Sequence[int] | np.ndarray) -> float:
+    """Gini coefficient over the entities present (mean absolute difference / (2 * mean))."""
+    c = np.sort(np.asarray(counts, dtype=float))
+    n = len(c)
+    ranks = np.arange(1, n + 1)
+    return float(max(0.0, 2 * (ranks * c).sum() / (n * c.sum()) - (n + 1) / n))
+
+
+def bootstrap_intervals(counts: np.ndarray, draws: int, seed: int, confidence: float = CONFIDENCE
+                        ) -> tuple[float, float, int, int]:
+    """Multinomial (parametric) bootstrap: (hhi_lo, hhi_hi, nakamoto_lo, nakamoto_hi).
+
+    Each replicate redraws the window's N blocks among its entities with the observed shares; the
+    interval is the percentile interval of the metric over the replicates.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    rng = np.random.default_rng(seed)
+    sample = rng.multinomial(total, counts / total, size=draws)
+    hhis = (sample.astype(float) ** 2).sum(axis=1) / float(total) ** 2
+    ordered = -np.sort(-sample, axis=1)
+    before = np.cumsum(ordered, axis=1) - ordered  # blocks of the larger entities
+    naks = ((2 * before <= total) & (ordered > 0)).sum(axis=1)
+    alpha = (1 - confidence) / 2
+    h_lo, h_hi = np.quantile(hhis, [alpha, 1 - alpha])
+    n_lo, n_hi = np.quantile(naks, [alpha, 1 - alpha], method="inverted_cdf")
+    return float(h_lo), float(h_hi), int(n_lo), int(n_hi)
+
+
+def _draws_for(entities: int, draws: int) -> int:
+    return max(BOOTSTRAP_MIN_DRAWS, min(draws, BOOTSTRAP_MAX_CELLS // max(entities, 1)))
+
+
+def _seed(window_name: str, window_id: str, level: str, treatment: str) -> int:
+    # Per-window seeds: a window's interval does not change when other windows are added.
+    return BOOTSTRAP_SEED ^ zlib.crc32(f"{window_name}|{window_id}|{level}|{treatment}".encode())
+
+
+# --------------------------------------------------------------------------------------------
+# Orchestration
+
+
+@dataclass
+class MetricsResult:
+    window: Window
+    centralization: pd.DataFrame
+    pool_share: pd.DataFrame
+
+
+def _setup(con: duckdb.DuckDBPyConnection, window: Window, registry_version: str | None, rng: Range) -> None:
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _pw_base AS {_base_sql(registry_version, rng)}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_assigned AS {_assign_sql(window)}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _pw_windows_raw AS {_windows_sql(window)}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_windows AS {_network_hashrate_sql()}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_counts AS {_counts_sql()}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _pw_entities AS {_entities_sql()}")
+
+
+def _teardown(con: duckdb.DuckDBPyConnection) -> None:
+    for name, kind in (("_pw_entities", "VIEW"), ("_pw_counts", "TABLE"), ("_pw_windows", "TABLE"),
+                       ("_pw_windows_raw", "VIEW"), ("_pw_assigned", "TABLE"), ("_pw_base", "VIEW")):
+        con.execute(f"DROP {kind} IF EXISTS {name}")
+
+
+def compute_metrics(con: duckdb.DuckDBPyConnection, window: Window | str, *,
+                    registry_version: str | None = None, rng: Range | None = None,
+                    last: int | None = None, bootstrap: bool = True,
+                    draws: int = BOOTSTRAP_DRAWS, confidence: float = CONFIDENCE) -> MetricsResult:
+    """Centralization and pool-share tables for ``window`` over the blocks in ``rng``.
+
+    ``con`` needs views ``blocks`` and ``attributions`` (``Warehouse.connect()`` gives them).
+    ``last`` keeps only the most recent windows (and bootstraps only those).
+    """
+    window = parse_window(window) if isinstance(window, str) else window
+    rng = rng or Range()
+    _require_views(con, ("blocks", "attributions"))
+    _setup(con, window, registry_version, rng)
+    try:
+        windows = con.execute("SELECT * FROM _pw_windows ORDER BY window_key").df()
+        if last is not None:
+            windows = windows.tail(last)
+        keys = windows["window_key"].tolist()
+        key_filter = "TRUE" if last is None else \
+            ("window_key IN (" + ",".join(str(int(k)) for k in keys) + ")" if keys else "FALSE")
+        cent = con.execute(f"SELECT * FROM ({_centralization_sql()}) WHERE {key_filter}").df()
+        share = con.execute(f"SELECT * FROM ({_pool_share_sql()}) WHERE {key_filter}").df()
+        per_window = con.execute(
+            f"""SELECT window_key, level, list(blocks ORDER BY blocks DESC) AS known
+                FROM _pw_counts WHERE NOT is_unknown AND {key_filter} GROUP BY window_key, level""").df()
+    finally:
+        _teardown(con)
+    return _assemble(window, windows, cent, share, per_window, registry_version, bootstrap, draws, confidence)
+
+
+def _assemble(window: Window, windows: pd.DataFrame, cent: pd.DataFrame, share: pd.DataFrame,
+              per_window: pd.DataFrame, registry_version: str | None, bootstrap: bool, draws: int,
+              confidence: float) -> MetricsResult:
+    info_cols = ["window_key", "window_id", "window_start", "window_end", "first_height", "last_height",
+                 "blocks_total", "unknown_blocks", "complete"]
+    info = windows[info_cols + ["network_hashrate", "hashrate_method", "elapsed_seconds",
+                                "unattributed_blocks"]].copy()
+    info["unknown_share"] = info["unknown_blocks"] / info["blocks_total"]
+    info["low_sample"] = info["blocks_total"] < LOW_SAMPLE_BLOCKS
+    info["expected_blocks"] = info["elapsed_seconds"] / TARGET_SPACING
+    unattributed = int(info["unattributed_blocks"].sum())
+    if unattributed:
+        log.warning("%d blocks have no attribution row for registry version %s; they count as unknown "
+                    "(run `poolwatch attribute` to attribute them)", unattributed, registry_version)
+
+    cent = cent.merge(info, on="window_key", how="inner")
+    cent = _add_bootstrap(window, cent, per_window, bootstrap, draws, confidence)
+    cent.insert(0, "window_kind", window.name)
+    cent["registry_version"] = registry_version
+    cent = cent.sort_values(["window_key", "level", "unknown_treatment"], kind="stable")
+
+    share = share.merge(info[info_cols + ["low_sample"]].drop(columns=["blocks_total", "unknown_blocks"]),
+                        on="window_key", how="inner")
+    lo, hi = wilson_interval(share["blocks"].to_numpy(), share["blocks_total"].to_numpy(), confidence)
+    share["share_lo"], share["share_hi"] = lo, hi
+    share.insert(0, "window_kind", window.name)
+    share["registry_version"] = registry_version
+    share = share.sort_values(["window_key", "level", "rank"], kind="stable")
+    return MetricsResult(window, _order(cent, CENTRALIZATION_COLUMNS), _order(share, POOL_SHARE_COLUMNS))
+
+
+def _add_bootstrap(window: Window, cent: pd.DataFrame, per_window: pd.DataFrame, bootstrap: bool,
+                   draws: int, confidence: float) -> pd.DataFrame:
+    known = {(int(r.window_key), r.level): np.asarray(r.known, dtype=np.int64)
+             for r in per_window.itertuples(index=False)}
+    cols: dict[str, list] = {"hhi_lo": [], "hhi_hi": [], "nakamoto_lo": [], "nakamoto_hi": [],
+                             "bootstrap_draws": []}
+    for row in cent.itertuples(index=False):
+        counts = known.get((int(row.window_key), row.level), np.zeros(0, dtype=np.int64))
+        unknown = int(row.unknown_blocks)
+        if row.unknown_treatment == "one_entity" and unknown:
+            counts = np.append(counts, unknown)
+        elif row.unknown_treatment == "each_own" and unknown:
+            counts = np.concatenate([counts, np.ones(unknown, dtype=np.int64)])
+        if not bootstrap or counts.sum() == 0:
+            for name in cols:
+                cols[name].append(None)
+            continue
+        n_draws = _draws_for(len(counts), draws)
+        h_lo, h_hi, k_lo, k_hi = bootstrap_intervals(
+            counts, n_draws, _seed(window.name, row.window_id, row.level, row.unknown_treatment), confidence)
+        for name, value in zip(cols, (h_lo, h_hi, k_lo, k_hi, n_draws), strict=True):
+            cols[name].append(value)
+    for name, values in cols.items():
+        cent[name] = pd.array(values, dtype="Float64" if name.startswith("hhi") else "Int64")
+    return cent
+
+
+CENTRALIZATION_COLUMNS = [
+    "window_kind", "window_id", "window_start", "window_end", "first_height", "last_height", "level",
+    "unknown_treatment", "blocks_total", "unknown_blocks", "unknown_share", "blocks", "n_entities",
+    "top1_share", "top3_share", "top5_share", "hhi", "hhi_unbiased", "hhi_lo", "hhi_hi", "nakamoto",
+    "nakamoto_lo", "nakamoto_hi", "entropy_bits", "entropy_normalized", "gini", "bootstrap_draws",
+    "low_sample", "complete", "network_hashrate", "hashrate_method", "elapsed_seconds", "expected_blocks",
+    "registry_version",
+]
+POOL_SHARE_COLUMNS = [
+    "window_kind", "window_id", "window_start", "window_end", "first_height", "last_height", "level",
+    "entity_id", "entity_name", "is_unknown", "rank", "blocks", "blocks_total", "share", "share_lo",
+    "share_hi", "share_of_known", "work_share", "hashrate", "low_sample", "complete", "registry_version",
+]
+
+
+def _order(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    return frame[columns].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Materialization in the warehouse
+
+
+def metric_views() -> dict[str, str]:
+    """View name -> SQL over the materialized tables: pool_share_<window>, centralization_<window>
+    and their ``_family`` variants, for ad-hoc SQL."""
+    views: dict[str, str] = {}
+    for kind in MATERIALIZED_WINDOWS:
+        for table in ("pool_share", "centralization"):
+            for level, suffix in (("pool", ""), ("family", "_family")):
+                views[f"{table}{suffix}_{kind}"] = (
+                    f"SELECT * EXCLUDE (window_kind, level) FROM {table} "
+                    f"WHERE window_kind = '{kind}' AND level = '{level}'")
+    return views
+
+
+def write_view_files(directory: Path = METRIC_VIEWS_DIR) -> list[Path]:
+    """(Re)generate the ``<view>.sql`` files the warehouse catalog loads."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, sql in metric_views().items():
+        path = directory / f"{name}.sql"
+        path.write_text(f"-- Generated from pipeline.metrics.metric_views(); tests/test_metrics.py keeps it in sync.\n{sql}\n")
+        paths.append(path)
+    return paths
+
+
+def register_views(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Create the metric views on ``con`` (which must already have pool_share and centralization)."""
+    for name, sql in metric_views().items():
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+    return list(metric_views())
+
+
+def to_arrow(frame: pd.DataFrame, table: str) -> pa.Table:
+    """A metrics frame as an Arrow table conformed to schemas/tables/<table>.json."""
+    from pipeline.schemas import table_spec
+
+    spec = table_spec(table)
+    out = frame.copy()
+    for col in ("window_start", "window_end"):
+        out[col] = pd.to_datetime(out[col], utc=True)
+    out["computed_at"] = pd.Timestamp(datetime.now(UTC).replace(microsecond=0))
+    arrays = {}
+    for field in spec.arrow_schema:
+        values = out[field.name]
+        arrays[field.name] = pa.array(values.astype(object).where(values.notna(), None).tolist(),
+                                      type=field.type)
+    return pa.table(arrays, schema=spec.arrow_schema)
+
+
+def current_registry_version(warehouse: Warehouse) -> str | None:
+    meta = warehouse.meta
+    return meta.get("registry_version") if isinstance(meta, dict) else None
+
+
+def refresh_metrics(warehouse: Warehouse, windows: Sequence[str] = MATERIALIZED_WINDOWS,
+                    draws: int = BOOTSTRAP_DRAWS) -> dict[str, int]:
+    """Recompute the materialized metric tables (pool_share, centralization) for ``windows``.
+
+    Called by ``poolwatch metrics --refresh`` and the Airflow metrics DAG. Each commit replaces every
+    row of the recomputed window kinds (replace_by window_kind), atomically for both tables.
+    Returns rows written per table.
+    """
+    version = current_registry_version(warehouse)
+    cents, shares = [], []
+    con = warehouse.connect()
+    try:
+        for name in windows:
+            result = compute_metrics(con, parse_window(name), registry_version=version, draws=draws)
+            cents.append(result.centralization)
+            shares.append(result.pool_share)
+    finally:
+        con.close()
+    tables = {"centralization": to_arrow(pd.concat(cents, ignore_index=True), "centralization"),
+              "pool_share": to_arrow(pd.concat(shares, ignore_index=True), "pool_share")}
+    with warehouse.writer():
+        warehouse.commit(tables)
+        warehouse.refresh_catalog()
+    counts = {name: t.num_rows for name, t in tables.items()}
+    log.info("metrics refreshed for %s (registry %s): %s", ", ".join(windows), version, counts)
+    return counts

@@ -1,0 +1,371 @@
+"""Parallel backfill: fetch and decode height chunks in worker processes, hand them back in order.
+
+Decoding is CPU-bound Python, so threads would serialize on the GIL; processes do not. Each worker
+holds its own ``NodeClient`` (python-bitcoinrpc is not thread- or fork-safe) or its own block-file
+reader, and works on one chunk at a time, so the node never sees more than ``workers`` requests at
+once: keep ``workers`` at or below the node's ``-rpcthreads`` (Core: 4 before v29, 16 since) so no
+request waits in its ``-rpcworkqueue`` (16 / 64).
+
+Workers also build each chunk's tables, attribute it and validate it (Great Expectations costs more
+than decoding), so all of that scales with the workers. The parent keeps the single-writer rule of
+the warehouse: it receives batches strictly in height order, checks each one links to what is
+stored, and commits (``load_chunks``).
+
+Sources:
+
+* ``"node"``: each worker calls ``pipeline.sync.fetch_blocks`` (REST ``/rest/block/<hash>.bin`` when
+  the node serves it, else ``getblock <hash> 0``);
+* ``"blkfiles"``: the parent asks the node for the chunk's active-chain hashes and median times and
+  locates them in the block files (its index is built once); workers only ``pread`` and decode.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from pipeline.blockfiles import BlockFileReader, BlockFileSource, BlockLocation, decode_located
+from pipeline.decode import DecodedBlock
+from pipeline.networks import Network, network_for_chain
+from pipeline.node import NodeClient, NodeConfig
+
+if TYPE_CHECKING:
+    from pipeline.registry import Registry
+    from pipeline.validation import ValidationReport
+    from pipeline.warehouse import Warehouse
+
+log = logging.getLogger("pipeline.parallel")
+
+SOURCES = ("node", "blkfiles")
+# Core's default -rpcthreads before v29; a worker beyond the node's RPC threads only queues.
+MAX_DEFAULT_WORKERS = 4
+# Raw blocks held at once per process: 16 x 4 MB worst case.
+FETCH_SLICE = 16
+
+
+def default_workers(cpu_count: int | None = None) -> int:
+    """min(4, CPUs): decoding needs a core per worker, and 4 fits the smallest default -rpcthreads."""
+    cpus = cpu_count if cpu_count is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                                    else os.cpu_count() or 1)
+    return max(1, min(MAX_DEFAULT_WORKERS, cpus))
+
+
+@dataclass(frozen=True)
+class _WorkerSpec:
+    """What a worker process needs to build its own connections (picklable; no open handles)."""
+
+    network: str
+    node: NodeConfig | None
+    blocks_dir: str | None
+    magic: bytes
+    plan: BatchPlan | None = None
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a chunk of decoded blocks becomes a batch (what ``sync_range`` passes to build/validate)."""
+
+    registry: Registry | None
+    chain: str
+    allow_cross_network: bool = False
+    validate: bool = True
+
+
+@dataclass
+class PreparedBatch:
+    """A chunk built and validated (in a worker): the parent only checks the link and commits."""
+
+    lo: int
+    hi: int
+    tables: dict[str, pa.Table]
+    report: ValidationReport | None
+    blocks: int
+    previous_hash: str | None     # the node's hash at lo - 1 the link was validated against
+    last_hash: str
+
+
+# Per-process state, set once by the pool initializer.
+_client: NodeClient | None = None
+_reader: BlockFileReader | None = None
+_network: Network | None = None
+_plan: BatchPlan | None = None
+
+
+def _init_worker(spec: _WorkerSpec) -> None:
+    global _client, _reader, _network, _plan
+    _network = network_for_chain(spec.network)
+    _plan = spec.plan
+    if spec.node is not None:
+        _client = NodeClient(spec.node)
+    if spec.blocks_dir is not None:
+        _reader = BlockFileReader(spec.blocks_dir, spec.magic)
+    if spec.plan is not None and spec.plan.validate:
+        # Pay Great Expectations' multi-second import once per worker, at start, not in a batch.
+        import great_expectations  # noqa: F401
+
+
+def _ready() -> int:
+    time.sleep(0.05)  # long enough that concurrent pings land on different workers
+    return os.getpid()
+
+
+def fetch_decoded(client: NodeClient, lo: int, hi: int, network: Network) -> list[DecodedBlock]:
+    """``sync.fetch_blocks`` over [lo, hi] in slices of FETCH_SLICE blocks, so at most one slice of
+    raw blocks (not the whole chunk: 200 x up to 4 MB) is held in memory at a time."""
+    from pipeline.sync import fetch_blocks
+
+    blocks: list[DecodedBlock] = []
+    for start in range(lo, hi + 1, FETCH_SLICE):
+        blocks += fetch_blocks(client, list(range(start, min(start + FETCH_SLICE - 1, hi) + 1)), network)
+    return blocks
+
+
+def _fetch_node_chunk(lo: int, hi: int) -> list[DecodedBlock]:
+    assert _client is not None and _network is not None, "worker not initialised"
+    return fetch_decoded(_client, lo, hi, _network)
+
+
+def _decode_chunk(heights: list[int], hashes: list[str], median_times: list[int | None],
+                  locations: list[BlockLocation]) -> list[DecodedBlock]:
+    assert _reader is not None and _network is not None, "worker not initialised"
+    return decode_located(_reader, heights, hashes, median_times, locations, _network)
+
+
+def prepare_batch(blocks: list[DecodedBlock], lo: int, hi: int, previous_hash: str | None,
+                  plan: BatchPlan) -> PreparedBatch:
+    """Tables and validation report of one chunk; the link to ``previous_hash`` is validated here."""
+    from pipeline.sync import build_batch
+
+    tables = build_batch(blocks, plan.registry, plan.chain, plan.allow_cross_network)
+    report = None
+    if plan.validate:
+        from pipeline.validation import validate_batch
+
+        context: dict[str, Any] = {"chain": plan.chain}
+        if previous_hash is not None:
+            context["previous_height"] = lo - 1
+            context["previous_hash"] = previous_hash
+        if plan.registry is not None:
+            context["registry_version"] = plan.registry.version
+            context["pool_ids"] = sorted({p.id for p in plan.registry.pools})
+        report = validate_batch(tables, context)
+    return PreparedBatch(lo=lo, hi=hi, tables=tables, report=report, blocks=len(blocks),
+                         previous_hash=previous_hash, last_hash=blocks[-1].hash if blocks else "")
+
+
+def _prepare_node_chunk(lo: int, hi: int) -> PreparedBatch:
+    assert _client is not None and _plan is not None, "worker not initialised"
+    previous = _client.block_hashes([lo - 1])[0] if lo > 0 else None
+    return prepare_batch(_fetch_node_chunk(lo, hi), lo, hi, previous, _plan)
+
+
+def _prepare_located_chunk(heights: list[int], hashes: list[str], median_times: list[int | None],
+                           locations: list[BlockLocation], previous_hash: str | None) -> PreparedBatch:
+    assert _plan is not None, "worker not initialised"
+    blocks = _decode_chunk(heights, hashes, median_times, locations)
+    return prepare_batch(blocks, heights[0], heights[-1], previous_hash, _plan)
+
+
+class ChunkFetcher:
+    """Decoded blocks for a sequence of inclusive height chunks, yielded in the chunks' order.
+
+    ``workers=1`` runs in the calling process (no pool, same code path as ``sync_range`` today).
+    With more workers at most ``workers + prefetch`` chunks are in flight, which bounds memory to a
+    few chunks of decoded blocks whatever the range. Use as a context manager (stops the pool).
+    """
+
+    def __init__(self, client: NodeClient, network: Network, *, workers: int = 1, source: str = "node",
+                 datadir: Path | str | None = None, blocks_dir: Path | str | None = None,
+                 prefetch: int | None = None, plan: BatchPlan | None = None) -> None:
+        if source not in SOURCES:
+            raise ValueError(f"unknown block source {source!r}; expected one of {', '.join(SOURCES)}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if source == "blkfiles" and datadir is None and blocks_dir is None:
+            raise ValueError("the blkfiles source needs the node's data directory (--datadir)")
+        self.client = client
+        self.network = network
+        self.workers = workers
+        self.source = source
+        self.prefetch = workers if prefetch is None else max(0, prefetch)
+        self.plan = plan
+        self.files: BlockFileSource | None = None
+        if source == "blkfiles":
+            self.files = BlockFileSource(datadir or "", network, blocks_dir=blocks_dir)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> ChunkFetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self.files is not None:
+            self.files.close()
+
+    def _pool_for(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            spec = _WorkerSpec(
+                network=self.network.name,
+                node=self.client.config if self.source == "node" else None,
+                blocks_dir=str(self.files.reader.blocks_dir) if self.files is not None else None,
+                magic=self.network.magic, plan=self.plan)
+            # spawn, not fork: the parent may hold sockets, threads (Airflow, rich) and open files.
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context,
+                                             initializer=_init_worker, initargs=(spec,))
+        return self._pool
+
+    def start(self) -> float:
+        """Start the worker processes now (imports included) instead of on the first chunk; seconds taken.
+        Optional: lets a caller show a "starting workers" step or time steady-state throughput."""
+        started = time.perf_counter()
+        if self.workers > 1:
+            pool = self._pool_for()
+            for future in [pool.submit(_ready) for _ in range(self.workers)]:
+                future.result()
+        elif self.plan is not None and self.plan.validate:
+            import great_expectations  # noqa: F401
+        return time.perf_counter() - started
+
+    def fetch_chunk(self, lo: int, hi: int) -> list[DecodedBlock]:
+        """One chunk in this process."""
+        if self.files is not None:
+            return self.files.fetch_blocks(self.client, list(range(lo, hi + 1)))
+        return fetch_decoded(self.client, lo, hi, self.network)
+
+    def _submit(self, lo: int, hi: int) -> Future:
+        pool = self._pool_for()
+        if self.files is None:
+            return pool.submit(_fetch_node_chunk, lo, hi)
+        heights, hashes, median_times, locations, _ = self._locate(lo, hi, with_previous=False)
+        return pool.submit(_decode_chunk, heights, hashes, median_times, locations)
+
+    def _locate(self, lo: int, hi: int, with_previous: bool) -> tuple[list[int], list[str], list[int | None],
+                                                                      list[BlockLocation], str | None]:
+        """Active-chain hashes (one batched RPC, with lo - 1 when asked), median times, file locations."""
+        assert self.files is not None
+        heights = list(range(lo, hi + 1))
+        ask = [lo - 1, *heights] if with_previous and lo > 0 else heights
+        hashes = self.client.block_hashes(ask)
+        previous = hashes[0] if len(ask) > len(heights) else None
+        hashes = hashes[len(ask) - len(heights):]
+        median_times = self.client.median_times(hashes)
+        return heights, hashes, median_times, self.files.locate(hashes), previous
+
+    def _submit_prepare(self, lo: int, hi: int) -> Future:
+        pool = self._pool_for()
+        if self.files is None:
+            return pool.submit(_prepare_node_chunk, lo, hi)
+        heights, hashes, median_times, locations, previous = self._locate(lo, hi, with_previous=True)
+        return pool.submit(_prepare_located_chunk, heights, hashes, median_times, locations, previous)
+
+    def prepare_chunk(self, lo: int, hi: int) -> PreparedBatch:
+        """One chunk built and validated in this process."""
+        if self.plan is None:
+            raise ValueError("prepare_chunk needs a BatchPlan (ChunkFetcher(plan=...))")
+        previous = self.client.block_hashes([lo - 1])[0] if lo > 0 else None
+        return prepare_batch(self.fetch_chunk(lo, hi), lo, hi, previous, self.plan)
+
+    def _in_order(self, chunks: Sequence[tuple[int, int]], submit: Callable[[int, int], Future]) -> Iterator[Any]:
+        """Results of ``submit`` per chunk in order, at most workers + prefetch in flight."""
+        pending: deque[Future] = deque()
+        todo = iter(chunks)
+        try:
+            for lo, hi in todo:
+                pending.append(submit(lo, hi))
+                if len(pending) >= self.workers + self.prefetch:
+                    break
+            while pending:
+                future = pending.popleft()
+                nxt = next(todo, None)
+                if nxt is not None:  # keep the pool full while this result is consumed
+                    pending.append(submit(*nxt))
+                yield future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def iter_chunks(self, chunks: Sequence[tuple[int, int]]) -> Iterator[tuple[tuple[int, int], list[DecodedBlock]]]:
+        """((lo, hi), blocks) per chunk, in the given order; a worker's exception is re-raised here."""
+        if self.workers == 1 or len(chunks) <= 1:
+            for lo, hi in chunks:
+                yield (lo, hi), self.fetch_chunk(lo, hi)
+            return
+        yield from zip(chunks, self._in_order(chunks, self._submit))
+
+    def iter_prepared(self, chunks: Sequence[tuple[int, int]]) -> Iterator[PreparedBatch]:
+        """Built and validated batches per chunk, in order (workers decode, attribute and validate)."""
+        if self.plan is None:
+            raise ValueError("iter_prepared needs a BatchPlan (ChunkFetcher(plan=...))")
+        if self.workers == 1 or len(chunks) <= 1:
+            for lo, hi in chunks:
+                yield self.prepare_chunk(lo, hi)
+            return
+        yield from self._in_order(chunks, self._submit_prepare)
+
+
+class ChainChangedError(RuntimeError):
+    """The node's active chain changed under a running backfill (a reorg): sync again to repair it."""
+
+
+def load_chunks(warehouse: Warehouse, fetcher: ChunkFetcher, chunks: Sequence[tuple[int, int]], *,
+                progress: Callable[[int], None] | None = None, stages: dict[str, float] | None = None) -> int:
+    """The batch loop of ``sync_range`` with decoding, attribution and validation in the workers.
+
+    The parent (holding the warehouse's writer lock, as ``sync_range`` does) receives batches in
+    height order and for each: checks that the hash the worker validated the batch's first block
+    against (the node's block at lo - 1) is the one stored (or committed just before), then commits;
+    a rejected batch is quarantined and raises ``BatchRejected`` exactly as ``load_batch`` does.
+    Returns blocks loaded. ``stages`` (optional) accumulates seconds: ``wait`` (for the workers:
+    what is not hidden behind the parent's commits) and ``commit``.
+    """
+    from pipeline.validation import BatchRejected, quarantine
+
+    timings = stages if stages is not None else {}
+    loaded = 0
+    last_hash: str | None = None
+    last_height: int | None = None
+    clock = time.perf_counter
+    mark = clock()
+    for batch in fetcher.iter_prepared(chunks):
+        got = clock()
+        if batch.previous_hash is not None:
+            if last_height == batch.lo - 1:
+                stored_prev = last_hash
+            else:
+                stored_prev = warehouse.stored_hashes(batch.lo - 1, batch.lo - 1).get(batch.lo - 1)
+            if stored_prev is not None and stored_prev != batch.previous_hash:
+                raise ChainChangedError(
+                    f"the node's block at height {batch.lo - 1} is now {batch.previous_hash}, not the stored "
+                    f"{stored_prev}: its chain changed during the backfill. Run sync again: it repairs reorgs")
+        if batch.report is not None and not batch.report.ok:
+            where = quarantine(warehouse.root, batch.tables, batch.report)
+            raise BatchRejected(batch.report.summary(), where)
+        warehouse.commit(batch.tables)
+        done = clock()
+        timings["wait"] = timings.get("wait", 0.0) + got - mark
+        timings["commit"] = timings.get("commit", 0.0) + done - got
+        mark = done
+        last_hash, last_height = batch.last_hash, batch.hi
+        loaded += batch.blocks
+        if progress:
+            progress(batch.blocks)
+    return loaded
+
+
+__all__ = ["BatchPlan", "ChainChangedError", "ChunkFetcher", "MAX_DEFAULT_WORKERS", "PreparedBatch", "SOURCES",
+           "default_workers", "load_chunks", "prepare_batch"]

@@ -1,0 +1,367 @@
+"""The project's own pool registry: format, loading, validation, canonical form and version hash.
+
+A registry is one JSON document (``schemas/registry.schema.json``). Facts from the community lists
+enter it only through ``pipeline.importers``, which records for every tag and address the lists that
+attest it. The registry's version is the content hash of its canonical JSON, so an attribution row
+names exactly the definitions that produced it.
+
+Pool ids are short strings of our own (``foundry-usa``), stable across renames (a renamed pool keeps
+its id and gains a ``former_names`` entry); ``unknown`` is reserved for unattributed blocks.
+Tags are literal byte strings (UTF-8 of ``tag``, or ``tag_hex`` for bytes that are not UTF-8).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pipeline.networks import NETWORKS
+
+FORMAT = "poolwatch-registry"
+FORMAT_VERSION = 1
+UNKNOWN_POOL_ID = "unknown"
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+class RegistryError(ValueError):
+    """A registry document that cannot be used; the message names the entry and the field."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """Inclusive height range in which a rule is valid; None = open on that side."""
+
+    from_height: int | None = None
+    to_height: int | None = None
+
+    def contains(self, height: int) -> bool:
+        return (self.from_height is None or height >= self.from_height) and (
+            self.to_height is None or height <= self.to_height)
+
+    @property
+    def is_open(self) -> bool:
+        return self.from_height is None and self.to_height is None
+
+
+@dataclass(frozen=True)
+class Tag:
+    value: bytes
+    window: Window = Window()
+    sources: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """Display form: the UTF-8 text, or ``hex:...`` for bytes that are not UTF-8."""
+        try:
+            return self.value.decode("utf-8")
+        except UnicodeDecodeError:
+            return "hex:" + self.value.hex()
+
+
+@dataclass(frozen=True)
+class Address:
+    address: str
+    network: str  # a key of pipeline.networks.NETWORKS
+    script: bytes  # scriptPubKey, computed once at load time
+    window: Window = Window()
+    sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FamilyMembership:
+    family: str  # id into Registry.families
+    window: Window = Window()
+
+
+@dataclass(frozen=True)
+class Family:
+    id: str
+    name: str
+    link: str | None = None
+
+
+@dataclass(frozen=True)
+class Pool:
+    id: str
+    name: str
+    slug: str
+    link: str | None
+    tags: tuple[Tag, ...] = ()
+    addresses: tuple[Address, ...] = ()
+    family: tuple[FamilyMembership, ...] = ()
+    former_names: tuple[str, ...] = ()
+
+    def family_at(self, height: int) -> str | None:
+        """The family id this pool belonged to at ``height`` (first matching membership)."""
+        for membership in self.family:
+            if membership.window.contains(height):
+                return membership.family
+        return None
+
+
+@dataclass(frozen=True)
+class Registry:
+    pools: tuple[Pool, ...]
+    families: tuple[Family, ...] = ()
+    document: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @cached_property
+    def version(self) -> str:
+        return registry_version(self.document)
+
+    @cached_property
+    def by_id(self) -> dict[str, Pool]:
+        return {p.id: p for p in self.pools}
+
+    @cached_property
+    def family_names(self) -> dict[str, str]:
+        return {f.id: f.name for f in self.families}
+
+    @property
+    def resolutions(self) -> list[dict[str, Any]]:
+        return list(self.document.get("resolutions", []))
+
+    def canonical_json(self) -> str:
+        return canonical_json(self.document)
+
+
+def canonical_json(document: dict[str, Any]) -> str:
+    """Sorted keys, no insignificant whitespace, UTF-8 kept: equal content gives equal text."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def registry_version(document: dict[str, Any]) -> str:
+    """First 16 hex digits of SHA-256 over the canonical JSON (64 bits: collisions are not a concern
+    for the handful of versions a warehouse keeps, and the value stays readable in paths)."""
+    return hashlib.sha256(canonical_json(document).encode("utf-8")).hexdigest()[:16]
+
+
+def default_registry_path() -> Path:
+    return Path(__file__).resolve().parent / "data" / "registry.json"
+
+
+def schema_path() -> Path:
+    from pipeline.schemas import schemas_dir
+
+    return schemas_dir() / "registry.schema.json"
+
+
+def load_registry(path: Path | None = None) -> Registry:
+    """Read and validate a registry file; None = the default registry shipped in pipeline/data/."""
+    path = Path(path) if path is not None else default_registry_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RegistryError(f"registry file {path} does not exist") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"registry file {path} is not valid JSON: {exc}") from None
+    try:
+        return parse_registry(document)
+    except RegistryError as exc:
+        raise RegistryError(f"{path}: {exc}") from None
+
+
+def _schema_errors(document: Any) -> list[str]:
+    import jsonschema
+
+    schema = json.loads(schema_path().read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    messages = []
+    for error in sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path)):
+        messages.append(f"{_describe_path(document, list(error.absolute_path))}: {error.message}")
+    return messages
+
+
+def _describe_path(document: Any, path: list) -> str:
+    """`pools[3] (id 'antpool').tags[1].tag` rather than a bare JSON pointer."""
+    out, node = "", document
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            try:
+                node = node[part]
+            except (IndexError, KeyError, TypeError):
+                node = None
+            if isinstance(node, dict):
+                if isinstance(node.get("id"), str):
+                    out += f" (id {node['id']!r})"
+                else:
+                    label = node.get("address") or node.get("tag") or node.get("tag_hex")
+                    if label is not None:
+                        out += f" ({label!r})"
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "(document)"
+
+
+def parse_registry(document: Any) -> Registry:
+    """Validate (JSON Schema, then the rules a schema cannot express) and build a Registry."""
+    errors = _schema_errors(document)
+    if errors:
+        raise RegistryError("invalid registry: " + "; ".join(errors[:20])
+                            + (f"; ... {len(errors) - 20} more" if len(errors) > 20 else ""))
+    families = tuple(Family(f["id"], f["name"], f.get("link")) for f in document.get("families", []))
+    family_ids = {f.id for f in families}
+    pools: list[Pool] = []
+    seen_ids: dict[str, int] = {}
+    problems: list[str] = []
+    for i, raw in enumerate(document["pools"]):
+        where = f"pools[{i}] (id {raw['id']!r})"
+        if raw["id"] == UNKNOWN_POOL_ID:
+            problems.append(f"{where}.id: {UNKNOWN_POOL_ID!r} is reserved for unattributed blocks")
+        if raw["id"] in seen_ids:
+            problems.append(f"{where}.id: duplicate of pools[{seen_ids[raw['id']]}]")
+        seen_ids.setdefault(raw["id"], i)
+        tags = []
+        for j, t in enumerate(raw.get("tags", [])):
+            value = _tag_bytes(t, f"{where}.tags[{j}]", problems)
+            window = _window(t, f"{where}.tags[{j}]", problems)
+            if value is not None:
+                tags.append(Tag(value, window, tuple(t.get("sources", []))))
+        addresses = []
+        for j, a in enumerate(raw.get("addresses", [])):
+            entry = f"{where}.addresses[{j}] ({a['address']!r})"
+            window = _window(a, entry, problems)
+            script = _address_script(a["address"], a["network"], entry, problems)
+            if script is not None:
+                addresses.append(Address(a["address"], a["network"], script, window, tuple(a.get("sources", []))))
+        memberships = []
+        for j, m in enumerate(raw.get("family", [])):
+            if m["family"] not in family_ids:
+                problems.append(f"{where}.family[{j}].family: {m['family']!r} is not declared in families")
+            memberships.append(FamilyMembership(m["family"], _window(m, f"{where}.family[{j}]", problems)))
+        pools.append(Pool(raw["id"], raw["name"], raw.get("slug") or raw["id"], raw.get("link"), tuple(tags),
+                          tuple(addresses), tuple(memberships), tuple(raw.get("former_names", []))))
+    problems += _duplicate_rule_problems(pools)
+    if problems:
+        raise RegistryError("invalid registry: " + "; ".join(problems[:20])
+                            + (f"; ... {len(problems) - 20} more" if len(problems) > 20 else ""))
+    return Registry(tuple(pools), families, document)
+
+
+def _tag_bytes(entry: dict, where: str, problems: list[str]) -> bytes | None:
+    if ("tag" in entry) == ("tag_hex" in entry):
+        problems.append(f"{where}: give exactly one of 'tag' and 'tag_hex'")
+        return None
+    if "tag" in entry:
+        value = entry["tag"].encode("utf-8")
+    else:
+        try:
+            value = bytes.fromhex(entry["tag_hex"])
+        except ValueError:
+            problems.append(f"{where}.tag_hex: {entry['tag_hex']!r} is not hex")
+            return None
+    if len(value) < 3:
+        # A 1-2 byte tag would match random extranonce bytes in a large share of all coinbases.
+        problems.append(f"{where}.tag: {value!r} is shorter than 3 bytes and would match by chance")
+        return None
+    return value
+
+
+def _window(entry: dict, where: str, problems: list[str]) -> Window:
+    lo, hi = entry.get("from_height"), entry.get("to_height")
+    if lo is not None and hi is not None and lo > hi:
+        problems.append(f"{where}.from_height: {lo} is above to_height {hi}")
+    return Window(lo, hi)
+
+
+def _address_script(address: str, network: str, where: str, problems: list[str]) -> bytes | None:
+    from pipeline.scripts import address_to_script
+
+    if network not in NETWORKS:
+        problems.append(f"{where}.network: unknown network {network!r}; expected one of {sorted(NETWORKS)}")
+        return None
+    try:
+        script, encoded_for = address_to_script(address)
+    except ValueError as exc:
+        problems.append(f"{where}.address: {exc}")
+        return None
+    if not _encoded_for(address, encoded_for, NETWORKS[network]):
+        problems.append(f"{where}.network: the address is encoded for {encoded_for.name!r}, not {network!r}")
+        return None
+    return script
+
+
+def _encoded_for(address: str, parsed_as, network) -> bool:
+    """Whether the address's encoding belongs to ``network``. Networks share encodings (test,
+    testnet4 and signet all use tb1/m/n/2; regtest shares the base58 versions but has bcrt1), so
+    bech32 addresses compare by prefix and base58 addresses by version bytes."""
+    lowered = address.lower()
+    if any(lowered.startswith(n.bech32_hrp + "1") for n in NETWORKS.values()):
+        return lowered.startswith(network.bech32_hrp + "1")
+    return (parsed_as.p2pkh_version, parsed_as.p2sh_version) == (network.p2pkh_version, network.p2sh_version)
+
+
+def _duplicate_rule_problems(pools: Iterable[Pool]) -> list[str]:
+    """The same tag or address in two pools with overlapping windows makes attribution ambiguous by
+    construction: the registry must resolve it (windows or removal), attribution must not guess."""
+    problems: list[str] = []
+    claims: dict[tuple, list[tuple[str, Window]]] = {}
+    for pool in pools:
+        for tag in pool.tags:
+            claims.setdefault(("tag", tag.value.lower()), []).append((pool.id, tag.window))
+        for addr in pool.addresses:
+            claims.setdefault(("address", addr.network, addr.script), []).append((pool.id, addr.window))
+    for key, owners in claims.items():
+        for a in range(len(owners)):
+            for b in range(a + 1, len(owners)):
+                (pa_, wa), (pb, wb) = owners[a], owners[b]
+                if _overlap(wa, wb):
+                    what = (f"tag {key[1]!r} (case-insensitive)" if key[0] == "tag"
+                            else f"address script {key[2].hex()} on {key[1]}")
+                    where = "twice in the same pool" if pa_ == pb else f"in pools {pa_!r} and {pb!r}"
+                    problems.append(f"{what} appears {where} with overlapping windows")
+    return problems
+
+
+def _overlap(a: Window, b: Window) -> bool:
+    lo = max(a.from_height if a.from_height is not None else -1, b.from_height if b.from_height is not None else -1)
+    hi = min(a.to_height if a.to_height is not None else 1 << 62, b.to_height if b.to_height is not None else 1 << 62)
+    return lo <= hi
+
+
+def diff_registries(old: Registry, new: Registry) -> dict[str, list[str]]:
+    """Human-readable rule-level differences: pools added/removed/renamed, tags and addresses moved."""
+    def rules(reg: Registry) -> dict[tuple, str]:
+        out = {}
+        for p in reg.pools:
+            for t in p.tags:
+                out[("tag", t.text, t.window)] = p.id
+            for a in p.addresses:
+                out[("address", a.address, a.network, a.window)] = p.id
+        return out
+
+    old_rules, new_rules = rules(old), rules(new)
+    changes: dict[str, list[str]] = {"pools": [], "rules": []}
+    for pid in sorted(set(old.by_id) - set(new.by_id)):
+        changes["pools"].append(f"- pool {pid} ({old.by_id[pid].name})")
+    for pid in sorted(set(new.by_id) - set(old.by_id)):
+        changes["pools"].append(f"+ pool {pid} ({new.by_id[pid].name})")
+    for pid in sorted(set(old.by_id) & set(new.by_id)):
+        if old.by_id[pid].name != new.by_id[pid].name:
+            changes["pools"].append(f"~ pool {pid} renamed {old.by_id[pid].name!r} -> {new.by_id[pid].name!r}")
+    for key in sorted(set(old_rules) | set(new_rules), key=repr):
+        o, n = old_rules.get(key), new_rules.get(key)
+        if o == n:
+            continue
+        label = f"{key[0]} {key[1]!r}" + (f" [{_window_text(key[-1])}]" if not key[-1].is_open else "")
+        if o is None:
+            changes["rules"].append(f"+ {label} -> {n}")
+        elif n is None:
+            changes["rules"].append(f"- {label} (was {o})")
+        else:
+            changes["rules"].append(f"~ {label}: {o} -> {n}")
+    return changes
+
+
+def _window_text(w: Window) -> str:
+    return f"{'' if w.from_height is None else w.from_height}..{'' if w.to_height is None else w.to_height}"

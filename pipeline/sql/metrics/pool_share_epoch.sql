@@ -1,0 +1,2 @@
+-- Generated from pipeline.metrics.metric_views(); tests/test_metrics.py keeps it in sync.
+SELECT * EXCLUDE (window_kind, level) FROM pool_share WHERE window_kind = 'epoch' AND level = 'pool'

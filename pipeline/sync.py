@@ -1,0 +1,259 @@
+"""Jobs: load a height range from the node into the warehouse, detect and repair reorgs, re-attribute.
+
+The CLI (`poolwatch sync`, `poolwatch attribute`) and the Airflow DAGs call these functions; nothing
+here knows about either. One batch = a contiguous height range that is fetched, decoded, attributed,
+validated and committed atomically; a failure leaves every earlier batch in place, so a re-run resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from pipeline.decode import DecodedBlock, DecodeError, blocks_to_tables, decode_block
+from pipeline.networks import Network
+from pipeline.node import HeightAboveTipError, NodeClient
+
+if TYPE_CHECKING:
+    from pipeline.registry import Registry
+    from pipeline.warehouse import Warehouse
+
+log = logging.getLogger("pipeline.sync")
+
+Progress = Callable[[int], None]
+
+# How far below the stored tip a routine reorg check looks; deeper forks are found by widening.
+REORG_CHECK_DEPTH = 12
+
+
+@dataclass
+class SyncResult:
+    start: int | None
+    end: int | None
+    blocks_loaded: int = 0
+    batches: int = 0
+    reorg_fork_height: int | None = None
+    reattributed: int = 0
+    seconds: float = 0.0
+    chain: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def blocks_per_second(self) -> float:
+        return self.blocks_loaded / self.seconds if self.seconds > 0 else 0.0
+
+
+def plan_chunks(start: int, end: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Split the inclusive range [start, end] into inclusive chunks of at most chunk_size heights."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk size must be >= 1, got {chunk_size}")
+    if end < start:
+        return []
+    return [(lo, min(lo + chunk_size - 1, end)) for lo in range(start, end + 1, chunk_size)]
+
+
+def fetch_blocks(client: NodeClient, heights: Sequence[int], network: Network) -> list[DecodedBlock]:
+    """Fetch and decode the blocks at ``heights`` (raw bytes only; never getblock verbosity 2)."""
+    hashes = client.block_hashes(heights)
+    median_times = client.median_times(hashes)
+    raws = client.raw_blocks(hashes)
+    blocks = []
+    for height, block_hash, mtp, raw in zip(heights, hashes, median_times, raws, strict=True):
+        try:
+            block = decode_block(raw, network, height=height, median_time=mtp)
+        except DecodeError as exc:
+            raise DecodeError(f"block {block_hash} at height {height}: {exc}") from exc
+        if block.hash != block_hash:
+            # The node served bytes that do not hash to what it said: never store them.
+            raise DecodeError(f"node returned block {block.hash} for height {height}, expected {block_hash}")
+        blocks.append(block)
+    return blocks
+
+
+def build_batch(blocks: Sequence[DecodedBlock], registry: Registry | None, chain: str,
+                allow_cross_network: bool = False) -> dict[str, pa.Table]:
+    """Decoded blocks -> the tables of one batch (blocks, coinbase_outputs, attributions...)."""
+    tables = blocks_to_tables(blocks)
+    if registry is not None:
+        from pipeline.attribution import attribute_tables
+
+        tables.update(attribute_tables(tables["blocks"], tables["coinbase_outputs"], registry, chain,
+                                       allow_cross_network=allow_cross_network))
+    return tables
+
+
+def validation_context(warehouse: Warehouse, first_height: int, chain: str,
+                       registry: Registry | None) -> dict[str, Any]:
+    """What a batch's validation needs from outside the batch: the stored block it links to."""
+    context: dict[str, Any] = {"chain": chain}
+    if first_height > 0:
+        previous = warehouse.stored_hashes(first_height - 1, first_height - 1)
+        if previous:
+            context["previous_height"] = first_height - 1
+            context["previous_hash"] = previous[first_height - 1]
+    if registry is not None:
+        context["registry_version"] = registry.version
+        context["pool_ids"] = sorted({p.id for p in registry.pools})
+    return context
+
+
+def load_batch(warehouse: Warehouse, tables: dict[str, pa.Table], *, validate: bool = True,
+               context: dict[str, Any] | None = None) -> None:
+    """Validate then commit one batch; a rejected batch goes to quarantine and nothing is stored."""
+    if validate:
+        from pipeline.validation import BatchRejected, quarantine, validate_batch
+
+        report = validate_batch(tables, context or {})
+        if not report.ok:
+            where = quarantine(warehouse.root, tables, report)
+            raise BatchRejected(report.summary(), where)
+    warehouse.commit(tables)
+
+
+def find_fork_height(client: NodeClient, warehouse: Warehouse, depth: int = REORG_CHECK_DEPTH,
+                     tip: int | None = None) -> int | None:
+    """Lowest stored height whose hash is no longer on the node's active chain, or None.
+
+    Checks the top ``depth`` stored heights and widens (doubling) while everything checked differs,
+    so a fork of any depth is found with few RPC round trips.
+    """
+    stored = warehouse.stored_range()
+    if stored is None:
+        return None
+    low, high = stored
+    tip = client.tip_height() if tip is None else tip
+    fork: int | None = None
+    if high > tip:
+        fork = tip + 1  # the node's chain is now shorter than what we stored
+    span = depth
+    while True:
+        check_lo = max(low, min(high, tip) - span + 1)
+        check_hi = min(high, tip)
+        if check_hi < check_lo:
+            return low  # the node's tip is below everything stored: all of it is stale
+        stored_hashes = warehouse.stored_hashes(check_lo, check_hi)
+        heights = sorted(stored_hashes)
+        node_hashes = dict(zip(heights, client.block_hashes(heights), strict=True))
+        mismatched = [h for h in heights if node_hashes[h] != stored_hashes[h]]
+        if not mismatched:
+            return fork
+        fork = min(mismatched)
+        if fork > check_lo or check_lo == low:
+            return fork
+        span *= 2
+
+
+def repair_reorg(warehouse: Warehouse, fork_height: int) -> None:
+    """Roll back every height-keyed table to below the fork; the caller reloads from there."""
+    log.warning("reorg: stored blocks from height %d are no longer on the node's active chain; "
+                "rolling back and reloading them", fork_height)
+    warehouse.delete_heights_from(fork_height)
+
+
+def check_and_repair_reorg(client: NodeClient, warehouse: Warehouse, depth: int = REORG_CHECK_DEPTH,
+                           full: bool = False) -> int | None:
+    """Detect a reorg (at any stored height when ``full``) and roll back above the fork."""
+    if full:
+        stored = warehouse.stored_range()
+        depth = (stored[1] - stored[0] + 1) if stored else depth
+    fork = find_fork_height(client, warehouse, depth=depth)
+    if fork is not None:
+        repair_reorg(warehouse, fork)
+    return fork
+
+
+def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network: bool = False,
+                chunk_size: int = 50_000, validate: bool = True, progress: Progress | None = None) -> int:
+    """Re-attribute the whole stored history from stored coinbases (no node) with ``registry``.
+
+    Results of each registry version are kept side by side (attributions are partitioned by
+    registry version); the warehouse's current version becomes ``registry.version``.
+    """
+    from pipeline.attribution import attribute_tables, pool_definitions_table
+
+    stored = warehouse.stored_range()
+    chain = warehouse.meta.get("chain", "main")
+    done = 0
+    if stored is not None:
+        for lo, hi in plan_chunks(stored[0], stored[1], chunk_size):
+            where = f"height BETWEEN {lo} AND {hi}"
+            blocks = warehouse.read("blocks", where=where)
+            outputs = warehouse.read("coinbase_outputs", where=where)
+            tables = attribute_tables(blocks, outputs, registry, chain, allow_cross_network=allow_cross_network)
+            load_batch(warehouse, tables, validate=validate,
+                       context={"chain": chain, "registry_version": registry.version,
+                                "pool_ids": sorted({p.id for p in registry.pools})})
+            done += blocks.num_rows
+            if progress:
+                progress(blocks.num_rows)
+    warehouse.commit({"pool_definitions": pool_definitions_table(registry)})
+    warehouse.set_meta(registry_version=registry.version, registry_cross_network=allow_cross_network)
+    return done
+
+
+def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = None, end: int | None = None, *,
+               registry: Registry | None = None, allow_cross_network: bool = False, validate: bool = True,
+               batch_size: int = 200, check_reorg: bool = True, progress: Progress | None = None,
+               on_plan: Callable[[int, int], None] | None = None, writer_wait: float = 0.0) -> SyncResult:
+    """Load heights [start, end] (default: from the stored tip + 1 to the node's tip).
+
+    Order: node readiness -> chain check -> reorg check/repair -> batches of fetch, decode,
+    attribute, validate, commit -> catalog refresh. Holding the writer lock throughout means two
+    runs never both write.
+    """
+    started = time.monotonic()
+    info = client.check_ready()
+    network = client.network()
+    genesis = client.block_hashes([0])[0]
+    tip = int(info["blocks"])
+    result = SyncResult(start=start, end=end, chain=network.name)
+
+    with warehouse.writer(wait=writer_wait):
+        warehouse.bind_chain(network.name, genesis)
+        if registry is not None and warehouse.meta.get("registry_version") != registry.version:
+            # A new registry version re-attributes stored history first, so every stored block
+            # has an attribution under the version the new batches use.
+            result.reattributed = reattribute(warehouse, registry, allow_cross_network=allow_cross_network,
+                                              validate=validate)
+        if check_reorg and start is None:
+            result.reorg_fork_height = check_and_repair_reorg(client, warehouse)
+
+        stored = warehouse.stored_range()
+        if start is None:
+            start = stored[1] + 1 if stored else 0
+        if end is None:
+            end = tip
+        if end > tip:
+            raise HeightAboveTipError(f"asked for blocks up to height {end} but the node's tip is {tip}; "
+                                      f"wait for the node to sync or lower --to", height=end, tip=tip)
+        if start < 0 or (end < start and start <= tip):
+            raise ValueError(f"bad height range: from {start} to {end}")
+        result.start, result.end = start, end
+        chunks = plan_chunks(start, end, batch_size)
+        if on_plan:
+            on_plan(start, end)
+        log.info("loading heights %d..%d (%d blocks) from a %s node in %d batches",
+                 start, end, max(0, end - start + 1), network.name, len(chunks))
+        for lo, hi in chunks:
+            heights = list(range(lo, hi + 1))
+            blocks = fetch_blocks(client, heights, network)
+            tables = build_batch(blocks, registry, network.name, allow_cross_network)
+            context = validation_context(warehouse, lo, network.name, registry)
+            load_batch(warehouse, tables, validate=validate, context=context)
+            result.blocks_loaded += len(blocks)
+            result.batches += 1
+            if progress:
+                progress(len(blocks))
+        if registry is not None and warehouse.meta.get("registry_version") != registry.version:
+            from pipeline.attribution import pool_definitions_table
+
+            warehouse.commit({"pool_definitions": pool_definitions_table(registry)})
+            warehouse.set_meta(registry_version=registry.version, registry_cross_network=allow_cross_network)
+        warehouse.refresh_catalog()
+    result.seconds = time.monotonic() - started
+    return result

@@ -1,0 +1,739 @@
+"""Parquet warehouse: partitioned tables, atomic multi-table commits, writer lock, DuckDB catalog.
+
+Layout (see docs/warehouse.md for the reasoning behind every choice)::
+
+    <root>/.writer.lock                    flock'ed by the one writer; holds its pid and start time
+    <root>/meta.json                       chain, genesis hash, registry version, schema version
+    <root>/poolwatch.duckdb                catalog of views, rebuilt in a temp file and renamed over
+    <root>/journal/<id>.json               redo journal of a commit being applied
+    <root>/data/<table>/_schema.parquet    zero-row file: views work (typed) on an empty table
+    <root>/data/<table>/[<col>=<v>/][bucket=<n>/]part.parquet   one file per partition
+
+Data files have stable names and are replaced in place with ``os.replace`` (never deleted; a
+partition emptied by a rollback becomes a zero-row file). Every new version gets an mtime (whole
+seconds) strictly greater than the one it replaces, because DuckDB's external file cache validates
+cached blocks by path + second-resolution mtime; without that a concurrent reader could combine an
+old footer with new bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import secrets
+import time
+import urllib.parse
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.schemas import TableSpec, all_table_specs, table_spec
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+CATALOG_NAME = "poolwatch.duckdb"
+LOCK_NAME = ".writer.lock"
+SCHEMA_FILE = "_schema.parquet"
+PART_FILE = "part.parquet"
+TMP_SUFFIX = ".tmp"  # never matches the views' `*.parquet` glob (DuckDB's glob does match dot-files)
+NULL_PARTITION = "__null__"
+# Extra views: every `<view name>.sql` file under this folder (any depth, e.g. sql/metrics/),
+# holding one query over the table views (or over other extra views).
+DEFAULT_VIEWS_DIR = Path(__file__).resolve().parent / "sql"
+
+_DUCKDB_TYPES = {
+    "bool": "BOOLEAN",
+    "int8": "TINYINT",
+    "int16": "SMALLINT",
+    "int32": "INTEGER",
+    "int64": "BIGINT",
+    "float64": "DOUBLE",
+    "string": "VARCHAR",
+    "timestamp[s, tz=UTC]": "TIMESTAMPTZ",
+    "date32": "DATE",
+    "list<string>": "VARCHAR[]",
+}
+
+
+class WarehouseError(RuntimeError):
+    """Base of the warehouse's own errors."""
+
+
+class WarehouseBusyError(WarehouseError):
+    """Another process holds the writer lock."""
+
+
+class WriterLockRequiredError(WarehouseError):
+    """A mutation was attempted outside ``with warehouse.writer():``."""
+
+
+class UniqueViolationError(WarehouseError, ValueError):
+    """A batch (or batch + stored rows) holds two rows with the same unique key."""
+
+
+class ChainMismatchError(WarehouseError):
+    """The warehouse already holds data of another chain."""
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("POOLWATCH_WAREHOUSE", "warehouse"))
+
+
+# ----------------------------------------------------------------------------- small file helpers
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    # A rename or unlink is durable only once its directory is synced.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _next_mtime(final: Path) -> int:
+    """A whole-second mtime strictly after the file being replaced (see module docstring)."""
+    now = int(time.time())
+    try:
+        return max(now, int(os.stat(final).st_mtime) + 1)
+    except FileNotFoundError:
+        return now
+
+
+def _write_parquet_tmp(table: pa.Table, final: Path, commit_id: str) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f"{final.name}.{commit_id}{TMP_SUFFIX}")
+    pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20)
+    mtime = _next_mtime(final)
+    os.utime(tmp, (mtime, mtime))
+    _fsync_file(tmp)
+    return tmp
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------- partitions
+
+
+@dataclass(frozen=True)
+class _Partition:
+    """One data file: the values of the by-value columns and the height bucket (None if unused)."""
+
+    values: tuple[str, ...]  # encoded by-value directory values, in spec order
+    bucket: int | None
+
+    def path(self, table_dir: Path, spec: TableSpec) -> Path:
+        parts = [f"{col}={val}" for col, val in zip(spec.partition_by_value, self.values)]
+        if self.bucket is not None:
+            parts.append(f"bucket={self.bucket}")
+        return table_dir.joinpath(*parts, PART_FILE)
+
+
+def _encode_value(value: object) -> str:
+    if value is None:
+        return NULL_PARTITION
+    return urllib.parse.quote(str(value), safe="-_.")
+
+
+def _partition_keys(spec: TableSpec, table: pa.Table) -> list[_Partition]:
+    """The partition of every row of ``table`` (same order)."""
+    n = table.num_rows
+    cols = [[_encode_value(v) for v in table.column(c).to_pylist()] for c in spec.partition_by_value]
+    if spec.partition_column is not None:
+        size = spec.bucket_size or 1
+        buckets: list[int | None] = [v // size for v in table.column(spec.partition_column).to_pylist()]
+    else:
+        buckets = [None] * n
+    return [_Partition(tuple(c[i] for c in cols), buckets[i]) for i in range(n)]
+
+
+def _stored_partitions(spec: TableSpec, table_dir: Path) -> dict[_Partition, Path]:
+    out: dict[_Partition, Path] = {}
+    if not table_dir.is_dir():
+        return out
+    for path in table_dir.rglob(PART_FILE):
+        rel = path.relative_to(table_dir).parts[:-1]
+        values = tuple(p.split("=", 1)[1] for p in rel[: len(spec.partition_by_value)])
+        bucket = None
+        if spec.partition_column is not None:
+            bucket = int(rel[len(spec.partition_by_value)].split("=", 1)[1])
+        out[_Partition(values, bucket)] = path
+    return out
+
+
+def _group_rows(keys: list[_Partition]) -> dict[_Partition, list[int]]:
+    groups: dict[_Partition, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
+def _duplicate_keys(table: pa.Table, columns: Iterable[str], limit: int = 5) -> list[dict]:
+    """Up to ``limit`` key values that occur more than once in ``table``."""
+    columns = list(columns)
+    if not columns or table.num_rows < 2:
+        return []
+    counts = table.select(columns).group_by(columns).aggregate([([], "count_all")])
+    dups = counts.filter(pc.greater(counts.column("count_all"), 1))
+    return dups.select(columns).slice(0, limit).to_pylist()
+
+
+def _rows_matching(table: pa.Table, keys: pa.Table) -> pa.Array:
+    """Boolean mask: rows of ``table`` whose (keys.column_names) values occur in ``keys``."""
+    cols = keys.column_names
+    if table.num_rows == 0:
+        return pa.array([], pa.bool_())
+    if len(cols) == 1:
+        return pc.fill_null(pc.is_in(table.column(cols[0]), value_set=keys.column(0).combine_chunks()), False)
+    idx = table.select(cols).append_column("__row", pa.array(range(table.num_rows), pa.int64()))
+    hit = idx.join(keys.group_by(cols).aggregate([]), keys=cols, join_type="left semi").column("__row")
+    return pc.is_in(pa.array(range(table.num_rows), pa.int64()), value_set=hit.combine_chunks())
+
+
+def _sort(spec: TableSpec, table: pa.Table) -> pa.Table:
+    if not spec.sort_by or table.num_rows < 2:
+        return table
+    return table.sort_by([(c, "ascending") for c in spec.sort_by])
+
+
+# ----------------------------------------------------------------------------- journal
+
+
+@dataclass
+class _Plan:
+    """Files staged by one commit: temp -> final renames (relative to root) and deletions."""
+
+    commit_id: str
+    renames: list[tuple[str, str]]
+    deletes: list[str]
+
+
+def _apply_plan(root: Path, renames: list[list[str]] | list[tuple[str, str]], deletes: list[str]) -> None:
+    """Idempotent: safe to repeat after a crash half-way through (a missing temp = already renamed)."""
+    dirs: set[Path] = set()
+    for tmp_rel, final_rel in renames:
+        tmp, final = root / tmp_rel, root / final_rel
+        if tmp.exists():
+            os.replace(tmp, final)
+            dirs.add(final.parent)
+    for rel in deletes:
+        with contextlib.suppress(FileNotFoundError):
+            (root / rel).unlink()
+            dirs.add((root / rel).parent)
+    for d in dirs:
+        _fsync_dir(d)
+
+
+# ----------------------------------------------------------------------------- the warehouse
+
+
+class Warehouse:
+    """A folder of Parquet tables plus a DuckDB catalog; one writer at a time, any number of readers."""
+
+    def __init__(self, root: Path | str | None = None, views_dir: Path | None = None) -> None:
+        self.root = Path(root if root is not None else default_root()).resolve()
+        self.views_dir = Path(views_dir) if views_dir is not None else DEFAULT_VIEWS_DIR
+        self._lock_fd: int | None = None
+        self._lock_depth = 0
+        self._view_files: dict[str, Path] = {}
+
+    # -- paths
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.root / "journal"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / CATALOG_NAME
+
+    @property
+    def meta_path(self) -> Path:
+        return self.root / "meta.json"
+
+    def table_dir(self, table: str) -> Path:
+        return self.data_dir / table
+
+    def table_glob(self, table: str) -> str:
+        return str(self.table_dir(table) / "**" / "*.parquet")
+
+    # -- writer lock
+    @property
+    def is_writer(self) -> bool:
+        return self._lock_fd is not None
+
+    @contextlib.contextmanager
+    def writer(self, wait: float = 0) -> Iterator[Warehouse]:
+        """Exclusive writer lock (flock on <root>/.writer.lock); re-entrant within this object.
+
+        On first entry the warehouse is recovered: a complete journal is rolled forward, orphan
+        temp files are removed, missing ``_schema.parquet`` files and the catalog are created.
+        """
+        if self._lock_fd is not None:
+            self._lock_depth += 1
+            try:
+                yield self
+            finally:
+                self._lock_depth -= 1
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = self._acquire(wait)
+        self._lock_fd, self._lock_depth = fd, 1
+        try:
+            self._recover()
+            yield self
+        finally:
+            self._lock_fd, self._lock_depth = None, 0
+            os.close(fd)  # releases the flock
+
+    def _acquire(self, wait: float) -> int:
+        path = self.root / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + max(wait, 0)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = self._holder_text(fd)
+                    os.close(fd)
+                    raise WarehouseBusyError(
+                        f"warehouse {self.root} is busy: another writer ({holder}) holds {path}; "
+                        f"waited {wait:g} s. Let it finish, or retry with a longer wait."
+                    ) from None
+                time.sleep(min(0.05, max(deadline - time.monotonic(), 0.001)))
+        info = {"pid": os.getpid(), "host": os.uname().nodename,
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        return fd
+
+    @staticmethod
+    def _holder_text(fd: int) -> str:
+        try:
+            info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except (OSError, ValueError):
+            info = {}
+        if not info:
+            return "holder unknown: it has not written its pid yet"
+        return f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}"
+
+    def _require_writer(self, action: str) -> None:
+        if self._lock_fd is None:
+            raise WriterLockRequiredError(
+                f"{action} needs the writer lock: use `with warehouse.writer(): ...` ({self.root})")
+
+    # -- recovery
+    def _recover(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        for journal in sorted(self.journal_dir.glob("*.json")):
+            doc = json.loads(journal.read_text())
+            _apply_plan(self.root, doc["renames"], doc["deletes"])
+            journal.unlink()
+            _fsync_dir(self.journal_dir)
+        # Temp files left without a complete journal belong to a commit that never happened.
+        for tmp in list(self.journal_dir.glob(f"*{TMP_SUFFIX}")) + list(self.data_dir.rglob(f"*{TMP_SUFFIX}")):
+            tmp.unlink(missing_ok=True)
+        for tmp in self.root.glob(f"*{TMP_SUFFIX}"):
+            if tmp.name.startswith("meta.json."):
+                tmp.unlink(missing_ok=True)
+        self._remove_stale_catalog_temps()
+        self._ensure_schema_files(all_table_specs())
+        # Cheap, and picks up tables and view files added since the last run; a broken view file
+        # must not stop the writer (explicit refresh_catalog() calls do raise).
+        self.refresh_catalog(strict=False)
+
+    def _remove_stale_catalog_temps(self) -> None:
+        for tmp in self.root.glob(f".{CATALOG_NAME}.*"):
+            try:
+                pid = int(tmp.name.split(".")[3])
+            except (IndexError, ValueError):
+                continue
+            if not _pid_alive(pid):
+                tmp.unlink(missing_ok=True)
+
+    def _ensure_schema_files(self, specs: Iterable[TableSpec]) -> bool:
+        """Write ``data/<table>/_schema.parquet`` where missing or stale; True if any was written."""
+        changed = False
+        for spec in specs:
+            path = self.table_dir(spec.name) / SCHEMA_FILE
+            expected = spec.arrow_schema.empty_table()
+            if path.exists() and pq.read_schema(path).remove_metadata().equals(
+                    pq.read_table(_schema_probe(expected)).schema.remove_metadata()):
+                continue
+            tmp = _write_parquet_tmp(expected, path, secrets.token_hex(8))
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+            changed = True
+        return changed
+
+    # -- meta
+    @property
+    def meta(self) -> dict:
+        try:
+            doc = json.loads(self.meta_path.read_text())
+        except FileNotFoundError:
+            doc = {}
+        doc.setdefault("schema_version", SCHEMA_VERSION)
+        return doc
+
+    def set_meta(self, **kv: object) -> None:
+        self._require_writer("set_meta")
+        doc = self.meta
+        doc.update(kv)
+        _write_bytes_atomic(self.meta_path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+
+    def bind_chain(self, chain: str, genesis_hash: str) -> None:
+        """Record which chain this warehouse holds; refuse to mix chains."""
+        meta = self.meta
+        held = (meta.get("chain"), meta.get("genesis_hash"))
+        if held == (chain, genesis_hash):
+            return
+        if held != (None, None):
+            raise ChainMismatchError(
+                f"warehouse {self.root} holds chain {held[0]!r} (genesis {held[1]}), not {chain!r} "
+                f"(genesis {genesis_hash}); use another warehouse folder (--warehouse / POOLWATCH_WAREHOUSE)")
+        self.set_meta(chain=chain, genesis_hash=genesis_hash)
+
+    # -- commits
+    def commit(self, tables: Mapping[str, pa.Table]) -> None:
+        """Store ``tables`` atomically: either every table changes or none does.
+
+        Rows replace every stored row with the same ``replace_by`` values; a batch that repeats a
+        ``unique`` key, or that would duplicate a stored key, is refused before anything changes.
+        """
+        self._require_writer("commit")
+        conformed = {name: self._conform(table_spec(name), t) for name, t in tables.items()}
+        commit_id = self._new_commit_id()
+        staged: list[tuple[Path, Path]] = []
+        try:
+            self._ensure_schema_files(table_spec(n) for n in conformed)
+            for name, batch in conformed.items():
+                staged += self._stage_table(table_spec(name), batch, commit_id)
+        except BaseException:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+            raise
+        self._apply(commit_id, staged)
+
+    def delete_heights_from(self, height: int, tables: Iterable[str] | None = None) -> None:
+        """Remove every row with ``height >= height`` (reorg rollback), atomically across tables."""
+        self._require_writer("delete_heights_from")
+        if tables is None:
+            specs = [s for s in all_table_specs() if s.partition_column == "height"]
+        else:
+            specs = [table_spec(t) for t in tables]
+        for spec in specs:
+            if "height" not in spec.column_names:
+                raise ValueError(f"table {spec.name} has no height column; cannot delete heights from it")
+        commit_id = self._new_commit_id()
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for spec in specs:
+                for part, path in sorted(_stored_partitions(spec, self.table_dir(spec.name)).items(),
+                                         key=lambda kv: str(kv[1])):
+                    if part.bucket is not None and spec.partition_column == "height" and \
+                            (part.bucket + 1) * (spec.bucket_size or 1) <= height:
+                        continue  # the whole bucket lies below the cut
+                    stored = self._read_file(spec, path)
+                    keep = stored.filter(pc.less(stored.column("height"), height))
+                    if keep.num_rows != stored.num_rows:
+                        # An emptied partition becomes a zero-row file, never a missing one: a
+                        # reader that has just globbed the path must still find it.
+                        staged.append((_write_parquet_tmp(keep, path, commit_id), path))
+        except BaseException:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+            raise
+        self._apply(commit_id, staged)
+
+    @staticmethod
+    def _new_commit_id() -> str:
+        return f"{time.time_ns():020d}-{secrets.token_hex(4)}"
+
+    def _conform(self, spec: TableSpec, table: pa.Table) -> pa.Table:
+        for col in spec.columns:
+            # Checked before the cast, whose own message does not name the table.
+            if not col.nullable and col.name in table.column_names and table.column(col.name).null_count:
+                raise ValueError(f"table {spec.name}: column {col.name} is declared not null but the batch "
+                                 f"holds {table.column(col.name).null_count} null value(s)")
+        try:
+            out = spec.conform(table)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise ValueError(f"table {spec.name}: cannot convert the batch to the declared schema: {exc}") from exc
+        dups = _duplicate_keys(out, spec.unique)
+        if dups:
+            raise UniqueViolationError(
+                f"table {spec.name}: the batch repeats unique key ({', '.join(spec.unique)}); "
+                f"repeated values: {dups}")
+        return out
+
+    def _read_file(self, spec: TableSpec, path: Path) -> pa.Table:
+        return pq.read_table(path).select(spec.column_names).cast(spec.arrow_schema)
+
+    def _stage_table(self, spec: TableSpec, batch: pa.Table, commit_id: str) -> list[tuple[Path, Path]]:
+        table_dir = self.table_dir(spec.name)
+        stored = _stored_partitions(spec, table_dir)
+        new_rows = _group_rows(_partition_keys(spec, batch))
+        replace_keys = batch.select(list(spec.replace_by)).group_by(list(spec.replace_by)).aggregate([]) \
+            if spec.replace_by and batch.num_rows else None
+        touched = set(new_rows)
+        if replace_keys is not None:
+            touched |= self._partitions_holding(spec, batch, stored)
+        merged: dict[_Partition, pa.Table] = {}
+        for part in sorted(touched, key=lambda p: (p.values, p.bucket if p.bucket is not None else -1)):
+            path = part.path(table_dir, spec)
+            old = self._read_file(spec, path) if part in stored else spec.arrow_schema.empty_table()
+            if replace_keys is not None and old.num_rows:
+                old = old.filter(pc.invert(_rows_matching(old, replace_keys)))
+            fresh = batch.take(pa.array(new_rows.get(part, []), pa.int64()))
+            table = _sort(spec, pa.concat_tables([old, fresh]))
+            dups = _duplicate_keys(table, spec.unique)
+            if dups:
+                raise UniqueViolationError(
+                    f"table {spec.name}: the batch would duplicate stored rows on unique key "
+                    f"({', '.join(spec.unique)}) with values {dups} (they are not replaced because "
+                    f"their replace_by ({', '.join(spec.replace_by)}) values differ)")
+            merged[part] = table
+        self._check_unique_across_partitions(spec, stored, merged)
+        return [(_write_parquet_tmp(t, p.path(table_dir, spec), commit_id), p.path(table_dir, spec))
+                for p, t in merged.items()]
+
+    @staticmethod
+    def _partitions_holding(spec: TableSpec, batch: pa.Table, stored: Mapping[_Partition, Path]) -> set[_Partition]:
+        """Stored partitions that may hold rows the batch replaces (prune on replace_by dimensions)."""
+        value_sets: list[set[str] | None] = []
+        for col in spec.partition_by_value:
+            value_sets.append({_encode_value(v) for v in batch.column(col).to_pylist()}
+                              if col in spec.replace_by else None)
+        buckets: set[int] | None = None
+        if spec.partition_column is not None and spec.partition_column in spec.replace_by:
+            size = spec.bucket_size or 1
+            buckets = {v // size for v in batch.column(spec.partition_column).to_pylist()}
+        out = set()
+        for part in stored:
+            if buckets is not None and part.bucket not in buckets:
+                continue
+            if any(vs is not None and v not in vs for vs, v in zip(value_sets, part.values)):
+                continue
+            out.add(part)
+        return out
+
+    def _check_unique_across_partitions(self, spec: TableSpec, stored: Mapping[_Partition, Path],
+                                        merged: Mapping[_Partition, pa.Table]) -> None:
+        """Partitions split the unique key space only when the key contains every partition column."""
+        dims = set(spec.partition_by_value) | ({spec.partition_column} if spec.partition_column else set())
+        if not spec.unique or dims <= set(spec.unique) or not merged:
+            return
+        cols = list(spec.unique)
+        key_schema = pa.schema([spec.arrow_schema.field(c) for c in cols])
+        pieces = [t.select(cols) for t in merged.values()]
+        pieces += [pq.read_table(path, columns=cols).cast(key_schema)
+                   for part, path in stored.items() if part not in merged]
+        allrows = pa.concat_tables(pieces)
+        dups = _duplicate_keys(allrows, cols)
+        if dups:
+            raise UniqueViolationError(
+                f"table {spec.name}: the batch would duplicate stored rows on unique key ({', '.join(cols)}) "
+                f"with values {dups}")
+
+    def _apply(self, commit_id: str, staged: list[tuple[Path, Path]], deletes: Iterable[Path] = ()) -> None:
+        """Journal then rename: after the journal is durable the commit is as good as done."""
+        if not staged and not deletes:
+            return
+        renames = [[str(t.relative_to(self.root)), str(f.relative_to(self.root))] for t, f in staged]
+        dels = [str(p.relative_to(self.root)) for p in deletes]
+        doc = {"id": commit_id, "renames": renames, "deletes": dels}
+        journal = self.journal_dir / f"{commit_id}.json"
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        _write_bytes_atomic(journal, json.dumps(doc).encode())
+        _apply_plan(self.root, renames, dels)
+        journal.unlink()
+        _fsync_dir(self.journal_dir)
+
+    # -- catalog
+    def _view_sql(self, spec: TableSpec) -> str:
+        if any(self.table_dir(spec.name).rglob("*.parquet")):
+            # union_by_name stays off: with it DuckDB reads every footer at bind time and re-opens
+            # the files at scan time, which tears when a file is replaced in between.
+            return (f"SELECT * FROM read_parquet({_sql_str(self.table_glob(spec.name))}, "
+                    f"hive_partitioning=false, union_by_name=false)")
+        # Nothing on disk yet (never opened for writing): a typed, empty view.
+        cols = ", ".join(f"CAST(NULL AS {_DUCKDB_TYPES[c.type]}) AS {_ident(c.name)}" for c in spec.columns)
+        return f"SELECT {cols} WHERE false"
+
+    def extra_views(self) -> dict[str, str]:
+        """Views declared as ``<views_dir>/**/<name>.sql`` (a query over the table views)."""
+        self._view_files = {}
+        if not self.views_dir.is_dir():
+            return {}
+        views: dict[str, str] = {}
+        for path in sorted(self.views_dir.rglob("*.sql")):
+            if path.stem in self._view_files:
+                raise ValueError(f"two view files define view {path.stem}: {self._view_files[path.stem]} and {path}")
+            self._view_files[path.stem] = path
+            views[path.stem] = path.read_text().strip().rstrip(";")
+        return views
+
+    def _create_views(self, con: duckdb.DuckDBPyConnection, strict: bool = True) -> None:
+        for spec in all_table_specs():
+            con.execute(f"CREATE OR REPLACE VIEW {_ident(spec.name)} AS {self._view_sql(spec)}")
+        pending = self.extra_views()
+        # Views may build on each other: create in passes until nothing more succeeds.
+        while pending:
+            errors: dict[str, str] = {}
+            before = len(pending)
+            for name, sql in list(pending.items()):
+                try:
+                    con.execute(f"CREATE OR REPLACE VIEW {_ident(name)} AS {sql}")
+                    del pending[name]
+                except duckdb.Error as exc:
+                    errors[name] = str(exc)
+            if errors and len(pending) == before:
+                detail = "; ".join(f"{self._view_files.get(n, n)}: {e}" for n, e in errors.items())
+                if strict:
+                    raise ValueError(f"cannot create view(s): {detail}")
+                log.warning("catalog built without view(s) that fail: %s", detail)
+                return
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """In-memory DuckDB connection with every view; takes no file lock at all."""
+        con = duckdb.connect(":memory:")
+        self._create_views(con)
+        return con
+
+    def refresh_catalog(self, strict: bool = True) -> None:
+        """Rebuild poolwatch.duckdb in a temp file and rename it over the old one.
+
+        Readers holding the old file open keep their (identical) views; nothing waits for them.
+        A view file that fails raises ``ValueError`` (the old catalog stays) unless ``strict`` is
+        false, in which case the catalog is built without it and a warning is logged.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{CATALOG_NAME}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        try:
+            con = duckdb.connect(str(tmp))
+            try:
+                self._create_views(con, strict=strict)
+                con.execute("CHECKPOINT")
+            finally:
+                con.close()
+            _fsync_file(tmp)
+            os.replace(tmp, self.catalog_path)
+            _fsync_dir(self.root)
+        finally:
+            tmp.unlink(missing_ok=True)
+            Path(f"{tmp}.wal").unlink(missing_ok=True)
+
+    # -- queries
+    def read(self, table: str, where: str | None = None, columns: Iterable[str] | None = None) -> pa.Table:
+        """Rows of ``table`` (declared types, sorted by sort_by); ``where`` is a DuckDB SQL condition."""
+        spec = table_spec(table)
+        cols = list(columns) if columns is not None else spec.column_names
+        unknown = [c for c in cols if c not in spec.column_names]
+        if unknown:
+            raise KeyError(f"table {table} has no column(s) {unknown}")
+        sql = f"SELECT {', '.join(_ident(c) for c in cols)} FROM ({self._view_sql(spec)})"
+        if where:
+            sql += f" WHERE {where}"
+        order = [c for c in spec.sort_by]
+        if order:
+            sql += " ORDER BY " + ", ".join(_ident(c) for c in order)
+        with self._query_connection() as con:
+            result = con.sql(sql).to_arrow_table()
+        return result.cast(pa.schema([spec.arrow_schema.field(c) for c in cols]))
+
+    @contextlib.contextmanager
+    def _query_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = duckdb.connect(":memory:")
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def _scalar_rows(self, sql_tail: str, select: str) -> list[tuple]:
+        spec = table_spec("blocks")
+        with self._query_connection() as con:
+            return con.execute(f"SELECT {select} FROM ({self._view_sql(spec)}) {sql_tail}").fetchall()
+
+    def max_height(self) -> int | None:
+        return self._scalar_rows("", "max(height)")[0][0]
+
+    def stored_range(self) -> tuple[int, int] | None:
+        lo, hi = self._scalar_rows("", "min(height), max(height)")[0]
+        return None if lo is None else (int(lo), int(hi))
+
+    def gaps(self) -> list[tuple[int, int]]:
+        """Missing height ranges (inclusive) between the lowest and highest stored block."""
+        rows = self._scalar_rows(
+            ") WHERE nxt > height + 1 ORDER BY height",
+            "height + 1, nxt - 1 FROM (SELECT height, lead(height) OVER (ORDER BY height) AS nxt")
+        return [(int(a), int(b)) for a, b in rows]
+
+    def stored_hashes(self, lo: int, hi: int) -> dict[int, str]:
+        rows = self._scalar_rows(f"WHERE height BETWEEN {int(lo)} AND {int(hi)} ORDER BY height", "height, hash")
+        return {int(h): str(x) for h, x in rows}
+
+    def file_count(self, table: str) -> int:
+        """Number of data files of ``table`` (``_schema.parquet`` excluded)."""
+        return sum(1 for _ in self.table_dir(table).rglob(PART_FILE))
+
+
+def _schema_probe(empty: pa.Table) -> pa.BufferReader:
+    """The schema a Parquet round trip gives ``empty`` (e.g. timestamp[s] comes back as [ms])."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(empty, sink)
+    return pa.BufferReader(sink.getvalue())

@@ -1,0 +1,415 @@
+"""Centralization metrics against hand-computed values on tiny windows (see docs/metrics.md)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pipeline import metrics as m
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday: ISO week 2024-W01 starts here
+D = 1000.0  # difficulty of the synthetic blocks
+FAMILIES = {"alpha": "AlphaGroup", "beta": "AlphaGroup"}  # alpha and beta are one family (proxy pooling)
+
+
+def synthetic_tables(pools: list[str | None], start_height: int = 0, start: datetime = T0,
+                     spacing: int = 600, difficulty: float = D, version: str = "v1"
+                     ) -> tuple[pa.Table, pa.Table]:
+    """blocks + attributions for a chain whose i-th block is mined by pools[i] (None = unknown)."""
+    heights = list(range(start_height, start_height + len(pools)))
+    hashes = [f"{h:064x}" for h in heights]
+    blocks = pa.table({
+        "height": pa.array(heights, pa.int32()),
+        "hash": hashes,
+        "time": pa.array([start + timedelta(seconds=spacing * i) for i in range(len(pools))],
+                         pa.timestamp("s", tz="UTC")),
+        "difficulty": pa.array([difficulty] * len(pools), pa.float64()),
+    })
+    attributions = pa.table({
+        "height": pa.array(heights, pa.int32()),
+        "block_hash": hashes,
+        "registry_version": [version] * len(pools),
+        "pool_id": [p or "unknown" for p in pools],
+        "pool_name": [p.title() if p else "Unknown" for p in pools],
+        "family": pa.array([FAMILIES.get(p) if p else None for p in pools], pa.string()),
+        "method": ["tag" if p else "none" for p in pools],
+        "rule": [f"tag:{p}" if p else None for p in pools],
+        "candidate_count": pa.array([1 if p else 0 for p in pools], pa.int32()),
+        "conflict": [False] * len(pools),
+    })
+    return blocks, attributions
+
+
+def connect(blocks: pa.Table, attributions: pa.Table) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.register("_blocks_arrow", blocks)
+    con.register("_attr_arrow", attributions)
+    con.execute("CREATE VIEW blocks AS SELECT * FROM _blocks_arrow")
+    con.execute("CREATE VIEW attributions AS SELECT * FROM _attr_arrow")
+    return con
+
+
+# The worked example of docs/metrics.md: 10 blocks, A=4, B=3, C=1, unknown=2.
+EXAMPLE = ["alpha", "gamma", "alpha", None, "delta", "gamma", "alpha", "gamma", None, "alpha"]
+
+
+def example_result(window: str = "all", **kw) -> m.MetricsResult:
+    con = connect(*synthetic_tables(EXAMPLE))
+    return m.compute_metrics(con, window, registry_version="v1", **kw)
+
+
+def row(frame: pd.DataFrame, **where) -> pd.Series:
+    sel = frame
+    for key, value in where.items():
+        sel = sel[sel[key] == value]
+    assert len(sel) == 1, f"expected one row for {where}, got {len(sel)}"
+    return sel.iloc[0]
+
+
+def test_reference_functions_on_hand_values():
+    assert m.hhi([4, 3, 1]) == pytest.approx(26 / 64)
+    assert m.nakamoto([4, 3, 1]) == 2  # 4/8 is exactly half: not a majority
+    assert m.nakamoto([5, 3]) == 1
+    assert m.entropy_bits([4, 3, 1]) == pytest.approx(1.405639, abs=1e-6)
+    assert m.gini([1, 3, 4]) == pytest.approx(0.25)
+    assert m.gini([5, 5, 5]) == pytest.approx(0.0)
+
+
+def test_treatment_excluded_hand_values():
+    r = row(example_result().centralization, level="pool", unknown_treatment="excluded")
+    assert (r.blocks_total, r.unknown_blocks, r.blocks, r.n_entities) == (10, 2, 8, 3)
+    assert r.unknown_share == pytest.approx(0.2)
+    assert (r.top1_share, r.top3_share, r.top5_share) == pytest.approx((0.5, 1.0, 1.0))
+    assert r.hhi == pytest.approx(0.40625)
+    assert r.hhi_unbiased == pytest.approx((4 * 3 + 3 * 2 + 0) / (8 * 7))
+    assert r.nakamoto == 2
+    assert r.entropy_bits == pytest.approx(1.405639, abs=1e-6)
+    assert r.entropy_normalized == pytest.approx(0.886860, abs=1e-6)
+    assert r.gini == pytest.approx(0.25)
+    assert bool(r.low_sample)
+
+
+def test_treatment_one_entity_hand_values():
+    r = row(example_result().centralization, level="pool", unknown_treatment="one_entity")
+    assert (r.blocks, r.n_entities) == (10, 4)
+    assert (r.top1_share, r.top3_share, r.top5_share) == pytest.approx((0.4, 0.9, 1.0))
+    assert r.hhi == pytest.approx(0.30)
+    assert r.nakamoto == 2
+    assert r.entropy_bits == pytest.approx(1.846439, abs=1e-6)
+    assert r.entropy_normalized == pytest.approx(0.923220, abs=1e-6)
+    assert r.gini == pytest.approx(0.25)
+
+
+def test_treatment_each_own_hand_values():
+    r = row(example_result().centralization, level="pool", unknown_treatment="each_own")
+    assert (r.blocks, r.n_entities) == (10, 5)
+    assert r.hhi == pytest.approx(0.28)
+    assert r.nakamoto == 2
+    assert r.entropy_bits == pytest.approx(2.046439, abs=1e-6)
+    assert r.entropy_normalized == pytest.approx(0.881353, abs=1e-6)
+    assert r.gini == pytest.approx(0.32)
+
+
+def test_nakamoto_is_a_range_across_treatments():
+    # A=3, B=2, unknown=5: excluded 3/5 > 50% -> 1; one entity [5,3,2]: 5/10 is not > 50% -> 2;
+    # each own [3,2,1,1,1,1,1]: 3, 5 (=50%), 6 -> 3.
+    con = connect(*synthetic_tables(["alpha"] * 3 + ["gamma"] * 2 + [None] * 5))
+    cent = m.compute_metrics(con, "all", registry_version="v1").centralization
+    got = {t: row(cent, level="pool", unknown_treatment=t).nakamoto for t in m.TREATMENTS}
+    assert got == {"excluded": 1, "one_entity": 2, "each_own": 3}
+
+
+def test_sql_agrees_with_reference_functions_on_random_windows():
+    rng = np.random.default_rng(3)
+    pools = list(rng.choice(["alpha", "beta", "gamma", "delta", "eps", None], size=700,
+                            p=[0.3, 0.25, 0.2, 0.1, 0.1, 0.05]))
+    con = connect(*synthetic_tables(pools))
+    res = m.compute_metrics(con, "blocks:100", registry_version="v1", bootstrap=False)
+    for r in res.centralization[res.centralization.unknown_treatment == "excluded"].itertuples():
+        share = res.pool_share[(res.pool_share.window_id == r.window_id) & (res.pool_share.level == r.level)
+                               & ~res.pool_share.is_unknown]
+        counts = share["blocks"].to_numpy()
+        assert r.hhi == pytest.approx(m.hhi(counts))
+        assert r.nakamoto == m.nakamoto(counts)
+        assert r.entropy_bits == pytest.approx(m.entropy_bits(counts))
+        assert r.gini == pytest.approx(m.gini(counts))
+        assert 1 / r.n_entities - 1e-12 <= r.hhi <= 1.0  # HHI bounds
+        assert 0.0 <= r.entropy_normalized <= 1.0 + 1e-12
+
+
+def test_pool_shares_and_family_level():
+    res = example_result()
+    share = res.pool_share
+    a = row(share, level="pool", entity_id="alpha")
+    assert (a.blocks, a.blocks_total, a["rank"]) == (4, 10, 1)
+    assert a.share == pytest.approx(0.4)
+    assert a.share_of_known == pytest.approx(0.5)
+    u = row(share, level="pool", entity_id="unknown")
+    assert bool(u.is_unknown) and pd.isna(u.share_of_known) and u.share == pytest.approx(0.2)
+    # family level: alpha (4) is in AlphaGroup; gamma and delta have no family -> their own
+    fam = share[share.level == "family"].set_index("entity_id")["blocks"].to_dict()
+    assert fam == {"AlphaGroup": 4, "gamma": 3, "delta": 1, "unknown": 2}
+
+
+def test_family_level_merges_proxy_pools():
+    con = connect(*synthetic_tables(["alpha"] * 3 + ["beta"] * 3 + ["gamma"] * 4))
+    cent = m.compute_metrics(con, "all", registry_version="v1").centralization
+    pool = row(cent, level="pool", unknown_treatment="excluded")
+    family = row(cent, level="family", unknown_treatment="excluded")
+    assert (pool.n_entities, pool.nakamoto, pool.hhi) == (3, 2, pytest.approx(0.34))
+    assert (family.n_entities, family.nakamoto, family.hhi) == (2, 1, pytest.approx(0.52))
+
+
+def test_wilson_interval_hand_value():
+    lo, hi = m.wilson_interval(4, 10)
+    assert (float(lo), float(hi)) == pytest.approx((0.16818, 0.68733), abs=5e-5)
+    lo0, hi0 = m.wilson_interval(0, 10)
+    assert float(lo0) == 0.0 and float(hi0) == pytest.approx(0.27753, abs=5e-5)
+    a = row(example_result().pool_share, level="pool", entity_id="alpha")
+    assert (a.share_lo, a.share_hi) == pytest.approx((0.16818, 0.68733), abs=5e-5)
+
+
+def test_bootstrap_intervals_are_sane_and_reproducible():
+    counts = np.array([300, 250, 200, 150, 100])
+    h_lo, h_hi, k_lo, k_hi = m.bootstrap_intervals(counts, 2000, seed=1)
+    point = m.hhi(counts)
+    assert h_lo < point < h_hi and h_hi - h_lo < 0.03
+    assert k_lo <= m.nakamoto(counts) <= k_hi and k_lo >= 1
+    assert m.bootstrap_intervals(counts, 2000, seed=1) == (h_lo, h_hi, k_lo, k_hi)
+    # one entity takes every block: no uncertainty left
+    assert m.bootstrap_intervals(np.array([50]), 200, seed=1) == (1.0, 1.0, 1, 1)
+    # a borderline majority (51%) leaves the coefficient undecided between 1 and 2
+    assert m.bootstrap_intervals(np.array([51, 49]), 1000, seed=1)[2:] == (1, 2)
+
+
+def test_bootstrap_columns_in_result():
+    cent = example_result().centralization
+    for r in cent.itertuples():
+        assert 1 / r.n_entities - 1e-12 <= r.hhi_lo <= r.hhi_hi <= 1.0
+        assert 1 <= r.nakamoto_lo <= r.nakamoto_hi <= r.n_entities
+        assert r.bootstrap_draws == m.BOOTSTRAP_DRAWS
+
+
+def test_calendar_windows_and_low_sample_flag():
+    # 3 days of blocks every 600 s: 144 per full day; the chain starts at midnight of day 1
+    pools = (["alpha", "gamma"] * 216)
+    con = connect(*synthetic_tables(pools))
+    res = m.compute_metrics(con, "day", registry_version="v1", bootstrap=False)
+    c = res.centralization[(res.centralization.level == "pool") & (res.centralization.unknown_treatment == "excluded")]
+    assert list(c.window_id) == ["2024-01-01", "2024-01-02", "2024-01-03"]
+    assert list(c.blocks_total) == [144, 144, 144]
+    assert not c.low_sample.any()
+    # day 1 has no stored block before it, day 3 none after: only day 2 is complete
+    assert list(c.complete) == [False, True, False]
+    week = m.compute_metrics(con, "week", registry_version="v1", bootstrap=False).centralization
+    assert set(week.window_id) == {"2024-W01"}
+    month = m.compute_metrics(con, "month", registry_version="v1", bootstrap=False).centralization
+    assert set(month.window_id) == {"2024-01"}
+    short = m.compute_metrics(con, "blocks:100", registry_version="v1", bootstrap=False).centralization
+    assert short.low_sample.all()
+
+
+def test_epoch_and_rolling_windows():
+    pools = ["alpha"] * 2016 + ["gamma"] * 100
+    con = connect(*synthetic_tables(pools))
+    cent = m.compute_metrics(con, "epoch", registry_version="v1", bootstrap=False).centralization
+    c = cent[(cent.level == "pool") & (cent.unknown_treatment == "excluded")]
+    assert list(c.window_id) == ["epoch 0", "epoch 1"]
+    assert list(c.blocks_total) == [2016, 100]
+    assert list(c.complete) == [True, False]
+    con2 = connect(*synthetic_tables(["alpha", "gamma", "gamma", "alpha", "alpha"]))
+    roll = m.compute_metrics(con2, "rolling:3", registry_version="v1", bootstrap=False).centralization
+    r = roll[(roll.level == "pool") & (roll.unknown_treatment == "excluded")]
+    assert list(r.window_id) == ["0-2", "1-3", "2-4"]
+    assert list(r.top1_share) == pytest.approx([2 / 3, 2 / 3, 2 / 3])
+    assert list(r.nakamoto) == [1, 1, 1]
+    stepped = m.compute_metrics(con2, "rolling:2:2", registry_version="v1", bootstrap=False).centralization
+    assert sorted(set(stepped.window_id)) == ["0-1", "2-3"]
+
+
+def test_hashrate_block_interval_estimator_with_bias_correction():
+    # heights 0..9 every 600 s at difficulty D; window blocks:5 -> 0-4 (no predecessor) and 5-9
+    pools = ["alpha", "alpha", "gamma", "alpha", "gamma"] * 2
+    con = connect(*synthetic_tables(pools))
+    res = m.compute_metrics(con, "blocks:5", registry_version="v1", bootstrap=False)
+    c = res.centralization[(res.centralization.level == "pool") & (res.centralization.unknown_treatment == "excluded")]
+    rate = D * 2**32 / 600
+    second = c[c.window_id == "5-9"].iloc[0]
+    # m = 5 intervals from block 4 to block 9, T = 3000 s, W = 5 D 2^32: W/T * (m-1)/m
+    assert second.network_hashrate == pytest.approx(rate * 4 / 5)
+    assert second.hashrate_method == "block_intervals" and second.elapsed_seconds == 3000
+    assert second.expected_blocks == pytest.approx(5)
+    first = c[c.window_id == "0-4"].iloc[0]
+    # no block before height 0: m = 4 intervals over 2400 s carrying the work of 4 blocks
+    assert first.network_hashrate == pytest.approx(rate * 3 / 4)
+    alpha = row(res.pool_share, window_id="5-9", level="pool", entity_id="alpha")
+    assert alpha.hashrate == pytest.approx(rate * 4 / 5 * 3 / 5)
+
+
+def test_hashrate_fixed_time_for_complete_calendar_windows():
+    pools = ["alpha"] * 188 + ["gamma"] * 244  # 432 blocks = 3 days; day 2 = heights 144..287
+    con = connect(*synthetic_tables(pools))
+    res = m.compute_metrics(con, "day", registry_version="v1", bootstrap=False)
+    day2 = row(res.centralization, window_id="2024-01-02", level="pool", unknown_treatment="excluded")
+    assert day2.hashrate_method == "fixed_time" and day2.elapsed_seconds == 86400
+    assert day2.network_hashrate == pytest.approx(144 * D * 2**32 / 86400)
+    gamma = row(res.pool_share, window_id="2024-01-02", level="pool", entity_id="gamma")
+    assert gamma.hashrate == pytest.approx((144 - 44) / 144 * D * 2**32 / 600)
+
+
+def test_bias_correction_removes_small_sample_bias():
+    """Simulate Poisson mining: the corrected block-interval estimator averages to the true rate."""
+    rng = np.random.default_rng(11)
+    n, trials = 6, 20000
+    intervals = rng.exponential(600.0, size=(trials, n))
+    naive = (n / intervals.sum(axis=1)).mean() * 600
+    corrected = ((n - 1) / intervals.sum(axis=1)).mean() * 600
+    assert naive == pytest.approx(n / (n - 1), rel=0.03)  # 20% too high with 6 blocks
+    assert corrected == pytest.approx(1.0, rel=0.02)
+
+
+def test_range_registry_version_and_missing_attributions():
+    blocks, attr = synthetic_tables(EXAMPLE)
+    old = attr.set_column(attr.schema.get_field_index("registry_version"), "registry_version",
+                          pa.array(["v0"] * attr.num_rows))
+    con = connect(blocks, pa.concat_tables([attr, old.set_column(3, "pool_id", pa.array(["zzz"] * 10))]))
+    res = m.compute_metrics(con, "all", registry_version="v1")
+    assert "zzz" not in set(res.pool_share.entity_id)
+    sub = m.compute_metrics(con, "all", registry_version="v1", rng=m.Range(from_height=5, to_height=9))
+    assert int(row(sub.centralization, level="pool", unknown_treatment="one_entity").blocks) == 5
+    # a block without an attribution row counts as unknown, not as nothing
+    con2 = connect(blocks, attr.slice(0, 8))
+    r = row(m.compute_metrics(con2, "all", registry_version="v1").centralization,
+            level="pool", unknown_treatment="one_entity")
+    assert (r.blocks_total, r.unknown_blocks) == (10, 3)
+
+
+def test_parse_window_and_bounds():
+    assert m.parse_window("week") == m.Window("week")
+    assert m.parse_window("blocks:2016").name == "blocks_2016"
+    assert m.parse_window("rolling:144:6") == m.Window("rolling", 144, 6)
+    for bad in ("fortnight", "blocks:0", "blocks:10:2", "rolling:"):
+        with pytest.raises(ValueError):
+            m.parse_window(bad)
+    rng = m.make_range("800000", "2024-01-31")
+    assert rng.from_height == 800000 and rng.to_time == datetime(2024, 1, 31, 23, 59, 59, tzinfo=UTC)
+    with pytest.raises(ValueError, match="neither a height"):
+        m.make_range("yesterday", None)
+
+
+def test_missing_tables_named():
+    con = duckdb.connect()
+    con.execute("CREATE TABLE blocks (height INT)")
+    with pytest.raises(m.MetricsError, match="attributions"):
+        m.compute_metrics(con, "day")
+
+
+def test_empty_selection_gives_empty_frames():
+    con = connect(*synthetic_tables(["alpha"] * 20))
+    for window in ("day", "epoch", "rolling:5", "all"):
+        res = m.compute_metrics(con, window, registry_version="v1", rng=m.Range(from_height=1000))
+        assert res.centralization.empty and res.pool_share.empty
+        assert list(res.centralization.columns) == m.CENTRALIZATION_COLUMNS
+
+
+def test_refresh_on_an_empty_warehouse(tmp_path):
+    from pipeline.warehouse import Warehouse
+
+    wh = Warehouse(tmp_path / "empty")
+    assert m.refresh_metrics(wh) == {"centralization": 0, "pool_share": 0}
+
+
+def test_last_windows_only():
+    con = connect(*synthetic_tables(["alpha", "gamma"] * 50))
+    res = m.compute_metrics(con, "blocks:10", registry_version="v1", last=2)
+    assert sorted(set(res.centralization.window_id)) == ["80-89", "90-99"]
+    assert set(res.pool_share.window_id) == {"80-89", "90-99"}
+
+
+def test_arrow_conformance_and_views():
+    res = example_result("blocks:5")
+    cent = m.to_arrow(res.centralization, "centralization")
+    share = m.to_arrow(res.pool_share, "pool_share")
+    assert cent.num_rows == len(res.centralization) and share.num_rows == len(res.pool_share)
+    con = duckdb.connect()
+    con.register("centralization", cent.set_column(0, "window_kind", pa.array(["epoch"] * cent.num_rows)))
+    con.register("pool_share", share.set_column(0, "window_kind", pa.array(["epoch"] * share.num_rows)))
+    names = m.register_views(con)
+    assert "centralization_family_epoch" in names and "pool_share_day" in names
+    n = con.execute("SELECT count(*) FROM centralization_epoch").fetchone()[0]
+    assert n == 2 * len(m.TREATMENTS)  # two windows x three treatments at pool level
+    assert math.isclose(con.execute("SELECT sum(share) FROM pool_share_epoch WHERE window_id = '0-4'").fetchone()[0], 1.0)
+
+
+def test_view_files_match_the_code():
+    files = {p.stem: p.read_text() for p in m.METRIC_VIEWS_DIR.glob("*.sql")}
+    assert set(files) == set(m.metric_views())
+    for name, sql in m.metric_views().items():
+        assert sql in files[name], f"{name}.sql is stale: run pipeline.metrics.write_view_files()"
+
+
+# ---- a real (synthetic) warehouse ------------------------------------------------------------
+
+
+def conformed(table: pa.Table, name: str) -> pa.Table:
+    """Fill the declared columns a synthetic table lacks with placeholder values of the right type."""
+    from pipeline.schemas import table_spec
+
+    spec = table_spec(name)
+    n = table.num_rows
+    filler = {"string": "00", "int32": 0, "int64": 0, "float64": 0.0, "bool": False}
+    cols = {}
+    for col in spec.columns:
+        if col.name in table.column_names:
+            cols[col.name] = table.column(col.name)
+        elif col.type == "list<string>":
+            cols[col.name] = pa.array([[]] * n, pa.list_(pa.string()))
+        elif col.nullable:
+            cols[col.name] = pa.nulls(n, col.arrow)
+        else:
+            cols[col.name] = pa.array([filler[col.type]] * n, col.arrow)
+    return spec.conform(pa.table(cols))
+
+
+def build_warehouse(root, pools: list[str | None], **kw):
+    """A warehouse holding synthetic blocks + attributions (registry version v1)."""
+    from pipeline.warehouse import Warehouse
+
+    blocks, attributions = synthetic_tables(pools, **kw)
+    wh = Warehouse(root)
+    with wh.writer():
+        wh.commit({"blocks": conformed(blocks, "blocks"), "attributions": conformed(attributions, "attributions")})
+        wh.set_meta(registry_version="v1")
+    return wh
+
+
+def demo_pools(n: int, seed: int = 5) -> list[str | None]:
+    rng = np.random.default_rng(seed)
+    return list(rng.choice(["alpha", "beta", "gamma", "delta", "eps", None], size=n,
+                           p=[0.3, 0.15, 0.25, 0.15, 0.1, 0.05]))
+
+
+def test_refresh_metrics_materializes_tables_and_views(tmp_path):
+    from pipeline.warehouse import Warehouse
+
+    wh = build_warehouse(tmp_path / "wh", demo_pools(600))
+    counts = m.refresh_metrics(wh, draws=200)
+    assert counts["centralization"] > 0 and counts["pool_share"] > 0
+    con = Warehouse(wh.root, views_dir=m.METRIC_VIEWS_DIR).connect()
+    kinds = {r[0] for r in con.execute("SELECT DISTINCT window_kind FROM centralization").fetchall()}
+    assert kinds == set(m.MATERIALIZED_WINDOWS)
+    days = con.execute("SELECT count(DISTINCT window_id) FROM centralization_day").fetchone()[0]
+    assert days == 5  # 600 blocks every 10 minutes from midnight: 4 days and a sixth
+    total = con.execute("SELECT sum(blocks) FROM pool_share_family_epoch").fetchone()[0]
+    assert total == 600
+    # a second refresh replaces the rows instead of adding to them
+    m.refresh_metrics(wh, windows=("day",), draws=200)
+    con = wh.connect()
+    assert con.execute("SELECT count(*) FROM centralization WHERE window_kind = 'day'").fetchone()[0] == \
+        5 * len(m.LEVELS) * len(m.TREATMENTS)

@@ -1,0 +1,95 @@
+"""Charts and the `poolwatch metrics` / `poolwatch report` commands on a small synthetic warehouse."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+import pytest
+from click.testing import CliRunner
+from test_metrics import build_warehouse, connect, demo_pools, synthetic_tables
+
+from pipeline import metrics as m
+from pipeline import report as r
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory):
+    # 3000 blocks every 10 minutes from 2024-01-01: about 21 days, three ISO weeks
+    return build_warehouse(tmp_path_factory.mktemp("report") / "wh", demo_pools(3000))
+
+
+def test_figures_have_the_expected_content():
+    con = connect(*synthetic_tables(demo_pools(1200)))
+    data = r.load_report_data(con, "day", registry_version="v1", draws=200)
+    figs = r.figures(data)
+    assert set(figs) == set(r.CHARTS)
+    stacked = figs["pool_shares"].axes[0]
+    labels = {t.get_text() for t in stacked.get_legend().get_texts()}
+    assert {"Alpha", "Gamma", "unknown"} <= labels
+    nak_lines = {t.get_text() for t in figs["nakamoto"].axes[0].get_legend().get_texts()}
+    assert set(r.TREATMENT_LABELS.values()) <= nak_lines
+    bars = figs["top_pools"].axes[0].patches
+    assert len(bars) == 6  # five pools and unknown
+    # the widest bar is the largest pool over the whole range
+    overall = data.overall.pool_share[data.overall.pool_share.level == "pool"]
+    assert max(b.get_width() for b in bars) == pytest.approx(overall["share"].max())
+
+
+def test_family_level_report():
+    con = connect(*synthetic_tables(demo_pools(400)))
+    data = r.load_report_data(con, "blocks:100", level="family", registry_version="v1", draws=100)
+    labels = {t.get_text() for t in r.pool_shares_figure(data).axes[0].get_legend().get_texts()}
+    assert "AlphaGroup" in labels and "Alpha" not in labels
+
+
+def test_empty_range_is_a_clear_error():
+    con = connect(*synthetic_tables(demo_pools(50)))
+    with pytest.raises(m.MetricsError, match="no blocks"):
+        r.load_report_data(con, "day", rng=m.Range(from_time=datetime(2030, 1, 1, tzinfo=UTC)))
+    with pytest.raises(ValueError, match="level"):
+        r.load_report_data(con, "day", level="galaxy")
+
+
+def test_report_command_writes_pngs_and_self_contained_html(warehouse, tmp_path):
+    from pipeline.cli import main
+
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["--warehouse", str(warehouse.root), "report", "--window", "day",
+                                    "--draws", "100", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == sorted(f"{c}_pool_day.png" for c in r.CHARTS)
+    for p in out.glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == len(r.CHARTS)
+    first = page.split("data:image/png;base64,")[1].split('"')[0]
+    assert base64.b64decode(first)[:4] == b"\x89PNG"
+    assert "2024-01-21" in page  # the summary table lists the latest windows
+
+
+def test_metrics_command_prints_a_table(warehouse, tmp_path):
+    from pipeline.cli import main
+
+    res = CliRunner().invoke(main, ["--warehouse", str(warehouse.root), "metrics", "--window", "week",
+                                    "--draws", "100", "--csv", str(tmp_path)], terminal_width=250)
+    assert res.exit_code == 0, res.output
+    assert "2024-W01" in res.output and "2024-W03" in res.output
+    assert "Alpha" in res.output  # the pool table of the latest window
+    assert (tmp_path / "centralization.csv").read_text().count("2024-W02") == 2 * len(m.TREATMENTS)
+    bad = CliRunner().invoke(main, ["--warehouse", str(warehouse.root), "metrics", "--window", "fortnight"])
+    assert bad.exit_code != 0 and "unknown window" in bad.output
+    missing = CliRunner().invoke(main, ["--warehouse", str(tmp_path / "nowhere"), "metrics"])
+    assert missing.exit_code == 1 and "no warehouse" in missing.output
+
+
+def test_metrics_refresh_command(warehouse):
+    from pipeline.cli import main
+
+    res = CliRunner().invoke(main, ["--warehouse", str(warehouse.root), "metrics", "--refresh",
+                                    "--draws", "100", "--last", "2", "--pools", "0"], terminal_width=250)
+    assert res.exit_code == 0, res.output
+    assert "refreshed" in res.output
+    con = warehouse.connect()
+    assert con.execute("SELECT count(DISTINCT window_id) FROM centralization WHERE window_kind='week'").fetchone()[0] == 3

@@ -1,0 +1,76 @@
+"""Unit tests of the sync job's pure parts: chunk planning and fork finding."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.sync import find_fork_height, plan_chunks
+
+
+def test_plan_chunks_covers_range_exactly():
+    assert plan_chunks(0, 9, 4) == [(0, 3), (4, 7), (8, 9)]
+    assert plan_chunks(5, 5, 100) == [(5, 5)]
+    assert plan_chunks(10, 9, 3) == []
+    chunks = plan_chunks(17, 1234, 100)
+    covered = [h for lo, hi in chunks for h in range(lo, hi + 1)]
+    assert covered == list(range(17, 1235))
+    with pytest.raises(ValueError, match="chunk size"):
+        plan_chunks(0, 10, 0)
+
+
+class FakeWarehouse:
+    def __init__(self, hashes: dict[int, str]):
+        self.hashes = hashes
+
+    def stored_range(self):
+        return (min(self.hashes), max(self.hashes)) if self.hashes else None
+
+    def stored_hashes(self, lo, hi):
+        return {h: v for h, v in self.hashes.items() if lo <= h <= hi}
+
+
+class FakeClient:
+    def __init__(self, chain: list[str]):
+        self.chain = chain
+        self.calls = 0
+
+    def tip_height(self):
+        return len(self.chain) - 1
+
+    def block_hashes(self, heights):
+        self.calls += 1
+        return [self.chain[h] for h in heights]
+
+
+def _chain(n: int, branch: str = "a", fork: int | None = None) -> list[str]:
+    return [f"{'b' if fork is not None and h >= fork else 'a'}{h}" for h in range(n)]
+
+
+def test_no_fork_when_chains_agree():
+    stored = {h: f"a{h}" for h in range(100)}
+    assert find_fork_height(FakeClient(_chain(120)), FakeWarehouse(stored)) is None
+
+
+@pytest.mark.parametrize("depth", [1, 5, 12, 13, 50, 100])
+def test_fork_found_at_any_depth(depth):
+    stored = {h: f"a{h}" for h in range(200)}
+    node = FakeClient(_chain(205, fork=200 - depth))
+    assert find_fork_height(node, FakeWarehouse(stored)) == 200 - depth
+    assert node.calls <= 6  # widening by doubling, not height by height
+
+
+def test_fork_when_node_chain_is_shorter():
+    stored = {h: f"a{h}" for h in range(50)}
+    assert find_fork_height(FakeClient(_chain(45)), FakeWarehouse(stored)) == 45
+    # shorter and diverged below its tip
+    assert find_fork_height(FakeClient(_chain(45, fork=40)), FakeWarehouse(stored)) == 40
+
+
+def test_fork_below_everything_stored():
+    stored = {h: f"a{h}" for h in range(10, 20)}
+    assert find_fork_height(FakeClient(_chain(30, fork=3)), FakeWarehouse(stored)) == 10
+    assert find_fork_height(FakeClient(_chain(5)), FakeWarehouse(stored)) == 10
+
+
+def test_empty_warehouse_has_no_fork():
+    assert find_fork_height(FakeClient(_chain(10)), FakeWarehouse({})) is None
