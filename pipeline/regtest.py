@@ -1036,36 +1036,9 @@ def _address_text(item: Any) -> str:
 
 
 def _address_to_script(address: str) -> bytes:
-    try:
-        from pipeline.scripts import address_to_script
-    except ImportError:  # scripts.py not there yet: decode with the same libraries it uses
-        return _fallback_address_to_script(address)
+    from pipeline.scripts import address_to_script
+
     return address_to_script(address)[0]
-
-
-def _fallback_address_to_script(address: str) -> bytes:
-    import base58
-    import bech32
-
-    lower = address.lower()
-    for hrp in ("bc", "tb", "bcrt"):
-        if lower.startswith(hrp + "1"):
-            ver, prog = bech32.decode(hrp, lower)
-            if ver is None:
-                raise ValueError(f"invalid bech32 address {address!r}")
-            return bytes([0x50 + ver if ver else 0, len(prog)]) + bytes(prog)
-    try:
-        payload = base58.b58decode_check(address)
-    except ValueError as exc:
-        raise ValueError(f"invalid base58 address {address!r}: {exc}") from None
-    if len(payload) != 21:
-        raise ValueError(f"base58 address {address!r} has a {len(payload) - 1}-byte hash, expected 20")
-    version, h = payload[0], payload[1:]
-    if version in (0x00, 0x6F):
-        return b"\x76\xa9\x14" + h + b"\x88\xac"
-    if version in (0x05, 0xC4):
-        return b"\xa9\x14" + h + b"\x87"
-    raise ValueError(f"base58 address {address!r} has unknown version byte {version:#04x}")
 
 
 def _pool_scripts(pool: Any, allow_p2sh: bool = True) -> list[bytes]:

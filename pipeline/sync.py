@@ -29,6 +29,8 @@ Progress = Callable[[int], None]
 
 # How far below the stored tip a routine reorg check looks; deeper forks are found by widening.
 REORG_CHECK_DEPTH = 12
+# A batch commit takes well under a second; a run waits this long for another run's commit.
+COMMIT_LOCK_WAIT = 120.0
 
 
 @dataclass
@@ -92,10 +94,13 @@ def validation_context(warehouse: Warehouse, first_height: int, chain: str,
     """What a batch's validation needs from outside the batch: the stored block it links to."""
     context: dict[str, Any] = {"chain": chain}
     if first_height > 0:
-        previous = warehouse.stored_hashes(first_height - 1, first_height - 1)
+        previous = warehouse.read("blocks", where=f"height = {int(first_height) - 1}",
+                                  columns=["height", "hash", "median_time"]).to_pylist()
         if previous:
             context["previous_height"] = first_height - 1
-            context["previous_hash"] = previous[first_height - 1]
+            context["previous_hash"] = previous[0]["hash"]
+            if previous[0]["median_time"] is not None:
+                context["previous_median_time"] = int(previous[0]["median_time"].timestamp())
     if registry is not None:
         context["registry_version"] = registry.version
         context["pool_ids"] = sorted({p.id for p in registry.pools})
@@ -106,12 +111,9 @@ def load_batch(warehouse: Warehouse, tables: dict[str, pa.Table], *, validate: b
                context: dict[str, Any] | None = None) -> None:
     """Validate then commit one batch; a rejected batch goes to quarantine and nothing is stored."""
     if validate:
-        from pipeline.validation import BatchRejected, quarantine, validate_batch
+        from pipeline.validation import check_batch
 
-        report = validate_batch(tables, context or {})
-        if not report.ok:
-            where = quarantine(warehouse.root, tables, report)
-            raise BatchRejected(report.summary(), where)
+        check_batch(warehouse.root, tables, context or {})  # raises BatchRejected after quarantining
     warehouse.commit(tables)
 
 
@@ -138,7 +140,8 @@ def find_fork_height(client: NodeClient, warehouse: Warehouse, depth: int = REOR
             return low  # the node's tip is below everything stored: all of it is stale
         stored_hashes = warehouse.stored_hashes(check_lo, check_hi)
         heights = sorted(stored_hashes)
-        node_hashes = dict(zip(heights, client.block_hashes(heights), strict=True))
+        # Only hashes are compared: a pruned node may still answer for heights it has no blocks of.
+        node_hashes = dict(zip(heights, client.block_hashes(heights, require_blocks=False), strict=True))
         mismatched = [h for h in heights if node_hashes[h] != stored_hashes[h]]
         if not mismatched:
             return fork
@@ -209,10 +212,14 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
     started = time.monotonic()
     info = client.check_ready()
     network = client.network()
-    genesis = client.block_hashes([0])[0]
+    genesis = client.block_hashes([0], require_blocks=False)[0]
     tip = int(info["blocks"])
     result = SyncResult(start=start, end=end, chain=network.name)
+    if end is not None and end > tip:
+        raise HeightAboveTipError(f"asked for blocks up to height {end} but the node's tip is {tip}; "
+                                  f"wait for the node to catch up or lower --to", height=end, tip=tip)
 
+    # Set-up under the writer lock: chain binding, registry change, reorg repair, the range.
     with warehouse.writer(wait=writer_wait):
         warehouse.bind_chain(network.name, genesis)
         if registry is not None and warehouse.meta.get("registry_version") != registry.version:
@@ -222,38 +229,52 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
                                               validate=validate)
         if check_reorg and start is None:
             result.reorg_fork_height = check_and_repair_reorg(client, warehouse)
-
         stored = warehouse.stored_range()
-        if start is None:
-            start = stored[1] + 1 if stored else 0
-        if end is None:
-            end = tip
-        if end > tip:
-            raise HeightAboveTipError(f"asked for blocks up to height {end} but the node's tip is {tip}; "
-                                      f"wait for the node to sync or lower --to", height=end, tip=tip)
-        if start < 0 or (end < start and start <= tip):
-            raise ValueError(f"bad height range: from {start} to {end}")
-        result.start, result.end = start, end
-        chunks = plan_chunks(start, end, batch_size)
-        if on_plan:
-            on_plan(start, end)
-        log.info("loading heights %d..%d (%d blocks) from a %s node in %d batches",
-                 start, end, max(0, end - start + 1), network.name, len(chunks))
-        for lo, hi in chunks:
-            heights = list(range(lo, hi + 1))
-            blocks = fetch_blocks(client, heights, network)
-            tables = build_batch(blocks, registry, network.name, allow_cross_network)
+
+    if start is None:
+        start = stored[1] + 1 if stored else 0
+    if end is None:
+        end = tip
+    if end > tip:
+        raise HeightAboveTipError(f"asked for blocks up to height {end} but the node's tip is {tip}; "
+                                  f"wait for the node to catch up or lower --to", height=end, tip=tip)
+    if start < 0:
+        raise ValueError(f"bad height range: from {start} to {end} (heights start at 0)")
+    result.start, result.end = start, end
+    chunks = plan_chunks(start, end, batch_size)
+    if on_plan:
+        on_plan(start, end)
+    log.info("loading heights %d..%d (%d blocks) from a %s node in %d batches",
+             start, end, max(0, end - start + 1), network.name, len(chunks))
+    for lo, hi in chunks:
+        # Node reads, decoding and attribution happen outside the lock, so parallel backfill
+        # workers only queue for the short commit.
+        blocks = fetch_blocks(client, list(range(lo, hi + 1)), network)
+        tables = build_batch(blocks, registry, network.name, allow_cross_network)
+        with warehouse.writer(wait=max(writer_wait, COMMIT_LOCK_WAIT)):
             context = validation_context(warehouse, lo, network.name, registry)
             load_batch(warehouse, tables, validate=validate, context=context)
-            result.blocks_loaded += len(blocks)
-            result.batches += 1
-            if progress:
-                progress(len(blocks))
+        result.blocks_loaded += len(blocks)
+        result.batches += 1
+        if progress:
+            progress(len(blocks))
+    with warehouse.writer(wait=max(writer_wait, COMMIT_LOCK_WAIT)):
         if registry is not None and warehouse.meta.get("registry_version") != registry.version:
             from pipeline.attribution import pool_definitions_table
 
             warehouse.commit({"pool_definitions": pool_definitions_table(registry)})
             warehouse.set_meta(registry_version=registry.version, registry_cross_network=allow_cross_network)
         warehouse.refresh_catalog()
+        if validate and result.batches:
+            _build_data_docs(warehouse)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _build_data_docs(warehouse: Warehouse) -> None:
+    from pipeline.validation import build_data_docs
+
+    try:
+        build_data_docs(warehouse.root)
+    except OSError as exc:  # docs are a by-product: never fail a load that is already committed
+        log.warning("could not build Data Docs in %s: %s", warehouse.root / "data_docs", exc)

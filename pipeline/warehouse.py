@@ -615,6 +615,13 @@ class Warehouse:
         cols = ", ".join(f"CAST(NULL AS {_DUCKDB_TYPES[c.type]}) AS {_ident(c.name)}" for c in spec.columns)
         return f"SELECT {cols} WHERE false"
 
+    def _fill_placeholders(self, sql: str) -> str:
+        """'{warehouse_root}' and '{registry_version}' (a SQL literal, NULL when unset) in view files."""
+        version = self.meta.get("registry_version")
+        literal = "NULL" if version is None else _sql_str(str(version))
+        return (sql.replace("{warehouse_root}", str(self.root.resolve()).replace("'", "''"))
+                .replace("{registry_version}", literal))
+
     def extra_views(self) -> dict[str, str]:
         """Views declared as ``<views_dir>/**/<name>.sql`` (a query over the table views)."""
         self._view_files = {}
@@ -625,7 +632,7 @@ class Warehouse:
             if path.stem in self._view_files:
                 raise ValueError(f"two view files define view {path.stem}: {self._view_files[path.stem]} and {path}")
             self._view_files[path.stem] = path
-            views[path.stem] = path.read_text().strip().rstrip(";")
+            views[path.stem] = self._fill_placeholders(path.read_text().strip().rstrip(";"))
         return views
 
     def _create_views(self, con: duckdb.DuckDBPyConnection, strict: bool = True) -> None:

@@ -48,6 +48,8 @@ def test_sync_loads_what_was_built(regtest_node, warehouse_dir: Path):
     from pipeline.regtest import CoinbaseSpec, mine_chain
 
     scripts = _payout_scripts()
+    if regtest_node.flavor == "sv":
+        del scripts["p2sh"]  # the SV node rejects P2SH outputs (bad-txns-vout-p2sh); real Core covers it
     kinds = list(scripts)
     specs = []
     for i in range(60):
@@ -114,7 +116,7 @@ def test_sync_twice_is_idempotent_and_incremental(regtest_node, warehouse_dir: P
     result = _sync(regtest_node, warehouse_dir)
     assert "loaded 5 blocks" in result.output
     con = duckdb.connect(str(warehouse_dir / "poolwatch.duckdb"), read_only=True)
-    assert con.sql("SELECT count(*), count(DISTINCT height), max(height) FROM blocks").fetchone() == (26, 26, 25)
+    assert con.execute("SELECT count(*), count(DISTINCT height), max(height) FROM blocks").fetchone() == (26, 26, 25)
     con.close()
 
 

@@ -37,7 +37,7 @@ class FakeClient:
     def tip_height(self):
         return len(self.chain) - 1
 
-    def block_hashes(self, heights):
+    def block_hashes(self, heights, require_blocks=True):
         self.calls += 1
         return [self.chain[h] for h in heights]
 
