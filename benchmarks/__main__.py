@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--metrics-blocks", type=int, default=925_000)
     p.add_argument("--skip", action="append", default=[],
                    choices=["backfill", "etl", "rss", "stages", "attribution", "metrics"], help="leave a part out")
+    p.add_argument("--keep", action="store_true", help="keep the node's datadir and the warehouses in --out")
     p.add_argument("--out", type=Path, default=HERE / "out", help="scratch directory (node, warehouses, venv)")
     p.add_argument("--results", type=Path, default=HERE, help="where results.md and results.json go")
     return p.parse_args(argv)
@@ -141,6 +142,9 @@ def node_benchmarks(args: argparse.Namespace, results: dict[str, Any]) -> None:
             if exe is not None:
                 entry.update(etl.run_export(exe, url, node.cookie_file, start, end, args.out, args.workers))
             results["bitcoin_etl"] = entry
+    if not args.keep:  # hundreds of MB of scratch data; the venv is kept for the next run
+        for path in [node_dir, *args.out.glob("wh-*")]:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _check_same_tables(out: Path, runs: list[dict[str, Any]]) -> None:

@@ -77,9 +77,12 @@ def render(results: dict[str, Any]) -> str:
     rss = results.get("rss")
     if rss:
         lines += ["", "## Peak memory of a backfill", "",
-                  "Measured with `getrusage` in a child process doing the whole backfill (200-block batches, as "
-                  f"`poolwatch sync`). Goal: under {GOAL_RSS_MB} MB. Memory is bounded by the batch, not the range: "
-                  "each process holds at most 16 raw blocks and one batch of decoded rows.", "",
+                  "A child process does the whole backfill (200-block batches, as `poolwatch sync`); peaks are "
+                  "each process's VmHWM (not `ru_maxrss`, which on Linux carries the forking parent's size "
+                  "across exec); the total adds every process's peak, an upper bound. Goal: under "
+                  f"{GOAL_RSS_MB} MB. Memory is bounded by the batch, not the range: each process holds at most "
+                  "16 raw blocks and one batch of decoded rows; most of a worker's size is its imports "
+                  "(pyarrow, pandas, Great Expectations).", "",
                   "| read path | workers | parent peak MB | each worker peak MB | total upper bound MB | goal met |",
                   "|---|---:|---:|---:|---:|---|"]
         for r in rss:

@@ -26,6 +26,9 @@ def main(ctx: click.Context, warehouse_dir: Path | None, verbose: bool) -> None:
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Third-party INFO chatter (GX registers hundreds of things on import) hides what matters.
+    for noisy in ("great_expectations", "airflow", "urllib3", "BitcoinRPC"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     ctx.ensure_object(dict)
     ctx.obj["warehouse"] = warehouse_dir or default_warehouse()
 
