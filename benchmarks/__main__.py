@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"started": datetime.now(UTC).isoformat(timespec="seconds"),
-                               "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
+                               "command": " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])]),
                                "machine": describe(args.out),
                                "config": {"blocks": args.blocks, "block_bytes": args.block_bytes,
                                           "workers": args.workers, "batch_size": args.batch_size,
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"metrics on a synthetic {args.metrics_blocks:,}-block warehouse")
         _attempt(results, "metrics", metrics_benchmark, args)
     results["total_seconds"] = time.perf_counter() - started
+    if hasattr(os, "getloadavg"):
+        results["machine"]["load_average_at_end"] = list(os.getloadavg())
     md, js = write_results(results, args.results)
     log(f"wrote {md} and {js}")
     print(md.read_text())

@@ -42,7 +42,8 @@ def _disk(path: Path) -> str:
         if not rotational.exists():
             rotational = block / ".." / "queue" / "rotational"
         if rotational.exists():
-            return "HDD" if rotational.read_text().strip() == "1" else "SSD/virtual"
+            return ("rotational per the kernel (HDD, or a virtual disk that says so)"
+                    if rotational.read_text().strip() == "1" else "non-rotational (SSD/NVMe)")
     except OSError:
         pass
     return "unknown"

@@ -29,7 +29,9 @@ def render(results: dict[str, Any]) -> str:
              f"- CPU: {m.get('cpu_model')} ({m.get('cpus')} cores available), RAM {m.get('ram_gb')} GB, "
              f"disk {m.get('disk')}, {m.get('os')}",
              f"- Python {m.get('python')}; " + ", ".join(f"{k} {v}" for k, v in (m.get('packages') or {}).items() if v),
-             f"- Load average when the run started: {', '.join(f'{x:.1f}' for x in m.get('load_average_at_start') or [])} "
+             f"- Load average (1, 5, 15 min) at the start: {', '.join(f'{x:.1f}' for x in m.get('load_average_at_start') or [])}"
+             + (f"; at the end: {', '.join(f'{x:.1f}' for x in m['load_average_at_end'])}" if m.get('load_average_at_end') else "")
+             + " "
              "(the machine may be shared: compare ratios measured in the same run, not absolute numbers across runs)"]
     node = results.get("node")
     if node:

@@ -650,7 +650,7 @@ def current_registry_version(warehouse: Warehouse) -> str | None:
 
 
 def refresh_metrics(warehouse: Warehouse, windows: Sequence[str] = MATERIALIZED_WINDOWS,
-                    draws: int = BOOTSTRAP_DRAWS) -> dict[str, int]:
+                    draws: int = BOOTSTRAP_DRAWS, validate: bool = True) -> dict[str, int]:
     """Recompute the materialized metric tables (pool_share, centralization) for ``windows``.
 
     Called by ``poolwatch metrics --refresh`` and the Airflow metrics DAG. Each commit replaces every
@@ -669,8 +669,11 @@ def refresh_metrics(warehouse: Warehouse, windows: Sequence[str] = MATERIALIZED_
         con.close()
     tables = {"centralization": to_arrow(pd.concat(cents, ignore_index=True), "centralization"),
               "pool_share": to_arrow(pd.concat(shares, ignore_index=True), "pool_share")}
+    from pipeline.sync import load_batch
+
     with warehouse.writer():
-        warehouse.commit(tables)
+        # The same gate as every other batch: shares sum to 1 per window, HHI within [1/n, 1], ...
+        load_batch(warehouse, tables, validate=validate)
         warehouse.refresh_catalog()
     counts = {name: t.num_rows for name, t in tables.items()}
     log.info("metrics refreshed for %s (registry %s): %s", ", ".join(windows), version, counts)

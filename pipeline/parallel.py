@@ -1,4 +1,4 @@
-"""Parallel backfill: fetch and decode height chunks in worker processes, hand them back in order.
+"""Parallel backfill: fetch, decode and validate height chunks in worker processes, commit in order.
 
 Decoding is CPU-bound Python, so threads would serialize on the GIL; processes do not. Each worker
 holds its own ``NodeClient`` (python-bitcoinrpc is not thread- or fork-safe) or its own block-file
@@ -13,7 +13,7 @@ stored, and commits (``load_chunks``).
 
 Sources:
 
-* ``"node"``: each worker calls ``pipeline.sync.fetch_blocks`` (REST ``/rest/block/<hash>.bin`` when
+* ``"node"``: each worker calls ``pipeline.sync.fetch_blocks`` in slices of 16 blocks (REST ``/rest/block/<hash>.bin`` when
   the node serves it, else ``getblock <hash> 0``);
 * ``"blkfiles"``: the parent asks the node for the chunk's active-chain hashes and median times and
   locates them in the block files (its index is built once); workers only ``pread`` and decode.
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+
 from pipeline.blockfiles import BlockFileReader, BlockFileSource, BlockLocation, decode_located
 from pipeline.decode import DecodedBlock
 from pipeline.networks import Network, network_for_chain

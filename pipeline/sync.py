@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from pipeline.decode import DecodedBlock, DecodeError, blocks_to_tables, decode_block
 from pipeline.networks import Network
-from pipeline.node import HeightAboveTipError, NodeClient
+from pipeline.node import HeightAboveTipError, NodeClient, NodeError
 
 if TYPE_CHECKING:
     from pipeline.registry import Registry
@@ -31,6 +31,8 @@ Progress = Callable[[int], None]
 REORG_CHECK_DEPTH = 12
 # A batch commit takes well under a second; a run waits this long for another run's commit.
 COMMIT_LOCK_WAIT = 120.0
+# Reorgs seen during one run before it gives up (each is repaired; more means the node is flapping).
+MAX_RELINKS = 3
 
 
 @dataclass
@@ -151,6 +153,17 @@ def find_fork_height(client: NodeClient, warehouse: Warehouse, depth: int = REOR
         span *= 2
 
 
+def first_broken_link(blocks: Sequence[DecodedBlock], previous_hash: str | None) -> int | None:
+    """Height of the first block whose prev_hash is not the hash before it (the stored predecessor
+    ``previous_hash`` for the first block, when known), or None when the blocks form one chain."""
+    expected = previous_hash
+    for block in blocks:
+        if expected is not None and block.prev_hash != expected:
+            return block.height
+        expected = block.hash
+    return None
+
+
 def repair_reorg(warehouse: Warehouse, fork_height: int) -> None:
     """Roll back every height-keyed table to below the fork; the caller reloads from there."""
     log.warning("reorg: stored blocks from height %d are no longer on the node's active chain; "
@@ -215,6 +228,7 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
     genesis = client.block_hashes([0], require_blocks=False)[0]
     tip = int(info["blocks"])
     result = SyncResult(start=start, end=end, chain=network.name)
+    incremental = check_reorg and start is None
     if end is not None and end > tip:
         raise HeightAboveTipError(f"asked for blocks up to height {end} but the node's tip is {tip}; "
                                   f"wait for the node to catch up or lower --to", height=end, tip=tip)
@@ -246,14 +260,38 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
         on_plan(start, end)
     log.info("loading heights %d..%d (%d blocks) from a %s node in %d batches",
              start, end, max(0, end - start + 1), network.name, len(chunks))
-    for lo, hi in chunks:
+    next_lo, relinks = start, 0
+    while next_lo <= end:
+        lo, hi = next_lo, min(next_lo + batch_size - 1, end)
         # Node reads, decoding and attribution happen outside the lock, so parallel backfill
         # workers only queue for the short commit.
         blocks = fetch_blocks(client, list(range(lo, hi + 1)), network)
         tables = build_batch(blocks, registry, network.name, allow_cross_network)
         with warehouse.writer(wait=max(writer_wait, COMMIT_LOCK_WAIT)):
+            broken = None
+            if incremental:
+                previous = warehouse.stored_hashes(lo - 1, lo - 1).get(lo - 1) if lo > 0 else None
+                broken = first_broken_link(blocks, previous)
+            if broken is not None:
+                # The node's chain changed during this run (a reorg between two batches, or between
+                # the requests of one batch). Repair as at the start and reload from the fork, rather
+                # than store a chain that does not link or fail the run on a routine event.
+                relinks += 1
+                if relinks > MAX_RELINKS:
+                    raise NodeError(f"the node's chain changed {relinks} times during this run (last at height "
+                                    f"{broken}); nothing unlinked was stored: run the sync again")
+                fork = check_and_repair_reorg(client, warehouse)
+                log.warning("the node's chain changed during the run at height %d; repaired from height %s "
+                            "and reloading", broken, fork)
+                if fork is not None:
+                    earlier = result.reorg_fork_height
+                    result.reorg_fork_height = fork if earlier is None else min(fork, earlier)
+                next_lo = min(fork, lo) if fork is not None else lo
+                end = result.end = min(end, client.tip_height())
+                continue
             context = validation_context(warehouse, lo, network.name, registry)
             load_batch(warehouse, tables, validate=validate, context=context)
+        next_lo = hi + 1
         result.blocks_loaded += len(blocks)
         result.batches += 1
         if progress:

@@ -317,15 +317,13 @@ def _fake_registry() -> FakeRegistry:
 
 
 def _address(rng: random.Random, kind: str) -> str:
-    import base58
-    import bech32
+    from pipeline.networks import MAIN
+    from pipeline.scripts import script_to_address
 
     h = rng.randbytes(20)
-    if kind == "p2pkh":
-        return base58.b58encode_check(b"\x00" + h).decode()
-    if kind == "p2sh":
-        return base58.b58encode_check(b"\x05" + h).decode()
-    return bech32.encode("bc", 0, h)
+    script = {"p2pkh": b"\x76\xa9\x14" + h + b"\x88\xac", "p2sh": b"\xa9\x14" + h + b"\x87",
+              "p2wpkh": b"\x00\x14" + h}[kind]
+    return script_to_address(script, MAIN)
 
 
 def test_demo_specs_are_deterministic_and_roughly_proportional():

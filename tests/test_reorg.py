@@ -19,7 +19,7 @@ from pipeline.regtest import CoinbaseSpec, RegtestNode, demo_specs, mine_chain
 from pipeline.sync import check_and_repair_reorg, find_fork_height, sync_range
 from pipeline.warehouse import Warehouse
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, pytest.mark.slow]
 
 CHAIN_LENGTH = 120
 # Every table keyed by height: all of them must follow the node's chain after a repair.
@@ -182,3 +182,65 @@ def test_reorg_check_skipped_for_explicit_range_then_caught(regtest_node: Regtes
     assert result.reorg_fork_height == 10
     _assert_same_as_fresh_load(regtest_node, root, tmp_path / "fresh", registry)
 
+
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_reorg_in_the_middle_of_a_sync(regtest_node: RegtestNode, tmp_path: Path, registry: Registry,
+                                       validate: bool):
+    """The node reorganizes between two batches of one run: the run notices that the next batch no
+    longer links to what it stored, repairs from the fork and goes on; nothing unlinked is stored,
+    with or without the validation gate."""
+    old_hashes = mine_chain(regtest_node, _specs(registry, 30, seed=9))
+    root = tmp_path / "wh"
+    fired = []
+
+    def reorg_after_first_batch(_n: int) -> None:
+        if not fired:
+            fired.append(True)
+            regtest_node.invalidate(old_hashes[4])  # height 5, inside the batch just committed
+            mine_chain(regtest_node, _specs(registry, 30, seed=10))
+
+    result = _sync(regtest_node, root, registry, batch_size=10, progress=reorg_after_first_batch,
+                   validate=validate)
+    assert fired and result.reorg_fork_height == 5
+    stored = Warehouse(root)
+    assert stored.stored_range() == (0, 30)  # the run's planned end (the node's tip when it started)
+    rows = stored.read("blocks", columns=["height", "hash", "prev_hash"]).to_pylist()
+    assert all(b["prev_hash"] == a["hash"] for a, b in zip(rows, rows[1:])), "stored chain does not link"
+    assert stored.stored_hashes(0, 30) == {h: _node_hash(regtest_node, h) for h in range(31)}
+    assert not (root / "quarantine").exists() or not any((root / "quarantine").iterdir())
+
+    result = _sync(regtest_node, root, registry, validate=validate)
+    assert result.reorg_fork_height is None and result.blocks_loaded == 4  # up to the new tip, 34
+    _assert_same_as_fresh_load(regtest_node, root, tmp_path / "fresh", registry)
+
+
+def test_first_broken_link_finds_where_a_batch_stops_linking():
+    """The mid-run check on its own (no node needed): a batch from two branches, or one that does
+    not continue the stored chain, is found at the first block that does not link."""
+    from pipeline.decode import decode_block
+    from pipeline.networks import REGTEST
+    from pipeline.regtest import build_block
+    from pipeline.sync import first_broken_link
+
+    spec = CoinbaseSpec(tag=b"/link/", payouts=[(b"\x00\x14" + bytes(20), 1)])
+
+    def branch(prev: str, first_height: int, n: int, extranonce: bytes) -> list:
+        blocks = []
+        for height in range(first_height, first_height + n):
+            raw = build_block(prev, height, 1_700_000_000 + 600 * height,
+                              CoinbaseSpec(tag=spec.tag, payouts=spec.payouts, extranonce=extranonce))
+            blocks.append(decode_block(raw, REGTEST))
+            prev = blocks[-1].hash
+        return blocks
+
+    base = "11" * 32
+    old = branch(base, 1, 6, b"old!")
+    new = branch(old[2].hash, 4, 3, b"new!")  # forks after height 3
+    assert first_broken_link(old, base) is None
+    assert first_broken_link(old, None) is None  # no stored predecessor: only links inside the batch
+    assert first_broken_link(old, "22" * 32) == 1  # does not continue the stored chain
+    assert first_broken_link(old[:4] + new[1:], base) == 5  # hashes fetched across a reorg
+    assert first_broken_link(new, old[2].hash) is None
+    assert first_broken_link(new, old[3].hash) == 4
