@@ -92,6 +92,7 @@ class PreparedBatch:
     blocks: int
     previous_hash: str | None     # the node's hash at lo - 1 the link was validated against
     last_hash: str
+    broken_link: int | None = None  # first height whose prev_hash does not link (node changed mid-fetch)
 
 
 # Per-process state, set once by the pool initializer.
@@ -144,7 +145,7 @@ def _decode_chunk(heights: list[int], hashes: list[str], median_times: list[int 
 def prepare_batch(blocks: list[DecodedBlock], lo: int, hi: int, previous_hash: str | None,
                   plan: BatchPlan) -> PreparedBatch:
     """Tables and validation report of one chunk; the link to ``previous_hash`` is validated here."""
-    from pipeline.sync import build_batch
+    from pipeline.sync import build_batch, first_broken_link
 
     tables = build_batch(blocks, plan.registry, plan.chain, plan.allow_cross_network)
     report = None
@@ -160,7 +161,8 @@ def prepare_batch(blocks: list[DecodedBlock], lo: int, hi: int, previous_hash: s
             context["pool_ids"] = sorted({p.id for p in plan.registry.pools})
         report = validate_batch(tables, context)
     return PreparedBatch(lo=lo, hi=hi, tables=tables, report=report, blocks=len(blocks),
-                         previous_hash=previous_hash, last_hash=blocks[-1].hash if blocks else "")
+                         previous_hash=previous_hash, last_hash=blocks[-1].hash if blocks else "",
+                         broken_link=first_broken_link(blocks, previous_hash))
 
 
 def _prepare_node_chunk(lo: int, hi: int) -> PreparedBatch:
@@ -320,17 +322,25 @@ class ChunkFetcher:
 
 
 class ChainChangedError(RuntimeError):
-    """The node's active chain changed under a running backfill (a reorg): sync again to repair it."""
+    """The node's active chain changed under a running backfill (a reorg); ``height`` is the first
+    height that no longer links. Repair (``sync.check_and_repair_reorg``) and resume from there."""
+
+    def __init__(self, message: str, height: int) -> None:
+        super().__init__(message)
+        self.height = height
 
 
 def load_chunks(warehouse: Warehouse, fetcher: ChunkFetcher, chunks: Sequence[tuple[int, int]], *,
-                progress: Callable[[int], None] | None = None, stages: dict[str, float] | None = None) -> int:
+                progress: Callable[[int], None] | None = None, stages: dict[str, float] | None = None,
+                lock_wait: float = 120.0) -> int:
     """The batch loop of ``sync_range`` with decoding, attribution and validation in the workers.
 
-    The parent (holding the warehouse's writer lock, as ``sync_range`` does) receives batches in
-    height order and for each: checks that the hash the worker validated the batch's first block
-    against (the node's block at lo - 1) is the one stored (or committed just before), then commits;
-    a rejected batch is quarantined and raises ``BatchRejected`` exactly as ``load_batch`` does.
+    The parent receives batches in height order and, for each, under the warehouse's writer lock
+    (taken per commit, re-entrant if the caller holds it): checks the batch links (within itself and
+    to the block stored at lo - 1, or committed just before), quarantines a rejected batch and raises
+    ``BatchRejected`` exactly as ``load_batch`` does, else commits. A batch that does not link means
+    the node's chain changed during the run: ``ChainChangedError`` names the height, nothing of that
+    batch is stored, and the caller repairs (``check_and_repair_reorg``) and resumes from the fork.
     Returns blocks loaded. ``stages`` (optional) accumulates seconds: ``wait`` (for the workers:
     what is not hidden behind the parent's commits) and ``commit``.
     """
@@ -344,19 +354,25 @@ def load_chunks(warehouse: Warehouse, fetcher: ChunkFetcher, chunks: Sequence[tu
     mark = clock()
     for batch in fetcher.iter_prepared(chunks):
         got = clock()
-        if batch.previous_hash is not None:
-            if last_height == batch.lo - 1:
-                stored_prev = last_hash
-            else:
-                stored_prev = warehouse.stored_hashes(batch.lo - 1, batch.lo - 1).get(batch.lo - 1)
-            if stored_prev is not None and stored_prev != batch.previous_hash:
-                raise ChainChangedError(
-                    f"the node's block at height {batch.lo - 1} is now {batch.previous_hash}, not the stored "
-                    f"{stored_prev}: its chain changed during the backfill. Run sync again: it repairs reorgs")
-        if batch.report is not None and not batch.report.ok:
-            where = quarantine(warehouse.root, batch.tables, batch.report)
-            raise BatchRejected(batch.report.summary(), where)
-        warehouse.commit(batch.tables)
+        with warehouse.writer(wait=lock_wait):
+            if batch.broken_link is not None:
+                raise ChainChangedError(f"the node's chain changed while batch {batch.lo}..{batch.hi} was fetched "
+                                        f"(block {batch.broken_link} does not link); run sync again: it repairs reorgs",
+                                        height=batch.broken_link)
+            if batch.previous_hash is not None:
+                if last_height == batch.lo - 1:
+                    stored_prev = last_hash
+                else:
+                    stored_prev = warehouse.stored_hashes(batch.lo - 1, batch.lo - 1).get(batch.lo - 1)
+                if stored_prev is not None and stored_prev != batch.previous_hash:
+                    raise ChainChangedError(
+                        f"the node's block at height {batch.lo - 1} is now {batch.previous_hash}, not the stored "
+                        f"{stored_prev}: its chain changed during the backfill. Run sync again: it repairs reorgs",
+                        height=batch.lo - 1)
+            if batch.report is not None and not batch.report.ok:
+                where = quarantine(warehouse.root, batch.tables, batch.report)
+                raise BatchRejected(batch.report.summary(), where)
+            warehouse.commit(batch.tables)
         done = clock()
         timings["wait"] = timings.get("wait", 0.0) + got - mark
         timings["commit"] = timings.get("commit", 0.0) + done - got

@@ -29,6 +29,12 @@ UNKNOWN_POOL_ID = "unknown"
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
+# Consensus caps the coinbase scriptSig at 100 bytes.
+MAX_TAG_BYTES = 100
+# The shipped registry is ~120 KB; anything far larger is a mistake, not a registry.
+MAX_REGISTRY_BYTES = 16 * 1024 * 1024
+
+
 class RegistryError(ValueError):
     """A registry document that cannot be used; the message names the entry and the field."""
 
@@ -156,9 +162,18 @@ def load_registry(path: Path | None = None) -> Registry:
     """Read and validate a registry file; None = the default registry shipped in pipeline/data/."""
     path = Path(path) if path is not None else default_registry_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_REGISTRY_BYTES:
+            raise RegistryError(f"registry file {path} is {size:,} bytes, over the limit of "
+                                f"{MAX_REGISTRY_BYTES:,} bytes (the shipped registry is ~120 KB): not a registry?")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise RegistryError(f"registry file {path} does not exist") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RegistryError(f"registry file {path} is not UTF-8 text (byte {exc.start}: "
+                            f"{raw[exc.start:exc.start + 1]!r})") from None
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -260,6 +275,10 @@ def _tag_bytes(entry: dict, where: str, problems: list[str]) -> bytes | None:
         except ValueError:
             problems.append(f"{where}.tag_hex: {entry['tag_hex']!r} is not hex")
             return None
+    if len(value) > MAX_TAG_BYTES:
+        # A coinbase scriptSig holds at most 100 bytes: a longer tag could never match anything.
+        problems.append(f"{where}.tag: {len(value)} bytes, longer than any coinbase scriptSig ({MAX_TAG_BYTES} bytes)")
+        return None
     if len(value) < 3:
         # A 1-2 byte tag would match random extranonce bytes in a large share of all coinbases.
         problems.append(f"{where}.tag: {value!r} is shorter than 3 bytes and would match by chance")

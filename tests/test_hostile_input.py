@@ -136,9 +136,6 @@ def test_registry_that_is_not_a_json_object_is_refused(tmp_path: Path, text: str
     assert fragment in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "KNOWN GAP: load_registry lets UnicodeDecodeError escape; fix in pipeline/registry.py: "
-    "catch UnicodeDecodeError next to FileNotFoundError and raise RegistryError naming the file and byte offset"))
 def test_registry_not_utf8_is_refused(tmp_path: Path):
     path = tmp_path / "bad.json"
     path.write_bytes(b'{"format": "poolwatch-registry", "format_version": 1, "pools": [{"id": "a", "name": "\xff"}]}')
@@ -148,9 +145,6 @@ def test_registry_not_utf8_is_refused(tmp_path: Path):
         f"a non-UTF-8 registry escapes as {type(info.value).__name__}, not RegistryError naming the file")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KNOWN GAP: no maximum tag length; fix in pipeline/registry.py _tag_bytes: refuse tags over 100 bytes "
-    "(MAX_COINBASE_SCRIPT_SIG), or maxLength in schemas/registry.schema.json"))
 def test_tag_longer_than_any_scriptsig_is_refused():
     """A coinbase scriptSig is at most 100 bytes (consensus), so a longer tag can never match:
     almost certainly a mistake (a pasted description), and it should be refused by name."""
@@ -160,9 +154,6 @@ def test_tag_longer_than_any_scriptsig_is_refused():
         parse_registry(doc)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KNOWN GAP: load_registry reads any size; fix in pipeline/registry.py: stat() the file and refuse "
-    "above a limit (e.g. 16 MB; the shipped registry is far smaller) with a RegistryError naming size and limit"))
 def test_enormous_registry_file_is_refused_by_size(tmp_path: Path):
     """A 50 MB file (a wrong path, a dump) should be refused by its size before it is parsed."""
     doc = _doc()

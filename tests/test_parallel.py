@@ -198,3 +198,24 @@ def test_parallel_backfill_equals_sync_range(regtest_node, tmp_path: Path) -> No
         assert got.num_rows == want.num_rows > 0
         assert got.select(want.column_names).equals(want), table
     client.close()
+
+
+def test_load_chunks_refuses_a_batch_broken_inside(mainnet_blocks_dir, tmp_path: Path) -> None:
+    """The node answered with blocks of two chains in one batch (it reorganized between requests)."""
+    from pipeline.parallel import BatchPlan, ChainChangedError, load_chunks
+    from pipeline.warehouse import Warehouse
+
+    blocks_dir, chain = mainnet_blocks_dir
+    mixed = {h: chain[h] for h in range(0, 100)}
+    raw = chain[59]
+    mixed[59] = raw[:76] + struct.pack("<I", (struct.unpack_from("<I", raw, 76)[0] + 1) & 0xFFFFFFFF) + raw[80:]
+    extra = blocks_dir.parent / "mixed"
+    extra.mkdir(exist_ok=True)
+    (extra / "blk00000.dat").write_bytes(b"".join(MAIN.magic + struct.pack("<I", len(r)) + r for r in mixed.values()))
+    warehouse = Warehouse(tmp_path / "wh")
+    plan = BatchPlan(registry=None, chain="main", validate=False)
+    with ChunkFetcher(FakeNode(mixed), MAIN, workers=1, source="blkfiles", blocks_dir=extra, plan=plan) as fetcher, \
+            pytest.raises(ChainChangedError, match="block 60 does not link") as caught:
+        load_chunks(warehouse, fetcher, plan_chunks(0, 99, 50))
+    assert caught.value.height == 60
+    assert warehouse.stored_range() == (0, 49)

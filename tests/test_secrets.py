@@ -53,6 +53,26 @@ def node(regtest_binary, tmp_path_factory) -> Iterator[RegtestNode]:
         yield n
 
 
+# Loggers that see credentials or requests: ours, python-bitcoinrpc's (it logs every call at DEBUG),
+# and the HTTP stack below it.
+WATCHED_LOGGERS = ("pipeline", "BitcoinRPC", "urllib3", "airflow")
+
+
+@pytest.fixture()
+def all_logs(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> pytest.LogCaptureFixture:
+    """caplog at DEBUG on the root and directly on the watched loggers, re-enabled: an earlier
+    test's logging set-up (Airflow, Great Expectations, the CLI) must not hide a leak from the scan."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setattr(logging.root.manager, "disable", logging.NOTSET)  # undo any logging.disable()
+    for name in WATCHED_LOGGERS:
+        logger = logging.getLogger(name)
+        caplog.set_level(logging.DEBUG, logger=name)
+        monkeypatch.setattr(logger, "disabled", False)
+        if not logger.propagate:
+            monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
+    return caplog
+
+
 def _cookie_secret(node: RegtestNode) -> str:
     return node.cookie_file.read_text().strip().partition(":")[2]
 
@@ -85,11 +105,30 @@ def _assert_absent(what: str, data: bytes | str, forms: list[bytes]) -> None:
         assert form not in blob, f"a secret ({form[:4]!r}...) leaked into {what}"
 
 
+def _decoded_text(path: Path) -> str:
+    """What a compressed or binary file holds, decoded: a compressed page could hide a secret from
+    the byte scan, so Parquet rows and the catalog's view definitions are scanned as text too."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return repr(pq.read_table(path).to_pylist()) + repr(pq.read_metadata(path).metadata)
+    if path.name == "poolwatch.duckdb":
+        import duckdb
+
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            return repr(con.execute("SELECT view_name, sql FROM duckdb_views()").fetchall())
+        finally:
+            con.close()
+    return ""
+
+
 def _assert_tree_clean(root: Path, forms: list[bytes], *, min_files: int = 1) -> list[Path]:
     files = list(_files(root))
     assert len(files) >= min_files, f"expected the run to write files under {root}, found {len(files)}"
     for path in files:
         _assert_absent(str(path), path.read_bytes(), forms)
+        _assert_absent(f"decoded {path}", _decoded_text(path), forms)
     return files
 
 
@@ -124,8 +163,7 @@ def _warehouse_has_everything(root: Path) -> None:
 # ------------------------------------------------------------------------------------ library path
 
 
-def test_password_sync_leaks_nowhere(node: RegtestNode, tmp_path: Path, caplog):
-    caplog.set_level(logging.DEBUG)
+def test_password_sync_leaks_nowhere(node: RegtestNode, tmp_path: Path, all_logs):
     forms = _password_forms()
     root = tmp_path / "wh"
     config = NodeConfig.resolve(url=_url(node, PASSWORD), env={})
@@ -143,12 +181,11 @@ def test_password_sync_leaks_nowhere(node: RegtestNode, tmp_path: Path, caplog):
     assert "401" in str(info.value) or "auth" in str(info.value).lower()
     _assert_exception_clean(info.value, forms)
 
-    _assert_logs_clean(caplog, forms)
+    _assert_logs_clean(all_logs, forms)
     _assert_tree_clean(root, forms)
 
 
-def test_cookie_sync_leaks_nowhere(node: RegtestNode, tmp_path: Path, caplog):
-    caplog.set_level(logging.DEBUG)
+def test_cookie_sync_leaks_nowhere(node: RegtestNode, tmp_path: Path, all_logs):
     forms = _cookie_forms(node)
     root = tmp_path / "wh"
     config = node.client_config()
@@ -164,13 +201,12 @@ def test_cookie_sync_leaks_nowhere(node: RegtestNode, tmp_path: Path, caplog):
         NodeClient(NodeConfig(url=node.rpc_url, cookie_file=stale, retries=0)).tip_height()
     _assert_exception_clean(info.value, stale_forms)
 
-    _assert_logs_clean(caplog, stale_forms)
+    _assert_logs_clean(all_logs, stale_forms)
     _assert_tree_clean(root, forms)
 
 
-def test_node_errors_never_carry_credentials(node: RegtestNode, caplog):
+def test_node_errors_never_carry_credentials(node: RegtestNode, all_logs):
     """RPC errors from the node (bad method, bad params) and unreachable nodes, with a password set."""
-    caplog.set_level(logging.DEBUG)
     forms = _password_forms()
     client = NodeClient(NodeConfig.resolve(url=_url(node, PASSWORD), env={}, retries=0))
     with pytest.raises(NodeError) as rpc_error:
@@ -184,7 +220,7 @@ def test_node_errors_never_carry_credentials(node: RegtestNode, caplog):
     with pytest.raises(NodeError) as unreachable:
         NodeClient(closed).tip_height()
     _assert_exception_clean(unreachable.value, forms)
-    _assert_logs_clean(caplog, forms)
+    _assert_logs_clean(all_logs, forms)
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -194,8 +230,7 @@ def _invoke(args: list[str]):
     return CliRunner().invoke(main, args)
 
 
-def test_cli_with_credentials_in_url_and_options(node: RegtestNode, tmp_path: Path, caplog):
-    caplog.set_level(logging.DEBUG)
+def test_cli_with_credentials_in_url_and_options(node: RegtestNode, tmp_path: Path, all_logs):
     forms = _password_forms()
     root = tmp_path / "wh"
     outputs = []
@@ -228,13 +263,12 @@ def test_cli_with_credentials_in_url_and_options(node: RegtestNode, tmp_path: Pa
         _assert_absent("CLI output", result.output, forms)
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             _assert_exception_clean(result.exception, forms)
-    _assert_logs_clean(caplog, forms)
+    _assert_logs_clean(all_logs, forms)
     _warehouse_has_everything(root)
     _assert_tree_clean(root, forms)
 
 
-def test_cli_with_cookie_leaks_nowhere(node: RegtestNode, tmp_path: Path, caplog, monkeypatch):
-    caplog.set_level(logging.DEBUG)
+def test_cli_with_cookie_leaks_nowhere(node: RegtestNode, tmp_path: Path, all_logs, monkeypatch):
     forms = _cookie_forms(node)
     root = tmp_path / "wh"
     monkeypatch.setenv("BITCOIN_RPC_COOKIE", str(node.cookie_file))  # the env route, too
@@ -245,7 +279,7 @@ def test_cli_with_cookie_leaks_nowhere(node: RegtestNode, tmp_path: Path, caplog
     assert status.exit_code == 0, status.output
     for result in (ok, status):
         _assert_absent("CLI output", result.output, forms)
-    _assert_logs_clean(caplog, forms)
+    _assert_logs_clean(all_logs, forms)
     _warehouse_has_everything(root)
     _assert_tree_clean(root, forms)
 
@@ -296,3 +330,34 @@ def test_airflow_xcom_and_task_logs_hold_no_password(node: RegtestNode, tmp_path
     assert captured.out + captured.err, "dag.test() printed no task log to scan"
     _assert_absent("dag.test() output", captured.out + captured.err, forms)
     _assert_tree_clean(root, forms)
+
+
+# ------------------------------------------------------------------------------ the scanner itself
+
+
+@pytest.mark.parametrize("plant", ["parquet", "catalog", "basic-header-in-text", "url-quoted"])
+def test_scanner_finds_a_planted_secret(tmp_path: Path, plant: str):
+    """The checks above can fail: a secret planted in each kind of file is found."""
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    forms = _password_forms()
+    root = tmp_path / "wh"
+    root.mkdir()
+    if plant == "parquet":
+        pq.write_table(pa.table({"note": [f"connected with {PASSWORD}"] * 1000}), root / "part.parquet",
+                       compression="zstd")
+    elif plant == "catalog":
+        con = duckdb.connect(str(root / "poolwatch.duckdb"))
+        con.execute(f"CREATE VIEW v AS SELECT '{PASSWORD}' AS x")
+        con.close()
+    elif plant == "basic-header-in-text":
+        basic = base64.b64encode(f"{RPC_USER}:{PASSWORD}".encode()).decode()
+        (root / "validation.json").write_text(json.dumps({"header": f"Basic {basic}"}))
+    else:
+        special = "p@ss w/rd:Sentinel-91"  # its URL-quoted form does not contain the plain one
+        forms = _forms(RPC_USER, special)
+        (root / "index.html").write_text(f"<a href='http://u:{quote(special, safe='')}@h'>x</a>")
+    with pytest.raises(AssertionError, match="leaked"):
+        _assert_tree_clean(root, forms)

@@ -39,10 +39,14 @@ def node_options(fn: Callable) -> Callable:
     return fn
 
 
-def make_client(rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest):
+def make_client(rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, retries: int | None = None):
     from pipeline.node import NodeClient, NodeConfig
 
     config = NodeConfig.resolve(url=rpc_url, cookie_file=rpc_cookie, user=rpc_user, password=rpc_password)
+    if retries is not None:
+        import dataclasses
+
+        config = dataclasses.replace(config, retries=retries)
     if use_rest is not None:
         import dataclasses
 
@@ -160,7 +164,8 @@ def status(ctx, rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, offline):
     table.add_row("registry version", str(meta.get("registry_version", "-")))
     if not offline:
         try:
-            client = make_client(rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest)
+            # status is a quick look: one retry, not the loader's patient backoff
+            client = make_client(rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, retries=1)
             info = client.chain_info()
             table.add_row("node chain", str(info.get("chain")))
             table.add_row("node tip", f"{int(info['blocks']):,}")
