@@ -219,8 +219,9 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
     """Load heights [start, end] (default: from the stored tip + 1 to the node's tip).
 
     Order: node readiness -> chain check -> reorg check/repair -> batches of fetch, decode,
-    attribute, validate, commit -> catalog refresh. Holding the writer lock throughout means two
-    runs never both write.
+    attribute, validate, commit -> catalog refresh. The writer lock is held for the set-up and for
+    each commit (never while reading the node), so two runs never both write and parallel backfill
+    workers only queue for the short commits.
     """
     started = time.monotonic()
     info = client.check_ready()
@@ -241,7 +242,7 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
             # has an attribution under the version the new batches use.
             result.reattributed = reattribute(warehouse, registry, allow_cross_network=allow_cross_network,
                                               validate=validate)
-        if check_reorg and start is None:
+        if incremental:
             result.reorg_fork_height = check_and_repair_reorg(client, warehouse)
         stored = warehouse.stored_range()
 
@@ -255,11 +256,10 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
     if start < 0:
         raise ValueError(f"bad height range: from {start} to {end} (heights start at 0)")
     result.start, result.end = start, end
-    chunks = plan_chunks(start, end, batch_size)
     if on_plan:
         on_plan(start, end)
-    log.info("loading heights %d..%d (%d blocks) from a %s node in %d batches",
-             start, end, max(0, end - start + 1), network.name, len(chunks))
+    log.info("loading heights %d..%d (%d blocks) from a %s node in %d batches", start, end,
+             max(0, end - start + 1), network.name, len(plan_chunks(start, end, batch_size)))
     next_lo, relinks = start, 0
     while next_lo <= end:
         lo, hi = next_lo, min(next_lo + batch_size - 1, end)
