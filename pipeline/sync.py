@@ -29,6 +29,8 @@ Progress = Callable[[int], None]
 
 # How far below the stored tip a routine reorg check looks; deeper forks are found by widening.
 REORG_CHECK_DEPTH = 12
+# Raw blocks held in memory at once (up to ~4 MB each): a batch's memory stays bounded whatever its size.
+RAW_FETCH_CHUNK = 16
 # A batch commit takes well under a second; a run waits this long for another run's commit.
 COMMIT_LOCK_WAIT = 120.0
 # Reorgs seen during one run before it gives up (each is repaired; more means the node is flapping).
@@ -65,6 +67,15 @@ def fetch_blocks(client: NodeClient, heights: Sequence[int], network: Network) -
     """Fetch and decode the blocks at ``heights`` (raw bytes only; never getblock verbosity 2)."""
     hashes = client.block_hashes(heights)
     median_times = client.median_times(hashes)
+    blocks = []
+    for i in range(0, len(heights), RAW_FETCH_CHUNK):
+        blocks += _decode_raw(client, heights[i:i + RAW_FETCH_CHUNK], hashes[i:i + RAW_FETCH_CHUNK],
+                              median_times[i:i + RAW_FETCH_CHUNK], network)
+    return blocks
+
+
+def _decode_raw(client: NodeClient, heights: Sequence[int], hashes: Sequence[str],
+                median_times: Sequence[int | None], network: Network) -> list[DecodedBlock]:
     raws = client.raw_blocks(hashes)
     blocks = []
     for height, block_hash, mtp, raw in zip(heights, hashes, median_times, raws, strict=True):
@@ -214,7 +225,7 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
 
 def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = None, end: int | None = None, *,
                registry: Registry | None = None, allow_cross_network: bool = False, validate: bool = True,
-               batch_size: int = 200, check_reorg: bool = True, progress: Progress | None = None,
+               batch_size: int = 1000, check_reorg: bool = True, progress: Progress | None = None,
                on_plan: Callable[[int, int], None] | None = None, writer_wait: float = 0.0) -> SyncResult:
     """Load heights [start, end] (default: from the stored tip + 1 to the node's tip).
 
