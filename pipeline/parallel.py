@@ -322,12 +322,14 @@ class ChunkFetcher:
 
 
 class ChainChangedError(RuntimeError):
-    """The node's active chain changed under a running backfill (a reorg); ``height`` is the first
-    height that no longer links. Repair (``sync.check_and_repair_reorg``) and resume from there."""
+    """The node's active chain changed under a running backfill (a reorg). ``height``: the first
+    height that no longer links; ``resume_from``: the first height not stored (the refused batch's
+    start). Repair (``sync.check_and_repair_reorg``) and resume from min(fork, resume_from)."""
 
-    def __init__(self, message: str, height: int) -> None:
+    def __init__(self, message: str, height: int, resume_from: int) -> None:
         super().__init__(message)
         self.height = height
+        self.resume_from = resume_from
 
 
 def load_chunks(warehouse: Warehouse, fetcher: ChunkFetcher, chunks: Sequence[tuple[int, int]], *,
@@ -358,7 +360,7 @@ def load_chunks(warehouse: Warehouse, fetcher: ChunkFetcher, chunks: Sequence[tu
             if batch.broken_link is not None:
                 raise ChainChangedError(f"the node's chain changed while batch {batch.lo}..{batch.hi} was fetched "
                                         f"(block {batch.broken_link} does not link); run sync again: it repairs reorgs",
-                                        height=batch.broken_link)
+                                        height=batch.broken_link, resume_from=batch.lo)
             if batch.previous_hash is not None:
                 if last_height == batch.lo - 1:
                     stored_prev = last_hash
@@ -368,7 +370,7 @@ def load_chunks(warehouse: Warehouse, fetcher: ChunkFetcher, chunks: Sequence[tu
                     raise ChainChangedError(
                         f"the node's block at height {batch.lo - 1} is now {batch.previous_hash}, not the stored "
                         f"{stored_prev}: its chain changed during the backfill. Run sync again: it repairs reorgs",
-                        height=batch.lo - 1)
+                        height=batch.lo - 1, resume_from=batch.lo)
             if batch.report is not None and not batch.report.ok:
                 where = quarantine(warehouse.root, batch.tables, batch.report)
                 raise BatchRejected(batch.report.summary(), where)

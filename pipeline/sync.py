@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -226,7 +227,8 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
 def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = None, end: int | None = None, *,
                registry: Registry | None = None, allow_cross_network: bool = False, validate: bool = True,
                batch_size: int = 1000, check_reorg: bool = True, progress: Progress | None = None,
-               on_plan: Callable[[int, int], None] | None = None, writer_wait: float = 0.0) -> SyncResult:
+               on_plan: Callable[[int, int], None] | None = None, writer_wait: float = 0.0,
+               workers: int = 1, source: str = "node", datadir: Path | None = None) -> SyncResult:
     """Load heights [start, end] (default: from the stored tip + 1 to the node's tip).
 
     Order: node readiness -> chain check -> reorg check/repair -> batches of fetch, decode,
@@ -271,6 +273,30 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
         on_plan(start, end)
     log.info("loading heights %d..%d (%d blocks) from a %s node in %d batches", start, end,
              max(0, end - start + 1), network.name, len(plan_chunks(start, end, batch_size)))
+    common = dict(registry=registry, allow_cross_network=allow_cross_network, validate=validate,
+                  batch_size=batch_size, progress=progress, writer_wait=writer_wait)
+    if workers > 1 or source != "node":
+        _load_with_fetcher(client, warehouse, network, start, end, result, workers=workers, source=source,
+                           datadir=datadir, **common)
+    else:
+        _load_sequential(client, warehouse, network, start, end, result, incremental=incremental, **common)
+    with warehouse.writer(wait=max(writer_wait, COMMIT_LOCK_WAIT)):
+        if registry is not None and warehouse.meta.get("registry_version") != registry.version:
+            from pipeline.attribution import pool_definitions_table
+
+            warehouse.commit({"pool_definitions": pool_definitions_table(registry)})
+            warehouse.set_meta(registry_version=registry.version, registry_cross_network=allow_cross_network)
+        warehouse.refresh_catalog()
+        if validate and result.batches:
+            _build_data_docs(warehouse)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _load_sequential(client: NodeClient, warehouse: Warehouse, network: Network, start: int, end: int,
+                     result: SyncResult, *, registry: Registry | None, allow_cross_network: bool, validate: bool,
+                     batch_size: int, progress: Progress | None, writer_wait: float, incremental: bool) -> None:
+    """The batch loop in this process: fetch, decode, attribute outside the lock; validate and commit under it."""
     next_lo, relinks = start, 0
     while next_lo <= end:
         lo, hi = next_lo, min(next_lo + batch_size - 1, end)
@@ -307,17 +333,47 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
         result.batches += 1
         if progress:
             progress(len(blocks))
-    with warehouse.writer(wait=max(writer_wait, COMMIT_LOCK_WAIT)):
-        if registry is not None and warehouse.meta.get("registry_version") != registry.version:
-            from pipeline.attribution import pool_definitions_table
 
-            warehouse.commit({"pool_definitions": pool_definitions_table(registry)})
-            warehouse.set_meta(registry_version=registry.version, registry_cross_network=allow_cross_network)
-        warehouse.refresh_catalog()
-        if validate and result.batches:
-            _build_data_docs(warehouse)
-    result.seconds = time.monotonic() - started
-    return result
+
+def _load_with_fetcher(client: NodeClient, warehouse: Warehouse, network: Network, start: int, end: int,
+                       result: SyncResult, *, registry: Registry | None, allow_cross_network: bool, validate: bool,
+                       batch_size: int, progress: Progress | None, writer_wait: float, workers: int, source: str,
+                       datadir: Path | None) -> None:
+    """The batch loop with worker processes and/or the node's block files (pipeline.parallel).
+
+    Workers fetch, decode, attribute and validate; this process commits in height order. A batch
+    that no longer links means the node's chain changed: repair as at the start and resume.
+    """
+    from pipeline.parallel import BatchPlan, ChainChangedError, ChunkFetcher, load_chunks
+
+    plan = BatchPlan(registry, network.name, allow_cross_network, validate)
+
+    def on_batch(n: int) -> None:
+        result.blocks_loaded += n
+        result.batches += 1
+        if progress:
+            progress(n)
+
+    lock_wait = max(writer_wait, COMMIT_LOCK_WAIT)
+    with ChunkFetcher(client, network, workers=workers, source=source, datadir=datadir, plan=plan) as fetcher:
+        next_lo, relinks = start, 0
+        while next_lo <= end:
+            try:
+                load_chunks(warehouse, fetcher, plan_chunks(next_lo, end, batch_size), progress=on_batch,
+                            lock_wait=lock_wait)
+                break
+            except ChainChangedError as exc:
+                relinks += 1
+                if relinks > MAX_RELINKS:
+                    raise NodeError(f"the node's chain changed {relinks} times during this run (last at height "
+                                    f"{exc.height}); nothing unlinked was stored: run the sync again") from None
+                with warehouse.writer(wait=lock_wait):
+                    fork = check_and_repair_reorg(client, warehouse)
+                if fork is not None:
+                    earlier = result.reorg_fork_height
+                    result.reorg_fork_height = fork if earlier is None else min(fork, earlier)
+                next_lo = min(fork, exc.resume_from) if fork is not None else exc.resume_from
+                end = result.end = min(end, client.tip_height())
 
 
 def _build_data_docs(warehouse: Warehouse) -> None:

@@ -126,3 +126,30 @@ def test_sync_above_tip_is_a_clear_error(regtest_node, warehouse_dir: Path):
                                   "--rpc-cookie", str(regtest_node.cookie_file), "--from", "0", "--to", "999"])
     assert result.exit_code == 1
     assert "999" in result.output and "tip" in result.output
+
+
+def _table_rows(warehouse: Path, table: str, order: str) -> list:
+    con = duckdb.connect(str(warehouse / "poolwatch.duckdb"), read_only=True)
+    try:
+        return con.sql(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
+    finally:
+        con.close()
+
+
+def test_workers_and_block_files_give_the_same_tables(regtest_node, tmp_path: Path):
+    """`sync --workers 2` and `sync --source blkfiles` load exactly what the plain RPC path loads."""
+    from pipeline.registry import load_registry
+    from pipeline.regtest import demo_specs, mine_chain
+
+    specs = demo_specs(load_registry(), 45, seed=3, allow_p2sh=regtest_node.flavor == "core")
+    mine_chain(regtest_node, specs)
+    runs = {"plain": (), "workers": ("--workers", "2", "--batch-size", "10"),
+            "blkfiles": ("--source", "blkfiles", "--datadir", str(regtest_node.datadir))}
+    for name, extra in runs.items():
+        _sync(regtest_node, tmp_path / name, "--cross-network-registry", *extra)
+    for table, order in (("blocks", "height"), ("coinbase_outputs", "height, output_index"),
+                         ("attributions", "registry_version, height")):
+        plain = _table_rows(tmp_path / "plain", table, order)
+        assert len(plain) >= 46
+        for name in ("workers", "blkfiles"):
+            assert _table_rows(tmp_path / name, table, order) == plain, (table, name)

@@ -217,5 +217,5 @@ def test_load_chunks_refuses_a_batch_broken_inside(mainnet_blocks_dir, tmp_path:
     with ChunkFetcher(FakeNode(mixed), MAIN, workers=1, source="blkfiles", blocks_dir=extra, plan=plan) as fetcher, \
             pytest.raises(ChainChangedError, match="block 60 does not link") as caught:
         load_chunks(warehouse, fetcher, plan_chunks(0, 99, 50))
-    assert caught.value.height == 60
+    assert caught.value.height == 60 and caught.value.resume_from == 50
     assert warehouse.stored_range() == (0, 49)

@@ -70,6 +70,13 @@ def friendly_errors(fn: Callable) -> Callable:
         except ImportError:
             pass
         try:
+            from pipeline.blockfiles import BlockFileError
+            from pipeline.parallel import ChainChangedError
+
+            handled += (BlockFileError, ChainChangedError)
+        except ImportError:
+            pass
+        try:
             from pipeline.validation import BatchRejected
 
             handled += (BatchRejected,)
@@ -91,7 +98,8 @@ def _load_registry(path: Path | None):
 
 
 def run_sync(client, warehouse_root: Path, start: int | None, end: int | None, *, registry_path: Path | None,
-             cross_network: bool, validate: bool, batch_size: int, wait: float, label: str = "sync"):
+             cross_network: bool, validate: bool, batch_size: int, wait: float, label: str = "sync",
+             workers: int = 1, source: str = "node", datadir: Path | None = None):
     from pipeline.sync import sync_range
     from pipeline.warehouse import Warehouse
 
@@ -100,6 +108,7 @@ def run_sync(client, warehouse_root: Path, start: int | None, end: int | None, *
     with progress_bar(label, total=None) as advance:
         result = sync_range(client, warehouse, start, end, registry=registry, allow_cross_network=cross_network,
                             validate=validate, batch_size=batch_size, progress=advance, writer_wait=wait,
+                            workers=workers, source=source, datadir=datadir,
                             on_plan=lambda lo, hi: advance.set_total(max(0, hi - lo + 1)))
     return warehouse, result
 
@@ -128,16 +137,26 @@ def print_sync_result(result) -> None:
               help="Blocks per atomic, validated batch (memory stays bounded: raw blocks are decoded 16 at a time).")
 @click.option("--wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another running writer before giving up.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes that fetch, decode, attribute and validate in parallel (keep it within "
+                   "the node's -rpcworkqueue and your memory: ~350 MB per worker).")
+@click.option("--source", type=click.Choice(["node", "blkfiles"]), default="node", show_default=True,
+              help="Read blocks over RPC/REST, or straight from the node's blocks/blk*.dat (read-only, opt-in; "
+                   "the node must be on this machine).")
+@click.option("--datadir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="The node's data directory (with --source blkfiles), e.g. ~/.bitcoin.")
 @node_options
 @click.pass_context
 @friendly_errors
-def sync(ctx, start, end, registry_path, cross_network_registry, no_validate, batch_size, wait,
-         rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest):
+def sync(ctx, start, end, registry_path, cross_network_registry, no_validate, batch_size, wait, workers, source,
+         datadir, rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest):
     """Load blocks from the node: from the last stored height (or --from) to the tip (or --to)."""
+    if source == "blkfiles" and datadir is None:
+        raise click.UsageError("--source blkfiles needs --datadir (the node's data directory)")
     client = make_client(rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest)
     _, result = run_sync(client, ctx.obj["warehouse"], start, end, registry_path=registry_path,
                          cross_network=cross_network_registry, validate=not no_validate,
-                         batch_size=batch_size, wait=wait)
+                         batch_size=batch_size, wait=wait, workers=workers, source=source, datadir=datadir)
     print_sync_result(result)
 
 
