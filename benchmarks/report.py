@@ -112,8 +112,6 @@ def render(results: dict[str, Any]) -> str:
         lines += ["", f"## Attribution ({attribution.get('blocks', 0):,} synthetic coinbases)", ""]
         if "report" in attribution:
             lines += [f"    {line}" for line in attribution["report"]]
-            lines += ["", "(Its \"peak memory\" is `ru_maxrss`, which for a process started by this runner includes "
-                      "the runner's own size at the time; see the peak-memory section.)"]
         if "error" in attribution:
             lines.append(f"Failed: {attribution['error']}")
     metrics = results.get("metrics")
