@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import matplotlib
 import matplotlib.ticker
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -91,6 +92,23 @@ def _mark_low_sample(ax, rows: pd.DataFrame, window: m.Window) -> None:
         ax.fill_between([], [], color="#f4d0d0", label=f"< {m.LOW_SAMPLE_BLOCKS} blocks (low sample)")
 
 
+def _break_at_gaps(x: np.ndarray, ys: list[np.ndarray], rows: pd.DataFrame,
+                   window: m.Window) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Insert a NaN point between two windows that are not adjacent (no blocks in between), so an
+    area chart shows a gap instead of a straight line across months or years without data."""
+    if window.is_calendar:
+        starts = pd.to_datetime(rows["window_start"]).to_numpy()
+        ends = pd.to_datetime(rows["window_end"]).to_numpy()
+        gap = starts[1:] > ends[:-1]
+    else:
+        gap = rows["first_height"].to_numpy()[1:] > rows["last_height"].to_numpy()[:-1] + 1
+    where = np.flatnonzero(gap) + 1
+    if not len(where):
+        return x, ys
+    mids = x[where - 1] + (x[where] - x[where - 1]) / 2
+    return np.insert(x, where, mids), [np.insert(y, where, np.nan) for y in ys]
+
+
 def pool_shares_figure(data: ReportData, top: int = 8) -> Figure:
     """Stacked shares per window: the `top` largest entities over the range, the rest, and unknown."""
     share = data.series.pool_share
@@ -120,8 +138,8 @@ def pool_shares_figure(data: ReportData, top: int = 8) -> Figure:
             ax.bar(x, table[col].to_numpy(), bottom=bottom, color=color, label=label_of[col], width=0.6)
             bottom = bottom + table[col].to_numpy()
     else:
-        ax.stackplot(x, *[table[c].to_numpy() for c in order], colors=colors,
-                     labels=[label_of[c] for c in order], step=None)
+        x, ys = _break_at_gaps(x, [table[c].to_numpy(dtype=float) for c in order], windows.loc[idx], data.window)
+        ax.stackplot(x, *ys, colors=colors, labels=[label_of[c] for c in order], step=None)
     ax.set_ylim(0, 1)
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_ylabel("share of blocks")

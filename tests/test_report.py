@@ -93,3 +93,21 @@ def test_metrics_refresh_command(warehouse):
     assert "refreshed" in res.output
     con = warehouse.connect()
     assert con.execute("SELECT count(DISTINCT window_id) FROM centralization WHERE window_kind='week'").fetchone()[0] == 3
+
+
+def test_area_chart_breaks_between_windows_that_are_not_adjacent():
+    """A regtest genesis dated 2011 and blocks from 2026 must not be joined by a straight line."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline import metrics as m
+    from pipeline.report import _break_at_gaps
+
+    rows = pd.DataFrame({"window_start": pd.to_datetime(["2011-02-01", "2026-11-02", "2026-11-09"], utc=True),
+                         "window_end": pd.to_datetime(["2011-02-08", "2026-11-09", "2026-11-16"], utc=True)})
+    x = rows["window_start"].to_numpy()
+    x2, (y2,) = _break_at_gaps(x, [np.array([1.0, 0.5, 0.25])], rows, m.parse_window("week"))
+    assert len(x2) == 4 and np.isnan(y2[1]) and list(y2[[0, 2, 3]]) == [1.0, 0.5, 0.25]
+    heights = pd.DataFrame({"first_height": [0, 10, 20], "last_height": [9, 19, 29]})
+    same, _ = _break_at_gaps(np.array([5.0, 15.0, 25.0]), [np.ones(3)], heights, m.parse_window("blocks:10"))
+    assert len(same) == 3  # adjacent block windows: nothing inserted

@@ -279,6 +279,9 @@ def demo(ctx, n_blocks, demo_dir, seed):
     n_out = con.execute("SELECT count(*) FROM coinbase_outputs").fetchone()[0]
     out.print(f"warehouse: {demo_dir.resolve()}  ({result.blocks_loaded:,} blocks, {n_out:,} coinbase outputs)")
     out.print(f"try:  poolwatch --warehouse {demo_dir} sql \"SELECT * FROM centralization_week\"")
+    out.print(f"      poolwatch --warehouse {demo_dir} metrics --window day --from 1")
+    out.print(f"      poolwatch --warehouse {demo_dir} report --window day --from 1   "
+              "(height 1: the regtest genesis block is dated 2011)")
     out.print(f"      duckdb -readonly {demo_dir / 'poolwatch.duckdb'}")
     out.rule("[bold yellow]regtest chain, not mainnet: node stopped")
 
