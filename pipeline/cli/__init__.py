@@ -26,9 +26,17 @@ def main(ctx: click.Context, warehouse_dir: Path | None, verbose: bool) -> None:
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Third-party INFO chatter (GX registers hundreds of things on import) hides what matters.
-    for noisy in ("great_expectations", "airflow", "urllib3", "BitcoinRPC"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # Third-party INFO chatter (GX registers hundreds of things on import) hides what matters; some
+    # GX loggers set their own level, so the filter sits on the handlers too.
+    noisy = ("great_expectations", "airflow", "urllib3", "BitcoinRPC")
+    for name in noisy:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        def quiet(record: logging.LogRecord) -> bool:
+            return record.levelno >= logging.WARNING or not record.name.startswith(noisy)
+
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(quiet)
     ctx.ensure_object(dict)
     ctx.obj["warehouse"] = warehouse_dir or default_warehouse()
 
