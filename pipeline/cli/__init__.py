@@ -15,6 +15,25 @@ def default_warehouse() -> Path:
     return Path(os.environ.get("POOLWATCH_WAREHOUSE", "warehouse"))
 
 
+def _configure_logging(verbose: bool) -> None:
+    """Our own handler, when we are the program; an embedding host (Airflow, pytest, a notebook)
+    that has configured logging already is left alone."""
+    import logging
+
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if not verbose:
+        # Third-party INFO chatter (GX registers hundreds of things on import, and some of its
+        # loggers set their own level) hides what matters: keep only their warnings.
+        noisy = ("great_expectations", "airflow", "urllib3", "BitcoinRPC")
+        handler.addFilter(lambda r: r.levelno >= logging.WARNING or not r.name.startswith(noisy))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--warehouse", "warehouse_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Warehouse folder (default: $POOLWATCH_WAREHOUSE or ./warehouse).")
@@ -22,21 +41,7 @@ def default_warehouse() -> Path:
 @click.pass_context
 def main(ctx: click.Context, warehouse_dir: Path | None, verbose: bool) -> None:
     """poolwatch: who mines Bitcoin, block by block."""
-    import logging
-
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Third-party INFO chatter (GX registers hundreds of things on import) hides what matters; some
-    # GX loggers set their own level, so the filter sits on the handlers too.
-    noisy = ("great_expectations", "airflow", "urllib3", "BitcoinRPC")
-    for name in noisy:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    if not verbose:
-        def quiet(record: logging.LogRecord) -> bool:
-            return record.levelno >= logging.WARNING or not record.name.startswith(noisy)
-
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(quiet)
+    _configure_logging(verbose)
     ctx.ensure_object(dict)
     ctx.obj["warehouse"] = warehouse_dir or default_warehouse()
 
