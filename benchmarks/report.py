@@ -79,7 +79,7 @@ def render(results: dict[str, Any]) -> str:
     rss = results.get("rss")
     if rss:
         lines += ["", "## Peak memory of a backfill", "",
-                  "A child process does the whole backfill (200-block batches, as `poolwatch sync`); peaks are "
+                  "A child process does the whole backfill (200-block batches; `poolwatch sync` now defaults to 1000, with raw blocks still decoded 16 at a time); peaks are "
                   "each process's VmHWM (not `ru_maxrss`, which on Linux carries the forking parent's size "
                   "across exec); the total adds every process's peak, an upper bound. Goal: under "
                   f"{GOAL_RSS_MB} MB. Memory is bounded by the batch, not the range: each process holds at most "
