@@ -49,8 +49,6 @@ log = logging.getLogger("pipeline.parallel")
 SOURCES = ("node", "blkfiles")
 # Core's default -rpcthreads before v29; a worker beyond the node's RPC threads only queues.
 MAX_DEFAULT_WORKERS = 4
-# Raw blocks held at once per process: 16 x 4 MB worst case.
-FETCH_SLICE = 16
 
 
 def default_workers(cpu_count: int | None = None) -> int:
@@ -121,14 +119,11 @@ def _ready() -> int:
 
 
 def fetch_decoded(client: NodeClient, lo: int, hi: int, network: Network) -> list[DecodedBlock]:
-    """``sync.fetch_blocks`` over [lo, hi] in slices of FETCH_SLICE blocks, so at most one slice of
-    raw blocks (not the whole chunk: 200 x up to 4 MB) is held in memory at a time."""
+    """``sync.fetch_blocks`` over [lo, hi] (it decodes raw blocks a few at a time, so a chunk never
+    holds all its raw blocks in memory)."""
     from pipeline.sync import fetch_blocks
 
-    blocks: list[DecodedBlock] = []
-    for start in range(lo, hi + 1, FETCH_SLICE):
-        blocks += fetch_blocks(client, list(range(start, min(start + FETCH_SLICE - 1, hi) + 1)), network)
-    return blocks
+    return fetch_blocks(client, list(range(lo, hi + 1)), network)
 
 
 def _fetch_node_chunk(lo: int, hi: int) -> list[DecodedBlock]:

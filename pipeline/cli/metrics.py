@@ -106,6 +106,16 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     frame.to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
 
 
+def _window_and_range(window_text: str, start: str | None, end: str | None):
+    """--window and --from/--to, parsed; a bad value is a usage error naming the option's problem."""
+    from pipeline import metrics as m
+
+    try:
+        return m.parse_window(window_text), m.make_range(start, end)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def register(main: click.Group) -> None:
     @main.command("metrics")
     @click.option("--window", "window_text", default="week", show_default=True,
@@ -133,11 +143,7 @@ def register(main: click.Group) -> None:
         """
         from pipeline import metrics as m
 
-        try:
-            window = m.parse_window(window_text)
-            rng = m.make_range(start, end)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
+        window, rng = _window_and_range(window_text, start, end)
         wh, version = _open(ctx)
         if refresh:
             with err.status("recomputing the materialized metric tables"):
@@ -182,11 +188,7 @@ def register(main: click.Group) -> None:
         from pipeline import metrics as m
         from pipeline import report as r
 
-        try:
-            window = m.parse_window(window_text)
-            rng = m.make_range(start, end)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
+        window, rng = _window_and_range(window_text, start, end)
         wh, version = _open(ctx)
         con = wh.connect()
         try:
