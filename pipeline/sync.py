@@ -280,12 +280,8 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
                            datadir=datadir, **common)
     else:
         _load_sequential(client, warehouse, network, start, end, result, incremental=incremental, **common)
+    # The registry version was made current (pool_definitions + meta) by reattribute() in the set-up.
     with warehouse.writer(wait=max(writer_wait, COMMIT_LOCK_WAIT)):
-        if registry is not None and warehouse.meta.get("registry_version") != registry.version:
-            from pipeline.attribution import pool_definitions_table
-
-            warehouse.commit({"pool_definitions": pool_definitions_table(registry)})
-            warehouse.set_meta(registry_version=registry.version, registry_cross_network=allow_cross_network)
         warehouse.refresh_catalog()
         if validate and result.batches:
             _build_data_docs(warehouse)
