@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 
 .PHONY: install demo test bench lock clean-venv
 
-$(VENV)/.installed: pyproject.toml requirements.lock
+$(VENV)/.installed: pyproject.toml requirements.lock hatch_build.py pipeline/native/txscan.c
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q uv
 	$(UV) pip sync --python $(PY) --compile-bytecode requirements.lock

@@ -1,6 +1,6 @@
 """Run every poolwatch benchmark and write benchmarks/results.md and benchmarks/results.json.
 
-    python -m benchmarks                 # default: 300 blocks of ~1 MB, a few minutes on 2 cores
+    python -m benchmarks                 # default: 3000 blocks of ~1 MB, about 25 minutes on 2 cores
     python -m benchmarks --blocks 2000   # bigger run
     python -m benchmarks --help
 
@@ -39,16 +39,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from pipeline.parallel import default_workers
 
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    p.add_argument("--blocks", type=int, default=300, help="filled ~1 MB blocks to build (default 300)")
+    p.add_argument("--blocks", type=int, default=3000,
+                   help="filled ~1 MB blocks to build (default 3000: three batches of sync's default 1000, so "
+                        "fetching overlaps validating as in a real backfill; about 8 minutes to build on 2 cores)")
     p.add_argument("--block-bytes", type=int, default=1_000_000, help="target size of each block")
     p.add_argument("--workers", type=int, default=default_workers(), help="worker processes for the parallel runs")
-    p.add_argument("--batch-size", type=int, default=100,
-                   help="blocks per batch (validated and committed together; default 100 so 300 blocks make "
-                        "3 batches for the workers)")
+    p.add_argument("--batch-size", type=int, default=1000,
+                   help="blocks per batch (validated and committed together; default 1000, as `poolwatch sync`)")
     p.add_argument("--attribution-blocks", type=int, default=1_000_000)
     p.add_argument("--metrics-blocks", type=int, default=925_000)
     p.add_argument("--skip", action="append", default=[],
-                   choices=["backfill", "etl", "rss", "stages", "attribution", "metrics"], help="leave a part out")
+                   choices=["backfill", "etl", "rss", "stages", "decode", "attribution", "metrics"], help="leave a part out")
     p.add_argument("--keep", action="store_true", help="keep the node's datadir and the warehouses in --out")
     p.add_argument("--out", type=Path, default=HERE / "out", help="scratch directory (node, warehouses, venv)")
     p.add_argument("--results", type=Path, default=HERE, help="where results.md and results.json go")
@@ -112,6 +113,9 @@ def node_benchmarks(args: argparse.Namespace, results: dict[str, Any]) -> None:
                         continue
                     run["mb_per_s"] = chain.total_bytes / 1e6 / run["seconds"]
                     run["ratio_to_bare_rest"] = run["blocks_per_s"] / bare
+                    # The RPC path against the node's own getblock-0 rate too (its hex JSON is the limit).
+                    own = results["bare_rpc"]["blocks_per_s"] if source == "rpc" else bare
+                    run["ratio_to_bare_same_path"] = run["blocks_per_s"] / own
                     read = _attempt({}, "read", bf.run_read, url, cookie, start, end, source=source,
                                     workers=workers, datadir=str(node.datadir), batch_size=args.batch_size)
                     if read is not None:
@@ -132,7 +136,7 @@ def node_benchmarks(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 log(f"peak RSS: backfill via {source}, {workers} worker(s), in a child process")
                 job = {"rpc_url": url, "cookie_file": cookie, "warehouse_root": str(args.out / "wh-rss"),
                        "start": start, "end": end, "source": source, "workers": workers,
-                       "datadir": str(node.datadir), "batch_size": 200}
+                       "datadir": str(node.datadir), "batch_size": args.batch_size}
                 r = _attempt({}, "rss", bf.measure_rss, job)
                 rss_runs.append(r if r is not None else {"source": source, "workers": workers, "error": "see log"})
             results["rss"] = rss_runs
@@ -202,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     _attempt(results, "node_benchmarks", node_benchmarks, args, results)
     if results.get("node_benchmarks") is None:
         results.pop("node_benchmarks")
+    if "decode" not in args.skip:
+        from benchmarks.decode_bench import run as decode_run
+
+        log("decoding real mainnet blocks (C and Python transaction walks)")
+        _attempt(results, "decode", decode_run)
     if "attribution" not in args.skip:
         log(f"attribution of {args.attribution_blocks:,} coinbases")
         _attempt(results, "attribution", attribution_benchmark, args)

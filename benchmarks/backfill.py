@@ -34,7 +34,19 @@ def node_config(rpc_url: str, cookie_file: str, source: str) -> NodeConfig:
 
 
 def bare_rest(config: NodeConfig, hashes: list[str]) -> dict[str, float]:
-    """GET /rest/block/<hash>.bin for each hash on one kept-alive connection; bytes only."""
+    """GET /rest/block/<hash>.bin for each hash, bytes only: the faster of two plain loops.
+
+    One loop keeps one connection alive, the other opens a new one per block (what NodeClient does:
+    on this node kept-alive replies of a megabyte stall). The node's bare rate is the better of the
+    two, so no ratio is flattered by a slow baseline."""
+    kept, fresh = _bare_rest_kept_alive(config, hashes), _bare_rest_new_connections(config, hashes)
+    best = dict(max(kept, fresh, key=lambda r: r["blocks_per_s"]))
+    best["kept_alive_blocks_per_s"] = kept["blocks_per_s"]
+    best["new_connection_blocks_per_s"] = fresh["blocks_per_s"]
+    return best
+
+
+def _bare_rest_kept_alive(config: NodeConfig, hashes: list[str]) -> dict[str, float]:
     conn = http.client.HTTPConnection(config.host, config.port, timeout=120)
     total = 0
     started = time.perf_counter()
@@ -48,6 +60,23 @@ def bare_rest(config: NodeConfig, hashes: list[str]) -> dict[str, float]:
             total += len(data)
     finally:
         conn.close()
+    return _rate(len(hashes), total, time.perf_counter() - started)
+
+
+def _bare_rest_new_connections(config: NodeConfig, hashes: list[str]) -> dict[str, float]:
+    total = 0
+    started = time.perf_counter()
+    for h in hashes:
+        conn = http.client.HTTPConnection(config.host, config.port, timeout=120)
+        try:
+            conn.request("GET", f"/rest/block/{h}.bin")
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise RuntimeError(f"REST block {h}: HTTP {resp.status}")
+        total += len(data)
     return _rate(len(hashes), total, time.perf_counter() - started)
 
 
@@ -75,7 +104,7 @@ def _rate(blocks: int, nbytes: int, seconds: float) -> dict[str, float]:
 
 
 def run_backfill(rpc_url: str, cookie_file: str, warehouse_root: str, start: int, end: int, *, source: str,
-                 workers: int, datadir: str | None, batch_size: int = 200, validate: bool = True) -> dict[str, Any]:
+                 workers: int, datadir: str | None, batch_size: int = 1000, validate: bool = True) -> dict[str, Any]:
     """One backfill of [start, end] into a fresh warehouse; the same steps as ``sync_range``."""
     from pipeline.attribution import pool_definitions_table
     from pipeline.parallel import BatchPlan, ChunkFetcher, load_chunks
@@ -112,7 +141,7 @@ def run_backfill(rpc_url: str, cookie_file: str, warehouse_root: str, start: int
 
 
 def stage_breakdown(rpc_url: str, cookie_file: str, heights: list[int], warehouse_root: str,
-                    batch_size: int = 200) -> dict[str, float]:
+                    batch_size: int = 1000) -> dict[str, float]:
     """Seconds per stage for one sequential pass over ``heights`` via REST (each stage timed alone)."""
     from pipeline.attribution import attribute_tables
     from pipeline.decode import blocks_to_tables, decode_block

@@ -15,8 +15,12 @@ the node runs:
   that is still being written: scanning stops there (without raising) and resumes from that offset
   the next time a wanted hash is missing.
 
-The full record is read, not only the header and coinbase: the ``blocks`` table's stripped size and
-weight need every transaction's witness length, which only a walk of the whole block gives.
+Only the header and coinbase of a block are read (one 64 kB ``pread``) when its coinbase has no
+witness commitment: consensus then rules out witness bytes anywhere in the block, so its stripped
+size is its size and its weight 4 x size (``decode.decode_block_head``). That is every block before
+segwit (heights below 481,824 on mainnet) and every later block without segwit spends. A block that
+does commit to witness data is read whole: its stripped size and weight need every transaction's
+witness length, which only a walk of the whole block gives (in C, well under a millisecond per MB).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.decode import DecodedBlock, DecodeError, decode_block, sha256d
+from pipeline.decode import DecodedBlock, DecodeError, decode_block, decode_block_head, sha256d
 from pipeline.networks import Network
 
 if TYPE_CHECKING:
@@ -52,6 +56,9 @@ _NETWORK_SUBDIR = {"main": "", "test": "testnet3", "testnet4": "testnet4", "sign
 # Read size when re-synchronising on the magic after a damaged record.
 _RESYNC_CHUNK = 1 << 20
 _MAX_OPEN_FILES = 32
+# First read of a block: header and coinbase fit (coinbases are rarely over a few kB); a longer
+# coinbase, or a block with a witness commitment, is read again in full.
+HEAD_READ = 64 * 1024
 
 
 class BlockFileError(RuntimeError):
@@ -278,12 +285,14 @@ class BlockFileReader:
         return [self._index[h.lower()] for h in hashes]
 
     # -- reads --------------------------------------------------------------------------------------
-    def read_raw(self, location: BlockLocation, expected_hash: str | None = None) -> bytes:
-        """The serialized block at ``location``; checks its header hashes to ``expected_hash``."""
+    def read_raw(self, location: BlockLocation, expected_hash: str | None = None, limit: int | None = None) -> bytes:
+        """The serialized block at ``location`` (its first ``limit`` bytes when given); checks its
+        header hashes to ``expected_hash``."""
         fd = self._fd(location.file_number)
-        data = os.pread(fd, location.length, location.offset)
-        if len(data) != location.length:
-            raise BlockFileError(f"blk{location.file_number:05d}.dat: read {len(data)} of {location.length} "
+        length = location.length if limit is None else min(limit, location.length)
+        data = os.pread(fd, length, location.offset)
+        if len(data) != length:
+            raise BlockFileError(f"blk{location.file_number:05d}.dat: read {len(data)} of {length} "
                                  f"bytes at offset {location.offset}; the file changed under us")
         raw = xor_at(data, self.key, location.offset)
         if expected_hash is not None and header_hash(raw) != expected_hash.lower():
@@ -304,12 +313,21 @@ class BlockFileReader:
 def decode_located(reader: BlockFileReader, heights: Sequence[int], hashes: Sequence[str],
                    median_times: Sequence[int | None], locations: Sequence[BlockLocation],
                    network: Network) -> list[DecodedBlock]:
-    """Read and decode already-located blocks; the part a worker process runs."""
+    """Read and decode already-located blocks; the part a worker process runs.
+
+    Reads only the first HEAD_READ bytes (header and coinbase) of a block whose coinbase has no
+    witness commitment (``decode_block_head``: consensus says it has no witness bytes, so its
+    weight is 4 x size); the whole block otherwise, or when the coinbase is longer than that.
+    """
     blocks = []
     for height, block_hash, mtp, loc in zip(heights, hashes, median_times, locations, strict=True):
-        raw = reader.read_raw(loc, block_hash)
         try:
-            block = decode_block(raw, network, height=height, median_time=mtp)
+            block = None
+            if loc.length > HEAD_READ:
+                head = reader.read_raw(loc, block_hash, limit=HEAD_READ)
+                block = decode_block_head(head, loc.length, network, height=height, median_time=mtp)
+            if block is None:
+                block = decode_block(reader.read_raw(loc, block_hash), network, height=height, median_time=mtp)
         except DecodeError as exc:
             raise DecodeError(f"block {block_hash} at height {height} "
                               f"(blk{loc.file_number:05d}.dat offset {loc.offset}): {exc}") from exc

@@ -1,9 +1,10 @@
 """Raw block bytes -> ``DecodedBlock`` (header, coinbase, outputs) -> Arrow tables.
 
 Only the header and the coinbase transaction are decoded into fields. The other transactions are
-walked by ``_scan_transactions`` just far enough to learn the block's size, stripped size and weight:
-no object per transaction, one Python loop iteration per input/output/witness item, so a full-size
-block decodes in about 5-11 ms (figures in docs/decoding.md).
+walked by ``scan_transactions`` just far enough to learn the block's size, stripped size and weight:
+no object per transaction. The walk runs in C (``pipeline.native``, built at install) when it is
+available, a full-size block then decodes in well under a millisecond; the Python reference walk,
+used otherwise and for error messages, takes about 3-11 ms (figures in docs/decoding.md).
 
 ``DecodeError`` is the only exception raised for bad bytes: every parser error (short reads,
 impossible counts, trailing garbage) is turned into one with a message naming the problem and the
@@ -19,6 +20,7 @@ from dataclasses import dataclass, fields
 
 import pyarrow as pa
 
+from pipeline import native
 from pipeline.networks import MAIN, Network, block_subsidy
 from pipeline.schemas import table_spec
 from pipeline.scripts import classify, script_to_address
@@ -207,6 +209,18 @@ def _parse_coinbase(raw: bytes, start: int) -> Coinbase:
     return Coinbase(txid=txid, wtxid=wtxid, version=version, locktime=locktime, script_sig=script_sig,
                     sequence=sequence, witness=tuple(witness), outputs=tuple(outputs), size=pos - start,
                     stripped_size=len(stripped))
+
+
+def scan_transactions(raw: bytes, pos: int, count: int) -> tuple[int, int]:
+    """(end position, witness bytes incl. marker/flag) of ``count`` transactions from ``pos``.
+
+    The C walk (pipeline.native) when it is built, else the Python reference below; on malformed
+    data the Python walk always runs, so the DecodeError names the problem and its offset.
+    """
+    found = native.scan_transactions(raw, pos, count)
+    if found is not None:
+        return found
+    return _scan_transactions(raw, pos, count)
 
 
 def _scan_transactions(raw: bytes, pos: int, count: int) -> tuple[int, int]:
@@ -400,15 +414,67 @@ def decode_block(raw: bytes, network: Network, height: int | None = None,
             raise DecodeError("block has no transactions (a block needs at least its coinbase)")
         _check_count(tx_count, _MIN_TX_SIZE, pos, len(raw), "transaction")
         coinbase = _parse_coinbase(raw, pos)
-        end, witness_bytes = _scan_transactions(raw, pos + coinbase.size, tx_count - 1)
+        end, witness_bytes = scan_transactions(raw, pos + coinbase.size, tx_count - 1)
     except DecodeError:
         raise
     except (IndexError, struct.error, ValueError, OverflowError) as exc:
         raise DecodeError(f"truncated or malformed block: {type(exc).__name__}: {exc}") from None
     if end != len(raw):
         raise DecodeError(f"{len(raw) - end} trailing bytes after the last of {tx_count} transactions")
-    # Core counts the coinbase witness too; _scan_transactions only saw the other transactions.
+    # Core counts the coinbase witness too; scan_transactions only saw the other transactions.
     witness_bytes += coinbase.size - coinbase.stripped_size
+    return _assemble(header, coinbase, tx_count, len(raw), witness_bytes, network, height, median_time)
+
+
+# BIP141 witness commitment: an output script of at least 38 bytes starting OP_RETURN, push 36,
+# then this tag (Core's GetWitnessCommitmentIndex takes the last such output).
+_WITNESS_COMMITMENT_PREFIX = bytes.fromhex("6a24aa21a9ed")
+
+
+def commits_to_witness(coinbase: Coinbase) -> bool:
+    """True when the coinbase carries a witness commitment or a witness of its own."""
+    return bool(coinbase.witness) or any(len(script) >= 38 and script.startswith(_WITNESS_COMMITMENT_PREFIX)
+                                         for _, script in coinbase.outputs)
+
+
+def decode_block_head(head: bytes, size: int, network: Network, height: int | None = None,
+                      median_time: int | None = None) -> DecodedBlock | None:
+    """Decode a block of ``size`` bytes from its first bytes ``head`` (header and coinbase), or None
+    when the whole block is needed.
+
+    Consensus makes this exact: Core rejects a block whose transactions carry witness data unless
+    its coinbase commits to it ("unexpected-witness"), so a block whose coinbase has no witness
+    commitment has no witness bytes at all: stripped size = size and weight = 4 x size, without
+    reading the other transactions. None when the coinbase does commit (the weight needs every
+    transaction: decode the whole block) or when ``head`` ends inside the coinbase (read more).
+    Unlike ``decode_block`` it cannot check that the unread transactions parse and end exactly at
+    ``size``: use it only on bytes whose hash the node vouches for (the block-file reader does).
+    """
+    if len(head) >= size:
+        return decode_block(head[:size], network, height=height, median_time=median_time)
+    head = bytes(head)
+    if len(head) < HEADER_SIZE + 1 + 60:
+        return None
+    try:
+        header = decode_header(head)
+        tx_count, pos = _read_varint(head, HEADER_SIZE)
+        if tx_count < 1:
+            raise DecodeError("block has no transactions (a block needs at least its coinbase)")
+        _check_count(tx_count, _MIN_TX_SIZE, pos, size, "transaction")
+        coinbase = _parse_coinbase(head, pos)
+    except DecodeError:
+        return None  # mostly: head ends inside the coinbase; decode_block on the whole block says what is wrong
+    except (IndexError, struct.error, ValueError, OverflowError):
+        return None
+    if commits_to_witness(coinbase):
+        return None
+    if tx_count == 1 and pos + coinbase.size != size:
+        return None  # let decode_block name the trailing bytes
+    return _assemble(header, coinbase, tx_count, size, 0, network, height, median_time)
+
+
+def _assemble(header: dict, coinbase: Coinbase, tx_count: int, size: int, witness_bytes: int, network: Network,
+              height: int | None, median_time: int | None) -> DecodedBlock:
     bip34 = bip34_height(coinbase.script_sig)
     if height is None:
         if bip34 is None:
@@ -425,7 +491,6 @@ def decode_block(raw: bytes, network: Network, height: int | None = None,
                        address=script_to_address(script, network))
         for i, (v, script) in enumerate(coinbase.outputs)
     )
-    size = len(raw)
     stripped = size - witness_bytes
     return DecodedBlock(
         height=height, median_time=median_time, size=size, stripped_size=stripped,

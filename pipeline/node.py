@@ -438,6 +438,10 @@ class NodeClient:
     def close(self) -> None:
         self._drop_proxy()
 
+    def clone(self) -> NodeClient:
+        """A new client for the same node, with its own connection (for another thread or process)."""
+        return NodeClient(self.config)
+
     def __enter__(self) -> NodeClient:
         return self
 

@@ -24,8 +24,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import queue
+import threading
 import time
 from collections import deque
+from contextlib import closing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -137,8 +140,16 @@ def _decode_chunk(heights: list[int], hashes: list[str], median_times: list[int 
     return decode_located(_reader, heights, hashes, median_times, locations, _network)
 
 
+def predecessor(client: NodeClient, lo: int) -> tuple[str | None, int | None]:
+    """The node's (hash, median time) at height lo - 1, what a chunk starting at ``lo`` must link to."""
+    if lo <= 0:
+        return None, None
+    previous = client.block_hashes([lo - 1])[0]
+    return previous, client.median_times([previous])[0]
+
+
 def prepare_batch(blocks: list[DecodedBlock], lo: int, hi: int, previous_hash: str | None,
-                  plan: BatchPlan) -> PreparedBatch:
+                  plan: BatchPlan, previous_median_time: int | None = None) -> PreparedBatch:
     """Tables and validation report of one chunk; the link to ``previous_hash`` is validated here."""
     from pipeline.sync import build_batch, first_broken_link
 
@@ -151,6 +162,8 @@ def prepare_batch(blocks: list[DecodedBlock], lo: int, hi: int, previous_hash: s
         if previous_hash is not None:
             context["previous_height"] = lo - 1
             context["previous_hash"] = previous_hash
+            if previous_median_time is not None:
+                context["previous_median_time"] = previous_median_time
         if plan.registry is not None:
             context["registry_version"] = plan.registry.version
             context["pool_ids"] = sorted({p.id for p in plan.registry.pools})
@@ -162,22 +175,22 @@ def prepare_batch(blocks: list[DecodedBlock], lo: int, hi: int, previous_hash: s
 
 def _prepare_node_chunk(lo: int, hi: int) -> PreparedBatch:
     assert _client is not None and _plan is not None, "worker not initialised"
-    previous = _client.block_hashes([lo - 1])[0] if lo > 0 else None
-    return prepare_batch(_fetch_node_chunk(lo, hi), lo, hi, previous, _plan)
+    previous, previous_mtp = predecessor(_client, lo)
+    return prepare_batch(_fetch_node_chunk(lo, hi), lo, hi, previous, _plan, previous_mtp)
 
 
 def _prepare_located_chunk(heights: list[int], hashes: list[str], median_times: list[int | None],
-                           locations: list[BlockLocation], previous_hash: str | None) -> PreparedBatch:
+                           locations: list[BlockLocation], previous: tuple[str | None, int | None]) -> PreparedBatch:
     assert _plan is not None, "worker not initialised"
     blocks = _decode_chunk(heights, hashes, median_times, locations)
-    return prepare_batch(blocks, heights[0], heights[-1], previous_hash, _plan)
+    return prepare_batch(blocks, heights[0], heights[-1], previous[0], _plan, previous[1])
 
 
 class ChunkFetcher:
     """Decoded blocks for a sequence of inclusive height chunks, yielded in the chunks' order.
 
-    ``workers=1`` runs in the calling process (no pool, same code path as ``sync_range`` today).
-    With more workers at most ``workers + prefetch`` chunks are in flight, which bounds memory to a
+    ``workers=1`` runs in the calling process: one thread fetches and decodes ahead while the
+    caller consumes (``_prefetched``); no process pool. With more workers at most ``workers + prefetch`` chunks are in flight, which bounds memory to a
     few chunks of decoded blocks whatever the range. Use as a context manager (stops the pool).
     """
 
@@ -241,9 +254,74 @@ class ChunkFetcher:
 
     def fetch_chunk(self, lo: int, hi: int) -> list[DecodedBlock]:
         """One chunk in this process."""
+        return self._fetch_linked(self.client, lo, hi, with_previous=False)[0]
+
+    def _fetch_linked(self, client: NodeClient, lo: int, hi: int, with_previous: bool,
+                      cancelled: Callable[[], bool] | None = None
+                      ) -> tuple[list[DecodedBlock], tuple[str | None, int | None]]:
+        """Decoded blocks of [lo, hi] and, when asked, the node's (hash, median time) at lo - 1."""
         if self.files is not None:
-            return self.files.fetch_blocks(self.client, list(range(lo, hi + 1)))
-        return fetch_decoded(self.client, lo, hi, self.network)
+            heights, hashes, median_times, locations, previous = self._locate(lo, hi, with_previous, client)
+            return decode_located(self.files.reader, heights, hashes, median_times, locations, self.network), previous
+        from pipeline.sync import fetch_blocks
+
+        previous = predecessor(client, lo) if with_previous else (None, None)
+        return fetch_blocks(client, list(range(lo, hi + 1)), self.network, cancelled=cancelled), previous
+
+    def _prefetched(self, chunks: Sequence[tuple[int, int]], with_previous: bool
+                    ) -> Iterator[tuple[list[DecodedBlock], tuple[str | None, int | None]]]:
+        """``_fetch_linked`` per chunk, in order, run by one background thread at most ``max(1, prefetch)``
+        chunks ahead of the consumer.
+
+        The one-process pipeline: while the caller attributes, validates and commits chunk k, the
+        thread fetches and decodes chunk k + 1. That overlaps because the thread mostly waits on
+        the node's socket and in the C transaction walk, both outside the GIL. The thread has its
+        own NodeClient (python-bitcoinrpc is not thread-safe) and is the only user of the block
+        files while it runs. Its exceptions are re-raised here; when the consumer stops early the
+        thread is told to stop and gives up within a few blocks.
+        """
+        results: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
+        stop = threading.Event()
+
+        def put(item: tuple[str, Any]) -> None:
+            while not stop.is_set():
+                try:
+                    results.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        def produce() -> None:
+            client = None
+            try:
+                # Its own connection when the client can make one (a NodeClient); a node-shaped
+                # stand-in is used as it is, the caller does not touch it while this runs.
+                clone = getattr(self.client, "clone", None)
+                client = clone() if clone is not None else self.client
+                for lo, hi in chunks:
+                    if stop.is_set():
+                        return
+                    put(("chunk", self._fetch_linked(client, lo, hi, with_previous, cancelled=stop.is_set)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+                put(("error", exc))
+            finally:
+                if client is not None and client is not self.client:
+                    client.close()
+                put(("done", None))
+
+        thread = threading.Thread(target=produce, name="poolwatch-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                kind, value = results.get()
+                if kind == "done":
+                    return
+                if kind == "error":
+                    raise value
+                yield value
+        finally:
+            stop.set()
+            thread.join()
 
     def _submit(self, lo: int, hi: int) -> Future:
         pool = self._pool_for()
@@ -252,16 +330,19 @@ class ChunkFetcher:
         heights, hashes, median_times, locations, _ = self._locate(lo, hi, with_previous=False)
         return pool.submit(_decode_chunk, heights, hashes, median_times, locations)
 
-    def _locate(self, lo: int, hi: int, with_previous: bool) -> tuple[list[int], list[str], list[int | None],
-                                                                      list[BlockLocation], str | None]:
-        """Active-chain hashes (one batched RPC, with lo - 1 when asked), median times, file locations."""
+    def _locate(self, lo: int, hi: int, with_previous: bool,
+                client: NodeClient | None = None) -> tuple[list[int], list[str], list[int | None],
+                                                           list[BlockLocation], tuple[str | None, int | None]]:
+        """Active-chain hashes and median times (one batched RPC each, with lo - 1 when asked), file locations."""
         assert self.files is not None
+        client = client or self.client
         heights = list(range(lo, hi + 1))
         ask = [lo - 1, *heights] if with_previous and lo > 0 else heights
-        hashes = self.client.block_hashes(ask)
-        previous = hashes[0] if len(ask) > len(heights) else None
-        hashes = hashes[len(ask) - len(heights):]
-        median_times = self.client.median_times(hashes)
+        hashes = client.block_hashes(ask)
+        median_times = client.median_times(hashes)
+        skip = len(ask) - len(heights)
+        previous = (hashes[0], median_times[0]) if skip else (None, None)
+        hashes, median_times = hashes[skip:], median_times[skip:]
         return heights, hashes, median_times, self.files.locate(hashes), previous
 
     def _submit_prepare(self, lo: int, hi: int) -> Future:
@@ -275,8 +356,8 @@ class ChunkFetcher:
         """One chunk built and validated in this process."""
         if self.plan is None:
             raise ValueError("prepare_chunk needs a BatchPlan (ChunkFetcher(plan=...))")
-        previous = self.client.block_hashes([lo - 1])[0] if lo > 0 else None
-        return prepare_batch(self.fetch_chunk(lo, hi), lo, hi, previous, self.plan)
+        blocks, previous = self._fetch_linked(self.client, lo, hi, with_previous=True)
+        return prepare_batch(blocks, lo, hi, previous[0], self.plan, previous[1])
 
     def _in_order(self, chunks: Sequence[tuple[int, int]], submit: Callable[[int, int], Future]) -> Iterator[Any]:
         """Results of ``submit`` per chunk in order, at most workers + prefetch in flight."""
@@ -299,9 +380,14 @@ class ChunkFetcher:
 
     def iter_chunks(self, chunks: Sequence[tuple[int, int]]) -> Iterator[tuple[tuple[int, int], list[DecodedBlock]]]:
         """((lo, hi), blocks) per chunk, in the given order; a worker's exception is re-raised here."""
-        if self.workers == 1 or len(chunks) <= 1:
+        if len(chunks) <= 1:
             for lo, hi in chunks:
                 yield (lo, hi), self.fetch_chunk(lo, hi)
+            return
+        if self.workers == 1:
+            with closing(self._prefetched(chunks, with_previous=False)) as fetched:
+                for chunk, (blocks, _) in zip(chunks, fetched):
+                    yield chunk, blocks
             return
         yield from zip(chunks, self._in_order(chunks, self._submit))
 
@@ -309,9 +395,15 @@ class ChunkFetcher:
         """Built and validated batches per chunk, in order (workers decode, attribute and validate)."""
         if self.plan is None:
             raise ValueError("iter_prepared needs a BatchPlan (ChunkFetcher(plan=...))")
-        if self.workers == 1 or len(chunks) <= 1:
+        if len(chunks) <= 1:
             for lo, hi in chunks:
                 yield self.prepare_chunk(lo, hi)
+            return
+        if self.workers == 1:
+            # Fetch in a thread, build and validate here: see _prefetched.
+            with closing(self._prefetched(chunks, with_previous=True)) as fetched:
+                for (lo, hi), (blocks, previous) in zip(chunks, fetched):
+                    yield prepare_batch(blocks, lo, hi, previous[0], self.plan, previous[1])
             return
         yield from self._in_order(chunks, self._submit_prepare)
 
@@ -349,35 +441,37 @@ def load_chunks(warehouse: Warehouse, fetcher: ChunkFetcher, chunks: Sequence[tu
     last_height: int | None = None
     clock = time.perf_counter
     mark = clock()
-    for batch in fetcher.iter_prepared(chunks):
-        got = clock()
-        with warehouse.writer(wait=lock_wait):
-            if batch.broken_link is not None:
-                raise ChainChangedError(f"the node's chain changed while batch {batch.lo}..{batch.hi} was fetched "
-                                        f"(block {batch.broken_link} does not link); run sync again: it repairs reorgs",
-                                        height=batch.broken_link, resume_from=batch.lo)
-            if batch.previous_hash is not None:
-                if last_height == batch.lo - 1:
-                    stored_prev = last_hash
-                else:
-                    stored_prev = warehouse.stored_hashes(batch.lo - 1, batch.lo - 1).get(batch.lo - 1)
-                if stored_prev is not None and stored_prev != batch.previous_hash:
-                    raise ChainChangedError(
-                        f"the node's block at height {batch.lo - 1} is now {batch.previous_hash}, not the stored "
-                        f"{stored_prev}: its chain changed during the backfill. Run sync again: it repairs reorgs",
-                        height=batch.lo - 1, resume_from=batch.lo)
-            if batch.report is not None and not batch.report.ok:
-                where = quarantine(warehouse.root, batch.tables, batch.report)
-                raise BatchRejected(batch.report.summary(), where)
-            warehouse.commit(batch.tables)
-        done = clock()
-        timings["wait"] = timings.get("wait", 0.0) + got - mark
-        timings["commit"] = timings.get("commit", 0.0) + done - got
-        mark = done
-        last_hash, last_height = batch.last_hash, batch.hi
-        loaded += batch.blocks
-        if progress:
-            progress(batch.blocks)
+    # closing(): an error below must stop the fetching thread/workers now, not when the traceback dies.
+    with closing(fetcher.iter_prepared(chunks)) as batches:
+        for batch in batches:
+            got = clock()
+            with warehouse.writer(wait=lock_wait):
+                if batch.broken_link is not None:
+                    raise ChainChangedError(f"the node's chain changed while batch {batch.lo}..{batch.hi} was fetched "
+                                            f"(block {batch.broken_link} does not link); run sync again: it repairs reorgs",
+                                            height=batch.broken_link, resume_from=batch.lo)
+                if batch.previous_hash is not None:
+                    if last_height == batch.lo - 1:
+                        stored_prev = last_hash
+                    else:
+                        stored_prev = warehouse.stored_hashes(batch.lo - 1, batch.lo - 1).get(batch.lo - 1)
+                    if stored_prev is not None and stored_prev != batch.previous_hash:
+                        raise ChainChangedError(
+                            f"the node's block at height {batch.lo - 1} is now {batch.previous_hash}, not the stored "
+                            f"{stored_prev}: its chain changed during the backfill. Run sync again: it repairs reorgs",
+                            height=batch.lo - 1, resume_from=batch.lo)
+                if batch.report is not None and not batch.report.ok:
+                    where = quarantine(warehouse.root, batch.tables, batch.report)
+                    raise BatchRejected(batch.report.summary(), where)
+                warehouse.commit(batch.tables)
+            done = clock()
+            timings["wait"] = timings.get("wait", 0.0) + got - mark
+            timings["commit"] = timings.get("commit", 0.0) + done - got
+            mark = done
+            last_hash, last_height = batch.last_hash, batch.hi
+            loaded += batch.blocks
+            if progress:
+                progress(batch.blocks)
     return loaded
 
 

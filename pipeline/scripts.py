@@ -13,6 +13,8 @@ the BIP173 checksum and would produce invalid Taproot addresses).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import base58
 from bech32m import codecs as _bech32
 
@@ -125,6 +127,9 @@ def classify(script: bytes) -> str:
     return "nonstandard"
 
 
+# Pools pay the same few thousand scripts over and over; bech32 encoding in pure Python is the
+# costliest part of decoding a coinbase, so encoded addresses are remembered.
+@lru_cache(maxsize=1 << 16)
 def script_to_address(script: bytes, network: Network) -> str | None:
     """The address of ``script`` on ``network``; None for types without one (p2pk, multisig, data, ...)."""
     kind = classify(script)

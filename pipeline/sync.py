@@ -64,12 +64,23 @@ def plan_chunks(start: int, end: int, chunk_size: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + chunk_size - 1, end)) for lo in range(start, end + 1, chunk_size)]
 
 
-def fetch_blocks(client: NodeClient, heights: Sequence[int], network: Network) -> list[DecodedBlock]:
-    """Fetch and decode the blocks at ``heights`` (raw bytes only; never getblock verbosity 2)."""
+class FetchCancelled(Exception):
+    """``fetch_blocks`` was told to stop (its consumer went away); nothing was half-returned."""
+
+
+def fetch_blocks(client: NodeClient, heights: Sequence[int], network: Network, *,
+                 cancelled: Callable[[], bool] | None = None) -> list[DecodedBlock]:
+    """Fetch and decode the blocks at ``heights`` (raw bytes only; never getblock verbosity 2).
+
+    ``cancelled`` is polled between slices of RAW_FETCH_CHUNK blocks, so a prefetching thread
+    whose consumer stopped gives up within a few blocks instead of finishing a whole batch.
+    """
     hashes = client.block_hashes(heights)
     median_times = client.median_times(hashes)
     blocks = []
     for i in range(0, len(heights), RAW_FETCH_CHUNK):
+        if cancelled is not None and cancelled():
+            raise FetchCancelled(f"fetch of heights {heights[0]}..{heights[-1]} cancelled")
         blocks += _decode_raw(client, heights[i:i + RAW_FETCH_CHUNK], hashes[i:i + RAW_FETCH_CHUNK],
                               median_times[i:i + RAW_FETCH_CHUNK], network)
     return blocks
@@ -275,11 +286,8 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
              max(0, end - start + 1), network.name, len(plan_chunks(start, end, batch_size)))
     common = dict(registry=registry, allow_cross_network=allow_cross_network, validate=validate,
                   batch_size=batch_size, progress=progress, writer_wait=writer_wait)
-    if workers > 1 or source != "node":
-        _load_with_fetcher(client, warehouse, network, start, end, result, workers=workers, source=source,
-                           datadir=datadir, **common)
-    else:
-        _load_sequential(client, warehouse, network, start, end, result, incremental=incremental, **common)
+    _load_with_fetcher(client, warehouse, network, start, end, result, workers=workers, source=source,
+                       datadir=datadir, **common)
     # The registry version was made current (pool_definitions + meta) by reattribute() in the set-up.
     with warehouse.writer(wait=max(writer_wait, COMMIT_LOCK_WAIT)):
         warehouse.refresh_catalog()
@@ -289,56 +297,16 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
     return result
 
 
-def _load_sequential(client: NodeClient, warehouse: Warehouse, network: Network, start: int, end: int,
-                     result: SyncResult, *, registry: Registry | None, allow_cross_network: bool, validate: bool,
-                     batch_size: int, progress: Progress | None, writer_wait: float, incremental: bool) -> None:
-    """The batch loop in this process: fetch, decode, attribute outside the lock; validate and commit under it."""
-    next_lo, relinks = start, 0
-    while next_lo <= end:
-        lo, hi = next_lo, min(next_lo + batch_size - 1, end)
-        # Node reads, decoding and attribution happen outside the lock, so parallel backfill
-        # workers only queue for the short commit.
-        blocks = fetch_blocks(client, list(range(lo, hi + 1)), network)
-        tables = build_batch(blocks, registry, network.name, allow_cross_network)
-        with warehouse.writer(wait=max(writer_wait, COMMIT_LOCK_WAIT)):
-            broken = None
-            if incremental:
-                previous = warehouse.stored_hashes(lo - 1, lo - 1).get(lo - 1) if lo > 0 else None
-                broken = first_broken_link(blocks, previous)
-            if broken is not None:
-                # The node's chain changed during this run (a reorg between two batches, or between
-                # the requests of one batch). Repair as at the start and reload from the fork, rather
-                # than store a chain that does not link or fail the run on a routine event.
-                relinks += 1
-                if relinks > MAX_RELINKS:
-                    raise NodeError(f"the node's chain changed {relinks} times during this run (last at height "
-                                    f"{broken}); nothing unlinked was stored: run the sync again")
-                fork = check_and_repair_reorg(client, warehouse)
-                log.warning("the node's chain changed during the run at height %d; repaired from height %s "
-                            "and reloading", broken, fork)
-                if fork is not None:
-                    earlier = result.reorg_fork_height
-                    result.reorg_fork_height = fork if earlier is None else min(fork, earlier)
-                next_lo = min(fork, lo) if fork is not None else lo
-                end = result.end = min(end, client.tip_height())
-                continue
-            context = validation_context(warehouse, lo, network.name, registry)
-            load_batch(warehouse, tables, validate=validate, context=context)
-        next_lo = hi + 1
-        result.blocks_loaded += len(blocks)
-        result.batches += 1
-        if progress:
-            progress(len(blocks))
-
-
 def _load_with_fetcher(client: NodeClient, warehouse: Warehouse, network: Network, start: int, end: int,
                        result: SyncResult, *, registry: Registry | None, allow_cross_network: bool, validate: bool,
                        batch_size: int, progress: Progress | None, writer_wait: float, workers: int, source: str,
                        datadir: Path | None) -> None:
-    """The batch loop with worker processes and/or the node's block files (pipeline.parallel).
+    """The batch loop (pipeline.parallel): one process with a fetching thread, or worker processes.
 
-    Workers fetch, decode, attribute and validate; this process commits in height order. A batch
-    that no longer links means the node's chain changed: repair as at the start and resume.
+    With ``workers=1`` a thread fetches and decodes the next batch while this process attributes,
+    validates and commits the current one; with more, workers do all but the commit. Commits are in
+    height order, each under the writer lock (never held while reading the node). A batch that no
+    longer links means the node's chain changed: repair as at the start and resume from the fork.
     """
     from pipeline.parallel import BatchPlan, ChainChangedError, ChunkFetcher, load_chunks
 

@@ -466,3 +466,42 @@ def test_synthetic_regtest_block() -> None:
         assert block.stripped_size == block.size - 2 - 1 - 1 - 32
         assert block.difficulty == pytest.approx(4.656542373906925e-10)
     assert coinbase_tag(b"\x02\x2c\x01/poolwatch/") == "/poolwatch/"
+
+
+def test_decode_block_head_equals_whole_block_decode(fixtures_dir: Path) -> None:
+    # The block-file reader's shortcut: from header + coinbase only, a block whose coinbase has no
+    # witness commitment decodes to exactly what the whole block gives; a committing one gives None.
+    from pipeline.decode import commits_to_witness, decode_block_head, parse_coinbase
+
+    shortcut = full_needed = 0
+    for row in manifest(fixtures_dir):
+        raw = load_block(fixtures_dir / row["file"])
+        whole = decode_block(raw, MAIN, height=7, median_time=1)
+        head = decode_block_head(raw[:8192], len(raw), MAIN, height=7, median_time=1)
+        if head is None:
+            full_needed += 1
+            count, pos = _read_varint_for_test(raw)
+            coinbase = parse_coinbase(raw, pos)
+            # None only when needed: a witness commitment, or a coinbase longer than the head read
+            assert commits_to_witness(coinbase) or pos + coinbase.size > 8192 or len(raw) <= 8192
+        else:
+            shortcut += 1
+            assert head == whole
+            assert head.weight == 4 * head.size
+        if whole.stripped_size != whole.size:
+            assert head is None  # a block with witness bytes never takes the shortcut
+    assert shortcut >= 10 and full_needed >= 3
+
+
+def _read_varint_for_test(raw: bytes) -> tuple[int, int]:
+    from pipeline.decode import _read_varint
+
+    return _read_varint(raw, 80)
+
+
+def test_decode_block_head_needs_the_whole_coinbase(fixtures_dir: Path) -> None:
+    from pipeline.decode import decode_block_head
+
+    raw = load_block(fixtures_dir / "bcoin-org+bcoin/block1.raw")
+    assert decode_block_head(raw[:150], len(raw) + 1000, MAIN, height=1) is None  # ends inside the coinbase
+    assert decode_block_head(raw, len(raw), MAIN, height=1) == decode_block(raw, MAIN, height=1)

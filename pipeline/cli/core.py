@@ -181,6 +181,10 @@ def status(ctx, rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, offline):
     table.add_row("gaps", ", ".join(f"{a}..{b}" for a, b in gaps[:20]) + (" ..." if len(gaps) > 20 else "")
                   if gaps else "none")
     table.add_row("registry version", str(meta.get("registry_version", "-")))
+    from pipeline import native
+
+    table.add_row("block decoder", "C transaction walk" if native.AVAILABLE else
+                  "[yellow]Python transaction walk[/] (C walk not built: reinstall with a C compiler; ~10x slower)")
     if not offline:
         try:
             # status is a quick look: one retry, not the loader's patient backoff
