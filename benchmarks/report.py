@@ -47,9 +47,11 @@ def render(results: dict[str, Any]) -> str:
     if bare_rest:
         lines += ["", "## Backfill throughput", "",
                   f"The node's bare serving rate (a loop that only fetches raw blocks, one request at a time, best of 3; "
-                  f"for REST the faster of a kept-alive connection, "
-                  f"{bare_rest.get('kept_alive_blocks_per_s', float('nan')):.0f} blocks/s, and a new connection per "
-                  f"block, {bare_rest.get('new_connection_blocks_per_s', float('nan')):.0f} blocks/s): "
+                  f"for REST the fastest of http.client on a kept-alive connection, "
+                  f"{bare_rest.get('kept_alive_blocks_per_s', float('nan')):.0f} blocks/s, http.client with a new "
+                  f"connection per block, {bare_rest.get('new_connection_blocks_per_s', float('nan')):.0f} blocks/s, "
+                  f"and poolwatch's own raw-socket GET, {bare_rest.get('raw_socket_blocks_per_s', float('nan')):.0f} "
+                  f"blocks/s): "
                   f"REST {bare_rest['blocks_per_s']:.1f} blocks/s ({bare_rest['mb_per_s']:.0f} MB/s)"
                   + (f", RPC getblock 0 {bare_rpc['blocks_per_s']:.1f} blocks/s ({bare_rpc['mb_per_s']:.0f} MB/s)"
                      if bare_rpc else "") + ".",

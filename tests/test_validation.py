@@ -261,3 +261,22 @@ def test_report_json_round_trip(chain):
 
 def test_suite_decl_missing_returns_none():
     assert suite_decl("no_such_table") is None
+
+
+def test_null_in_a_non_nullable_column_is_rejected_and_named(chain) -> None:
+    # One schema-derived expectation covers every non-nullable column; the failure names the row
+    # (by its row id) and which of its columns are null.
+    tables = dict(chain)
+    blocks = replace(replace(tables["blocks"], "merkle_root", 3, None), "nonce", 3, None)
+    blocks = replace(blocks, "bits", 7, None)
+    tables["blocks"] = blocks
+    report = validate_batch(tables, GENESIS_CONTEXT)
+    assert not report.ok
+    nulls = [f for f in report.failures if "null_required_columns" in f.expectation]
+    assert len(nulls) == 1 and nulls[0].table == "blocks" and nulls[0].unexpected_count == 2
+    assert sorted(nulls[0].values) == ["bits", "merkle_root, nonce"]
+    assert "non-nullable" in nulls[0].why
+    heights = sorted(r["height"] if isinstance(r, dict) else r for r in nulls[0].rows)
+    assert heights == [4, 8]
+    # The other tables' null checks passed: a complete row is "".
+    assert validate_batch(dict(chain), GENESIS_CONTEXT).ok
