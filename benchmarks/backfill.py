@@ -295,8 +295,9 @@ def _child(job: dict[str, Any]) -> None:
     watcher = _ChildPeaks()
     result = run_backfill(**job)
     peaks = watcher.stop()
-    # The resource tracker of multiprocessing is a child too but tiny; workers are the big ones.
-    worker_peaks = sorted(peaks.values(), reverse=True)[:job["workers"]] if job["workers"] > 1 else []
+    # The resource tracker of multiprocessing is a child too but tiny; the big children are the
+    # workers, or with one worker the validating process of the one-process pipeline.
+    worker_peaks = sorted(peaks.values(), reverse=True)[:job["workers"]]
     own = vm_hwm_mb() or 0.0
     result.update({"wall_seconds_with_imports": time.perf_counter() - started, "peak_rss_mb": own,
                    "worker_peak_rss_mb": max(worker_peaks, default=0.0),

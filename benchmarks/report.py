@@ -53,7 +53,8 @@ def render(results: dict[str, Any]) -> str:
                   f"and poolwatch's own raw-socket GET, {bare_rest.get('raw_socket_blocks_per_s', float('nan')):.0f} "
                   f"blocks/s): "
                   f"REST {bare_rest['blocks_per_s']:.1f} blocks/s ({bare_rest['mb_per_s']:.0f} MB/s)"
-                  + (f", RPC getblock 0 {bare_rpc['blocks_per_s']:.1f} blocks/s ({bare_rpc['mb_per_s']:.0f} MB/s)"
+                  + (f", RPC getblock 0 {bare_rpc['blocks_per_s']:.1f} blocks/s ({bare_rpc['mb_per_s']:.0f} MB/s, over the "
+                     f"first {bare_rpc.get('blocks', '?')} blocks)"
                      if bare_rpc else "") + ".",
                   "", "A backfill is the whole `poolwatch sync` pipeline: fetch, decode, attribute, validate (Great "
                   "Expectations), commit to Parquet, catalog refresh excluded. Goal: at least "
@@ -94,6 +95,8 @@ def render(results: dict[str, Any]) -> str:
                   f"{GOAL_RSS_MB} MB. Memory is bounded by the batch, not the range: each process holds at most "
                   "16 raw blocks and one batch of decoded rows; most of a worker's size is its imports "
                   "(pyarrow, pandas, Great Expectations).", "",
+                  "With one worker the child is the one-process pipeline: the process itself plus its validating "
+                  "process (listed as the worker).", "",
                   "| read path | workers | parent peak MB | each worker peak MB | total upper bound MB | goal met |",
                   "|---|---:|---:|---:|---:|---|"]
         for r in rss:
@@ -122,7 +125,8 @@ def render(results: dict[str, Any]) -> str:
         best = _best_backfill(results)
         if etl.get("ok") and best:
             speedup = best["blocks_per_s"] / etl["blocks_per_s"]
-            lines.append(f"`bitcoinetl export_blocks_and_transactions` ({etl['install']}, {etl['workers']} workers): "
+            lines.append(f"`bitcoinetl export_blocks_and_transactions` ({etl['install']}, {etl['workers']} workers) "
+                         f"over the first {etl.get('blocks', '?')} blocks of the chain: "
                          f"{etl['blocks_per_s']:.2f} blocks/s ({etl['seconds']:.0f} s). Best poolwatch backfill "
                          f"({best['source']}, {best['workers']} workers): {best['blocks_per_s']:.1f} blocks/s = "
                          f"**{speedup:.1f}x** (goal {GOAL_ETL_SPEEDUP:g}x: {_ok(speedup >= GOAL_ETL_SPEEDUP)}). "

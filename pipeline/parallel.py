@@ -1,22 +1,26 @@
-"""Parallel backfill: fetch, decode and validate height chunks in worker processes, commit in order.
+"""The batch loop of every sync: fetch and decode height chunks ahead, validate, commit in order.
 
-Decoding is CPU-bound Python, so threads would serialize on the GIL; processes do not. Each worker
-holds its own ``NodeClient`` (python-bitcoinrpc is not thread- or fork-safe) or its own block-file
-reader, and works on one chunk at a time, so the node never sees more than ``workers`` requests at
-once: keep ``workers`` at or below the node's ``-rpcthreads`` (Core: 4 before v29, 16 since) so no
-request waits in its ``-rpcworkqueue`` (16 / 64).
+One process (``workers=1``, the default): a thread fetches and decodes the next chunk while the
+caller attributes, validates and commits the current one. The thread mostly waits on the node's
+socket or runs the C transaction walk, both outside the GIL, so the two overlap (``_prefetched``).
 
-Workers also build each chunk's tables, attribute it and validate it (Great Expectations costs more
-than decoding), so all of that scales with the workers. The parent keeps the single-writer rule of
-the warehouse: it receives batches strictly in height order, checks each one links to what is
-stored, and commits (``load_chunks``).
+Worker processes (``workers=N``): Great Expectations and the rest of a batch are CPU-bound Python,
+which threads would serialize on the GIL; processes do not. Each worker holds its own
+``NodeClient`` (python-bitcoinrpc is not thread- or fork-safe) or its own block-file reader, and
+works on one chunk at a time, so the node never sees more than ``workers`` requests at once: keep
+``workers`` at or below the node's ``-rpcthreads`` (Core: 4 before v29, 16 since) so no request
+waits in its ``-rpcworkqueue`` (16 / 64). Workers also build each chunk's tables, attribute and
+validate it, so all of that scales with the workers.
+
+Either way the parent keeps the single-writer rule of the warehouse: it receives batches strictly
+in height order, checks each one links to what is stored, and commits (``load_chunks``).
 
 Sources:
 
-* ``"node"``: each worker calls ``pipeline.sync.fetch_blocks`` in slices of 16 blocks (REST ``/rest/block/<hash>.bin`` when
-  the node serves it, else ``getblock <hash> 0``);
-* ``"blkfiles"``: the parent asks the node for the chunk's active-chain hashes and median times and
-  locates them in the block files (its index is built once); workers only ``pread`` and decode.
+* ``"node"``: ``pipeline.sync.fetch_blocks`` in slices of 16 blocks (REST ``/rest/block/<hash>.bin``
+  when the node serves it, else ``getblock <hash> 0``);
+* ``"blkfiles"``: the node's active-chain hashes and median times over RPC, the bytes from its block
+  files (header and coinbase only when that is exact, see ``blockfiles.decode_located``).
 """
 
 from __future__ import annotations
@@ -116,6 +120,10 @@ def _init_worker(spec: _WorkerSpec) -> None:
         import great_expectations  # noqa: F401
 
 
+def _init_validator() -> None:
+    import great_expectations  # noqa: F401  # its multi-second import once, at start
+
+
 def _ready() -> int:
     time.sleep(0.05)  # long enough that concurrent pings land on different workers
     return os.getpid()
@@ -148,29 +156,41 @@ def predecessor(client: NodeClient, lo: int) -> tuple[str | None, int | None]:
     return previous, client.median_times([previous])[0]
 
 
-def prepare_batch(blocks: list[DecodedBlock], lo: int, hi: int, previous_hash: str | None,
-                  plan: BatchPlan, previous_median_time: int | None = None) -> PreparedBatch:
-    """Tables and validation report of one chunk; the link to ``previous_hash`` is validated here."""
+def batch_context(plan: BatchPlan, lo: int, previous_hash: str | None,
+                  previous_median_time: int | None = None) -> dict[str, Any]:
+    """What validating chunk [lo, ..] needs from outside it: the node's block at lo - 1, the registry."""
+    context: dict[str, Any] = {"chain": plan.chain}
+    if previous_hash is not None:
+        context["previous_height"] = lo - 1
+        context["previous_hash"] = previous_hash
+        if previous_median_time is not None:
+            context["previous_median_time"] = previous_median_time
+    if plan.registry is not None:
+        context["registry_version"] = plan.registry.version
+        context["pool_ids"] = sorted({p.id for p in plan.registry.pools})
+    return context
+
+
+def build_prepared(blocks: list[DecodedBlock], lo: int, hi: int, previous_hash: str | None,
+                   plan: BatchPlan) -> PreparedBatch:
+    """A chunk's tables and link check, not yet validated (``report`` None)."""
     from pipeline.sync import build_batch, first_broken_link
 
     tables = build_batch(blocks, plan.registry, plan.chain, plan.allow_cross_network)
-    report = None
+    return PreparedBatch(lo=lo, hi=hi, tables=tables, report=None, blocks=len(blocks),
+                         previous_hash=previous_hash, last_hash=blocks[-1].hash if blocks else "",
+                         broken_link=first_broken_link(blocks, previous_hash))
+
+
+def prepare_batch(blocks: list[DecodedBlock], lo: int, hi: int, previous_hash: str | None,
+                  plan: BatchPlan, previous_median_time: int | None = None) -> PreparedBatch:
+    """Tables and validation report of one chunk; the link to ``previous_hash`` is validated here."""
+    batch = build_prepared(blocks, lo, hi, previous_hash, plan)
     if plan.validate:
         from pipeline.validation import validate_batch
 
-        context: dict[str, Any] = {"chain": plan.chain}
-        if previous_hash is not None:
-            context["previous_height"] = lo - 1
-            context["previous_hash"] = previous_hash
-            if previous_median_time is not None:
-                context["previous_median_time"] = previous_median_time
-        if plan.registry is not None:
-            context["registry_version"] = plan.registry.version
-            context["pool_ids"] = sorted({p.id for p in plan.registry.pools})
-        report = validate_batch(tables, context)
-    return PreparedBatch(lo=lo, hi=hi, tables=tables, report=report, blocks=len(blocks),
-                         previous_hash=previous_hash, last_hash=blocks[-1].hash if blocks else "",
-                         broken_link=first_broken_link(blocks, previous_hash))
+        batch.report = validate_batch(batch.tables, batch_context(plan, lo, previous_hash, previous_median_time))
+    return batch
 
 
 def _prepare_node_chunk(lo: int, hi: int) -> PreparedBatch:
@@ -213,6 +233,7 @@ class ChunkFetcher:
         if source == "blkfiles":
             self.files = BlockFileSource(datadir or "", network, blocks_dir=blocks_dir)
         self._pool: ProcessPoolExecutor | None = None
+        self._validator: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> ChunkFetcher:
         return self
@@ -221,11 +242,19 @@ class ChunkFetcher:
         self.close()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        for pool in (self._pool, self._validator):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = self._validator = None
         if self.files is not None:
             self.files.close()
+
+    def _validator_pool(self) -> ProcessPoolExecutor:
+        """The one-process pipeline's validating process (see iter_prepared)."""
+        if self._validator is None:
+            context = multiprocessing.get_context("spawn")
+            self._validator = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_init_validator)
+        return self._validator
 
     def _pool_for(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -250,6 +279,7 @@ class ChunkFetcher:
                 future.result()
         elif self.plan is not None and self.plan.validate:
             import great_expectations  # noqa: F401
+            self._validator_pool().submit(_ready).result()
         return time.perf_counter() - started
 
     def fetch_chunk(self, lo: int, hi: int) -> list[DecodedBlock]:
@@ -391,6 +421,43 @@ class ChunkFetcher:
             return
         yield from zip(chunks, self._in_order(chunks, self._submit))
 
+    def _pipelined(self, chunks: Sequence[tuple[int, int]]) -> Iterator[PreparedBatch]:
+        """The one-process pipeline of a multi-batch range, three stages at once.
+
+        A thread fetches and decodes chunk k + 2 (``_prefetched``); one helper process validates
+        chunk k + 1 (Great Expectations is CPU-bound Python: in this process it held the GIL the
+        fetching thread needed, and the fetch slowed by a third); this thread builds the tables and,
+        through the caller, commits chunk k. Batches come out in order; at most two are built and
+        not yet committed.
+        """
+        assert self.plan is not None
+        plan = self.plan
+        with closing(self._prefetched(chunks, with_previous=True)) as fetched:
+            if not plan.validate:
+                for (lo, hi), (blocks, previous) in zip(chunks, fetched):
+                    yield build_prepared(blocks, lo, hi, previous[0], plan)
+                return
+            from pipeline.validation import validate_batch
+
+            validator = self._validator_pool()
+            pending: deque[tuple[PreparedBatch, Future]] = deque()
+            try:
+                for (lo, hi), (blocks, previous) in zip(chunks, fetched):
+                    batch = build_prepared(blocks, lo, hi, previous[0], plan)
+                    context = batch_context(plan, lo, previous[0], previous[1])
+                    pending.append((batch, validator.submit(validate_batch, batch.tables, context)))
+                    if len(pending) > 1:
+                        done, future = pending.popleft()
+                        done.report = future.result()
+                        yield done
+                while pending:
+                    done, future = pending.popleft()
+                    done.report = future.result()
+                    yield done
+            finally:
+                for _, future in pending:
+                    future.cancel()
+
     def iter_prepared(self, chunks: Sequence[tuple[int, int]]) -> Iterator[PreparedBatch]:
         """Built and validated batches per chunk, in order (workers decode, attribute and validate)."""
         if self.plan is None:
@@ -400,10 +467,7 @@ class ChunkFetcher:
                 yield self.prepare_chunk(lo, hi)
             return
         if self.workers == 1:
-            # Fetch in a thread, build and validate here: see _prefetched.
-            with closing(self._prefetched(chunks, with_previous=True)) as fetched:
-                for (lo, hi), (blocks, previous) in zip(chunks, fetched):
-                    yield prepare_batch(blocks, lo, hi, previous[0], self.plan, previous[1])
+            yield from self._pipelined(chunks)
             return
         yield from self._in_order(chunks, self._submit_prepare)
 
@@ -476,4 +540,4 @@ def load_chunks(warehouse: Warehouse, fetcher: ChunkFetcher, chunks: Sequence[tu
 
 
 __all__ = ["BatchPlan", "ChainChangedError", "ChunkFetcher", "MAX_DEFAULT_WORKERS", "PreparedBatch", "SOURCES",
-           "default_workers", "load_chunks", "prepare_batch"]
+           "batch_context", "build_prepared", "default_workers", "load_chunks", "prepare_batch"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,23 +73,33 @@ def fetch_blocks(client: NodeClient, heights: Sequence[int], network: Network, *
                  cancelled: Callable[[], bool] | None = None) -> list[DecodedBlock]:
     """Fetch and decode the blocks at ``heights`` (raw bytes only; never getblock verbosity 2).
 
-    ``cancelled`` is polled between slices of RAW_FETCH_CHUNK blocks, so a prefetching thread
-    whose consumer stopped gives up within a few blocks instead of finishing a whole batch.
+    Raw blocks come in slices of RAW_FETCH_CHUNK; the next slice is fetched (by a helper thread,
+    the client's only user meanwhile) while this one is decoded, so at most two slices of raw
+    blocks are in memory and decoding adds nothing to the time spent waiting for the node.
+    ``cancelled`` is polled between slices, so a prefetching thread whose consumer stopped gives
+    up within a few blocks instead of finishing a whole batch.
     """
     hashes = client.block_hashes(heights)
     median_times = client.median_times(hashes)
-    blocks = []
-    for i in range(0, len(heights), RAW_FETCH_CHUNK):
-        if cancelled is not None and cancelled():
-            raise FetchCancelled(f"fetch of heights {heights[0]}..{heights[-1]} cancelled")
-        blocks += _decode_raw(client, heights[i:i + RAW_FETCH_CHUNK], hashes[i:i + RAW_FETCH_CHUNK],
-                              median_times[i:i + RAW_FETCH_CHUNK], network)
+    starts = range(0, len(heights), RAW_FETCH_CHUNK)
+    if len(starts) <= 1:
+        return _decode_raw(heights, hashes, median_times, client.raw_blocks(hashes), network)
+    blocks: list[DecodedBlock] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolwatch-raw") as fetcher:
+        upcoming = fetcher.submit(client.raw_blocks, hashes[:RAW_FETCH_CHUNK])
+        for i in starts:
+            raws = upcoming.result()
+            if cancelled is not None and cancelled():
+                raise FetchCancelled(f"fetch of heights {heights[0]}..{heights[-1]} cancelled")
+            nxt = i + RAW_FETCH_CHUNK
+            if nxt < len(heights):
+                upcoming = fetcher.submit(client.raw_blocks, hashes[nxt:nxt + RAW_FETCH_CHUNK])
+            blocks += _decode_raw(heights[i:nxt], hashes[i:nxt], median_times[i:nxt], raws, network)
     return blocks
 
 
-def _decode_raw(client: NodeClient, heights: Sequence[int], hashes: Sequence[str],
-                median_times: Sequence[int | None], network: Network) -> list[DecodedBlock]:
-    raws = client.raw_blocks(hashes)
+def _decode_raw(heights: Sequence[int], hashes: Sequence[str], median_times: Sequence[int | None],
+                raws: Sequence[bytes], network: Network) -> list[DecodedBlock]:
     blocks = []
     for height, block_hash, mtp, raw in zip(heights, hashes, median_times, raws, strict=True):
         try:
@@ -325,19 +336,39 @@ def _load_with_fetcher(client: NodeClient, warehouse: Warehouse, network: Networ
             try:
                 load_chunks(warehouse, fetcher, plan_chunks(next_lo, end, batch_size), progress=on_batch,
                             lock_wait=lock_wait)
-                break
+                changed_at, resume_from = _stale_end(client, warehouse, end), None
+                if changed_at is None:
+                    break
             except ChainChangedError as exc:
-                relinks += 1
-                if relinks > MAX_RELINKS:
-                    raise NodeError(f"the node's chain changed {relinks} times during this run (last at height "
-                                    f"{exc.height}); nothing unlinked was stored: run the sync again") from None
-                with warehouse.writer(wait=lock_wait):
-                    fork = check_and_repair_reorg(client, warehouse)
-                if fork is not None:
-                    earlier = result.reorg_fork_height
-                    result.reorg_fork_height = fork if earlier is None else min(fork, earlier)
-                next_lo = min(fork, exc.resume_from) if fork is not None else exc.resume_from
-                end = result.end = min(end, client.tip_height())
+                changed_at, resume_from = exc.height, exc.resume_from
+            # The node's chain changed during the run: a batch did not link, or batches fetched
+            # ahead (up to three with the one-process pipeline) were stale by the time the run
+            # ended. Repair as at the start and reload from the fork.
+            relinks += 1
+            if relinks > MAX_RELINKS:
+                raise NodeError(f"the node's chain changed {relinks} times during this run (last at height "
+                                f"{changed_at}); nothing unlinked was stored: run the sync again") from None
+            with warehouse.writer(wait=lock_wait):
+                fork = check_and_repair_reorg(client, warehouse)
+            if fork is not None:
+                earlier = result.reorg_fork_height
+                result.reorg_fork_height = fork if earlier is None else min(fork, earlier)
+            if fork is None and resume_from is None:
+                break  # the stale tip was repaired by another run meanwhile: nothing left to do here
+            next_lo = min(x for x in (fork, resume_from) if x is not None)
+            end = result.end = min(end, client.tip_height())
+
+
+def _stale_end(client: NodeClient, warehouse: Warehouse, end: int) -> int | None:
+    """``end`` when the block stored there is no longer the node's (a reorg during the run), else None."""
+    stored = warehouse.stored_hashes(end, end).get(end)
+    if stored is None:
+        return None
+    try:
+        node = client.block_hashes([end], require_blocks=False)[0]
+    except HeightAboveTipError:
+        return end  # the node's chain is now shorter than what this run stored
+    return end if node != stored else None
 
 
 def _build_data_docs(warehouse: Warehouse) -> None:

@@ -219,3 +219,30 @@ def test_load_chunks_refuses_a_batch_broken_inside(mainnet_blocks_dir, tmp_path:
         load_chunks(warehouse, fetcher, plan_chunks(0, 99, 50))
     assert caught.value.height == 60 and caught.value.resume_from == 50
     assert warehouse.stored_range() == (0, 49)
+
+
+def test_one_process_pipeline_quarantines_a_bad_batch_and_keeps_the_earlier_ones(mainnet_blocks_dir,
+                                                                               tmp_path: Path) -> None:
+    """Three batches, one worker: fetching thread, validating process, commits here. The last block
+    is dated 2096 (after the 2-hour future bound): its batch is quarantined, the two before it stay."""
+    from pipeline.parallel import BatchPlan, load_chunks
+    from pipeline.validation import BatchRejected
+    from pipeline.warehouse import Warehouse
+
+    _, chain = mainnet_blocks_dir
+    blocks = {h: chain[h] for h in range(0, 100)}
+    raw = blocks[99]
+    blocks[99] = raw[:68] + struct.pack("<I", 4_000_000_000) + raw[72:]
+    folder = tmp_path / "future" / "blocks"
+    folder.mkdir(parents=True)
+    (folder / "blk00000.dat").write_bytes(b"".join(MAIN.magic + struct.pack("<I", len(r)) + r for r in blocks.values()))
+    warehouse = Warehouse(tmp_path / "wh")
+    plan = BatchPlan(registry=None, chain="main", validate=True)
+    with warehouse.writer():
+        warehouse.bind_chain("main", MAIN.genesis_hash)
+        with ChunkFetcher(FakeNode(blocks), MAIN, workers=1, source="blkfiles", blocks_dir=folder,
+                          plan=plan) as fetcher, pytest.raises(BatchRejected) as caught:
+            load_chunks(warehouse, fetcher, plan_chunks(0, 99, 40))
+    assert "time" in str(caught.value)
+    assert warehouse.stored_range() == (0, 79)
+    assert list((warehouse.root / "quarantine").iterdir())

@@ -139,7 +139,8 @@ def print_sync_result(result) -> None:
               help="Seconds to wait for another running writer before giving up.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Worker processes that fetch, decode, attribute and validate in parallel (keep it within "
-                   "the node's -rpcworkqueue and your memory: ~350 MB per worker).")
+                   "the node's -rpcthreads and your memory: ~300 MB per worker). With 1, this process still "
+                   "fetches the next batch in a thread while it validates and commits the current one.")
 @click.option("--source", type=click.Choice(["node", "blkfiles"]), default="node", show_default=True,
               help="Read blocks over RPC/REST, or straight from the node's blocks/blk*.dat (read-only, opt-in; "
                    "the node must be on this machine).")
