@@ -439,13 +439,24 @@ class ChunkFetcher:
                 return
             from pipeline.validation import validate_batch
 
-            validator = self._validator_pool()
+            validator: ProcessPoolExecutor | None = self._validator_pool()
             pending: deque[tuple[PreparedBatch, Future]] = deque()
             try:
                 for (lo, hi), (blocks, previous) in zip(chunks, fetched):
                     batch = build_prepared(blocks, lo, hi, previous[0], plan)
                     context = batch_context(plan, lo, previous[0], previous[1])
-                    pending.append((batch, validator.submit(validate_batch, batch.tables, context)))
+                    if validator is not None:
+                        try:
+                            future = validator.submit(validate_batch, batch.tables, context)
+                        except (AssertionError, OSError) as exc:
+                            # e.g. "daemonic processes are not allowed to have children" inside some
+                            # task runners: validate here instead, slower but the same result.
+                            log.warning("cannot start a validating process (%s); validating in this process", exc)
+                            validator = None
+                    if validator is None:
+                        future = Future()
+                        future.set_result(validate_batch(batch.tables, context))
+                    pending.append((batch, future))
                     if len(pending) > 1:
                         done, future = pending.popleft()
                         done.report = future.result()

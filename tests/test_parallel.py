@@ -246,3 +246,31 @@ def test_one_process_pipeline_quarantines_a_bad_batch_and_keeps_the_earlier_ones
     assert "time" in str(caught.value)
     assert warehouse.stored_range() == (0, 79)
     assert list((warehouse.root / "quarantine").iterdir())
+
+
+def test_one_process_pipeline_validates_in_process_when_it_cannot_start_a_process(
+        mainnet_blocks_dir, tmp_path: Path, monkeypatch) -> None:
+    """Inside a daemonic task runner a child process is refused: the batches are validated here."""
+    from pipeline.parallel import BatchPlan, load_chunks
+    from pipeline.validation import BatchRejected
+    from pipeline.warehouse import Warehouse
+
+    class NoChildren:
+        def submit(self, *args, **kwargs):
+            raise AssertionError("daemonic processes are not allowed to have children")
+
+    monkeypatch.setattr(ChunkFetcher, "_validator_pool", lambda self: NoChildren())
+    _, chain = mainnet_blocks_dir
+    blocks = {h: chain[h] for h in range(0, 150)}
+    blocks[149] = blocks[149][:68] + struct.pack("<I", 4_000_000_000) + blocks[149][72:]  # dated 2096
+    folder = tmp_path / "blocks"
+    folder.mkdir()
+    (folder / "blk00000.dat").write_bytes(b"".join(MAIN.magic + struct.pack("<I", len(r)) + r for r in blocks.values()))
+    warehouse = Warehouse(tmp_path / "wh")
+    plan = BatchPlan(registry=None, chain="main", validate=True)
+    with warehouse.writer():
+        warehouse.bind_chain("main", MAIN.genesis_hash)
+        with ChunkFetcher(FakeNode(blocks), MAIN, workers=1, source="blkfiles", blocks_dir=folder,
+                          plan=plan) as fetcher, pytest.raises(BatchRejected):
+            load_chunks(warehouse, fetcher, plan_chunks(0, 149, 50))
+    assert warehouse.stored_range() == (0, 99)  # validated here: the bad batch was still refused
