@@ -221,18 +221,16 @@ def test_load_chunks_refuses_a_batch_broken_inside(mainnet_blocks_dir, tmp_path:
     assert warehouse.stored_range() == (0, 49)
 
 
-def test_one_process_pipeline_quarantines_a_bad_batch_and_keeps_the_earlier_ones(mainnet_blocks_dir,
-                                                                               tmp_path: Path) -> None:
-    """Three batches, one worker: fetching thread, validating process, commits here. The last block
-    is dated 2096 (after the 2-hour future bound): its batch is quarantined, the two before it stay."""
+def _load_with_a_future_last_block(chain: dict[int, bytes], count: int, chunk: int, tmp_path: Path):
+    """Blocks 0..count-1 in one blk file, the last dated 2096 (past the 2-hour future bound), loaded
+    in chunks of ``chunk`` with validation by the one-process pipeline: (warehouse, BatchRejected)."""
     from pipeline.parallel import BatchPlan, load_chunks
     from pipeline.validation import BatchRejected
     from pipeline.warehouse import Warehouse
 
-    _, chain = mainnet_blocks_dir
-    blocks = {h: chain[h] for h in range(0, 100)}
-    raw = blocks[99]
-    blocks[99] = raw[:68] + struct.pack("<I", 4_000_000_000) + raw[72:]
+    blocks = {h: chain[h] for h in range(0, count)}
+    last = blocks[count - 1]
+    blocks[count - 1] = last[:68] + struct.pack("<I", 4_000_000_000) + last[72:]
     folder = tmp_path / "future" / "blocks"
     folder.mkdir(parents=True)
     (folder / "blk00000.dat").write_bytes(b"".join(MAIN.magic + struct.pack("<I", len(r)) + r for r in blocks.values()))
@@ -242,8 +240,16 @@ def test_one_process_pipeline_quarantines_a_bad_batch_and_keeps_the_earlier_ones
         warehouse.bind_chain("main", MAIN.genesis_hash)
         with ChunkFetcher(FakeNode(blocks), MAIN, workers=1, source="blkfiles", blocks_dir=folder,
                           plan=plan) as fetcher, pytest.raises(BatchRejected) as caught:
-            load_chunks(warehouse, fetcher, plan_chunks(0, 99, 40))
-    assert "time" in str(caught.value)
+            load_chunks(warehouse, fetcher, plan_chunks(0, count - 1, chunk))
+    return warehouse, caught.value
+
+
+def test_one_process_pipeline_quarantines_a_bad_batch_and_keeps_the_earlier_ones(mainnet_blocks_dir,
+                                                                               tmp_path: Path) -> None:
+    """Three batches, one worker: fetching thread, validating process, commits here. The last block
+    is dated 2096 (after the 2-hour future bound): its batch is quarantined, the two before it stay."""
+    warehouse, rejected = _load_with_a_future_last_block(mainnet_blocks_dir[1], 100, 40, tmp_path)
+    assert "time" in str(rejected)
     assert warehouse.stored_range() == (0, 79)
     assert list((warehouse.root / "quarantine").iterdir())
 
@@ -251,26 +257,10 @@ def test_one_process_pipeline_quarantines_a_bad_batch_and_keeps_the_earlier_ones
 def test_one_process_pipeline_validates_in_process_when_it_cannot_start_a_process(
         mainnet_blocks_dir, tmp_path: Path, monkeypatch) -> None:
     """Inside a daemonic task runner a child process is refused: the batches are validated here."""
-    from pipeline.parallel import BatchPlan, load_chunks
-    from pipeline.validation import BatchRejected
-    from pipeline.warehouse import Warehouse
-
     class NoChildren:
         def submit(self, *args, **kwargs):
             raise AssertionError("daemonic processes are not allowed to have children")
 
     monkeypatch.setattr(ChunkFetcher, "_validator_pool", lambda self: NoChildren())
-    _, chain = mainnet_blocks_dir
-    blocks = {h: chain[h] for h in range(0, 150)}
-    blocks[149] = blocks[149][:68] + struct.pack("<I", 4_000_000_000) + blocks[149][72:]  # dated 2096
-    folder = tmp_path / "blocks"
-    folder.mkdir()
-    (folder / "blk00000.dat").write_bytes(b"".join(MAIN.magic + struct.pack("<I", len(r)) + r for r in blocks.values()))
-    warehouse = Warehouse(tmp_path / "wh")
-    plan = BatchPlan(registry=None, chain="main", validate=True)
-    with warehouse.writer():
-        warehouse.bind_chain("main", MAIN.genesis_hash)
-        with ChunkFetcher(FakeNode(blocks), MAIN, workers=1, source="blkfiles", blocks_dir=folder,
-                          plan=plan) as fetcher, pytest.raises(BatchRejected):
-            load_chunks(warehouse, fetcher, plan_chunks(0, 149, 50))
+    warehouse, _ = _load_with_a_future_last_block(mainnet_blocks_dir[1], 150, 50, tmp_path)
     assert warehouse.stored_range() == (0, 99)  # validated here: the bad batch was still refused
