@@ -162,8 +162,8 @@ def stage_breakdown(rpc_url: str, cookie_file: str, heights: list[int], warehous
     """Seconds per stage for one sequential pass over ``heights`` via REST (each stage timed alone)."""
     from pipeline.attribution import attribute_tables
     from pipeline.decode import blocks_to_tables, decode_block
+    from pipeline.parallel import BatchPlan, batch_context, predecessor
     from pipeline.registry import load_registry
-    from pipeline.sync import validation_context
     from pipeline.validation import validate_batch
     from pipeline.warehouse import Warehouse
 
@@ -177,8 +177,10 @@ def stage_breakdown(rpc_url: str, cookie_file: str, heights: list[int], warehous
     clock = time.perf_counter
     with warehouse.writer():
         warehouse.bind_chain(network.name, client.block_hashes([0])[0])
+        plan = BatchPlan(registry=registry, chain=network.name)
         for lo in range(0, len(heights), batch_size):
             chunk = heights[lo:lo + batch_size]
+            context = batch_context(plan, chunk[0], *predecessor(client, chunk[0]))  # as sync does; untimed
             a = clock()
             hashes = client.block_hashes(chunk)
             b = clock()
@@ -192,7 +194,7 @@ def stage_breakdown(rpc_url: str, cookie_file: str, heights: list[int], warehous
             f = clock()
             tables.update(attribute_tables(tables["blocks"], tables["coinbase_outputs"], registry, network.name))
             g = clock()
-            report = validate_batch(tables, validation_context(warehouse, chunk[0], network.name, registry))
+            report = validate_batch(tables, context)
             if not report.ok:
                 raise RuntimeError(f"benchmark batch rejected: {report.summary()}")
             h_ = clock()

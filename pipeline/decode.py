@@ -462,10 +462,8 @@ def decode_block_head(head: bytes, size: int, network: Network, height: int | No
             raise DecodeError("block has no transactions (a block needs at least its coinbase)")
         _check_count(tx_count, _MIN_TX_SIZE, pos, size, "transaction")
         coinbase = _parse_coinbase(head, pos)
-    except DecodeError:
+    except (IndexError, struct.error, ValueError, OverflowError):  # DecodeError is a ValueError
         return None  # mostly: head ends inside the coinbase; decode_block on the whole block says what is wrong
-    except (IndexError, struct.error, ValueError, OverflowError):
-        return None
     if commits_to_witness(coinbase):
         return None
     if tx_count == 1 and pos + coinbase.size != size:

@@ -357,7 +357,6 @@ class _Proxy(AuthServiceProxy):
         return f"<_Proxy {self.__dict__.get('_AuthServiceProxy__service_url', '?')}>"
 
 
-# Connection states after which the persistent proxy connection is unusable: make a new proxy.
 def _http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, bytes]:
     """(status, body) of one HTTP/1.1 GET on a new connection, closed after the reply.
 
@@ -409,6 +408,7 @@ def _http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, byt
         return status, bytes(buf)
 
 
+# Connection states after which the persistent proxy connection is unusable: make a new proxy.
 _DEAD_CONNECTION = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError,
                     http.client.CannotSendRequest, http.client.ResponseNotReady,
                     http.client.RemoteDisconnected, http.client.BadStatusLine,

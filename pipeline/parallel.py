@@ -1,8 +1,9 @@
 """The batch loop of every sync: fetch and decode height chunks ahead, validate, commit in order.
 
-One process (``workers=1``, the default): a thread fetches and decodes the next chunk while the
-caller attributes, validates and commits the current one. The thread mostly waits on the node's
-socket or runs the C transaction walk, both outside the GIL, so the two overlap (``_prefetched``).
+One process (``workers=1``, the default): for a range of several chunks, a thread fetches and
+decodes ahead (``_prefetched``: it mostly waits on the node's socket or runs the C transaction walk,
+both outside the GIL), one helper process validates, and the caller builds, attributes and commits
+(``_pipelined``). A single chunk is done in the calling process alone.
 
 Worker processes (``workers=N``): Great Expectations and the rest of a batch are CPU-bound Python,
 which threads would serialize on the GIL; processes do not. Each worker holds its own
@@ -209,9 +210,10 @@ def _prepare_located_chunk(heights: list[int], hashes: list[str], median_times: 
 class ChunkFetcher:
     """Decoded blocks for a sequence of inclusive height chunks, yielded in the chunks' order.
 
-    ``workers=1`` runs in the calling process: one thread fetches and decodes ahead while the
-    caller consumes (``_prefetched``); no process pool. With more workers at most ``workers + prefetch`` chunks are in flight, which bounds memory to a
-    few chunks of decoded blocks whatever the range. Use as a context manager (stops the pool).
+    ``workers=1``: a fetching thread plus, when validating several chunks, one validating process
+    (``_pipelined``). With more workers at most ``workers + prefetch`` chunks are in flight. Either
+    way memory is bounded to a few chunks of decoded blocks whatever the range. Use as a context
+    manager (stops the thread and the processes).
     """
 
     def __init__(self, client: NodeClient, network: Network, *, workers: int = 1, source: str = "node",

@@ -125,24 +125,6 @@ def build_batch(blocks: Sequence[DecodedBlock], registry: Registry | None, chain
     return tables
 
 
-def validation_context(warehouse: Warehouse, first_height: int, chain: str,
-                       registry: Registry | None) -> dict[str, Any]:
-    """What a batch's validation needs from outside the batch: the stored block it links to."""
-    context: dict[str, Any] = {"chain": chain}
-    if first_height > 0:
-        previous = warehouse.read("blocks", where=f"height = {int(first_height) - 1}",
-                                  columns=["height", "hash", "median_time"]).to_pylist()
-        if previous:
-            context["previous_height"] = first_height - 1
-            context["previous_hash"] = previous[0]["hash"]
-            if previous[0]["median_time"] is not None:
-                context["previous_median_time"] = int(previous[0]["median_time"].timestamp())
-    if registry is not None:
-        context["registry_version"] = registry.version
-        context["pool_ids"] = sorted({p.id for p in registry.pools})
-    return context
-
-
 def load_batch(warehouse: Warehouse, tables: dict[str, pa.Table], *, validate: bool = True,
                context: dict[str, Any] | None = None) -> None:
     """Validate then commit one batch; a rejected batch goes to quarantine and nothing is stored."""

@@ -20,7 +20,6 @@ from pathlib import Path
 log = logging.getLogger("pipeline.native")
 
 LIBRARY = Path(__file__).with_name("_txscan.so")
-SOURCE = Path(__file__).with_name("txscan.c")
 DISABLE_ENV = "POOLWATCH_PURE_PYTHON"
 
 
