@@ -35,7 +35,7 @@ import time
 from collections import deque
 from contextlib import closing
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,31 +130,46 @@ def _ready() -> int:
     return os.getpid()
 
 
-def fetch_decoded(client: NodeClient, lo: int, hi: int, network: Network) -> list[DecodedBlock]:
-    """``sync.fetch_blocks`` over [lo, hi] (it decodes raw blocks a few at a time, so a chunk never
-    holds all its raw blocks in memory)."""
+@dataclass(frozen=True)
+class Located:
+    """A chunk's place on the node's active chain: what reading its blocks needs from the RPC."""
+
+    heights: list[int]
+    hashes: list[str]
+    median_times: list[int | None]
+    previous: tuple[str | None, int | None]  # the node's (hash, median time) at heights[0] - 1, if asked
+
+
+def locate_chunk(client: NodeClient, lo: int, hi: int, with_previous: bool) -> Located:
+    """Hashes and median times of [lo, hi] and, when asked, of lo - 1 (one batched RPC each)."""
+    from pipeline.sync import locate_blocks
+
+    heights = list(range(lo, hi + 1))
+    skip = 1 if with_previous and lo > 0 else 0
+    hashes, median_times = locate_blocks(client, [lo - 1, *heights] if skip else heights)
+    previous = (hashes[0], median_times[0]) if skip else (None, None)
+    return Located(heights, hashes[skip:], median_times[skip:], previous)
+
+
+def fetch_decoded(client: NodeClient, located: Located, network: Network,
+                  cancelled: Callable[[], bool] | None = None) -> list[DecodedBlock]:
+    """``sync.fetch_blocks`` of a located chunk (it decodes raw blocks a few at a time, so a chunk
+    never holds all its raw blocks in memory)."""
     from pipeline.sync import fetch_blocks
 
-    return fetch_blocks(client, list(range(lo, hi + 1)), network)
+    return fetch_blocks(client, located.heights, network, cancelled=cancelled,
+                        located=(located.hashes, located.median_times))
 
 
 def _fetch_node_chunk(lo: int, hi: int) -> list[DecodedBlock]:
     assert _client is not None and _network is not None, "worker not initialised"
-    return fetch_decoded(_client, lo, hi, _network)
+    return fetch_decoded(_client, locate_chunk(_client, lo, hi, with_previous=False), _network)
 
 
 def _decode_chunk(heights: list[int], hashes: list[str], median_times: list[int | None],
                   locations: list[BlockLocation]) -> list[DecodedBlock]:
     assert _reader is not None and _network is not None, "worker not initialised"
     return decode_located(_reader, heights, hashes, median_times, locations, _network)
-
-
-def predecessor(client: NodeClient, lo: int) -> tuple[str | None, int | None]:
-    """The node's (hash, median time) at height lo - 1, what a chunk starting at ``lo`` must link to."""
-    if lo <= 0:
-        return None, None
-    previous = client.block_hashes([lo - 1])[0]
-    return previous, client.median_times([previous])[0]
 
 
 def batch_context(plan: BatchPlan, lo: int, previous_hash: str | None,
@@ -195,16 +210,17 @@ def prepare_batch(blocks: list[DecodedBlock], lo: int, hi: int, previous_hash: s
 
 
 def _prepare_node_chunk(lo: int, hi: int) -> PreparedBatch:
-    assert _client is not None and _plan is not None, "worker not initialised"
-    previous, previous_mtp = predecessor(_client, lo)
-    return prepare_batch(_fetch_node_chunk(lo, hi), lo, hi, previous, _plan, previous_mtp)
+    assert _client is not None and _network is not None and _plan is not None, "worker not initialised"
+    located = locate_chunk(_client, lo, hi, with_previous=True)
+    blocks = fetch_decoded(_client, located, _network)
+    return prepare_batch(blocks, lo, hi, located.previous[0], _plan, located.previous[1])
 
 
-def _prepare_located_chunk(heights: list[int], hashes: list[str], median_times: list[int | None],
-                           locations: list[BlockLocation], previous: tuple[str | None, int | None]) -> PreparedBatch:
+def _prepare_located_chunk(located: Located, locations: list[BlockLocation]) -> PreparedBatch:
     assert _plan is not None, "worker not initialised"
-    blocks = _decode_chunk(heights, hashes, median_times, locations)
-    return prepare_batch(blocks, heights[0], heights[-1], previous[0], _plan, previous[1])
+    blocks = _decode_chunk(located.heights, located.hashes, located.median_times, locations)
+    return prepare_batch(blocks, located.heights[0], located.heights[-1], located.previous[0], _plan,
+                         located.previous[1])
 
 
 class ChunkFetcher:
@@ -286,31 +302,29 @@ class ChunkFetcher:
 
     def fetch_chunk(self, lo: int, hi: int) -> list[DecodedBlock]:
         """One chunk in this process."""
-        return self._fetch_linked(self.client, lo, hi, with_previous=False)[0]
+        return self._read(self.client, locate_chunk(self.client, lo, hi, with_previous=False))
 
-    def _fetch_linked(self, client: NodeClient, lo: int, hi: int, with_previous: bool,
-                      cancelled: Callable[[], bool] | None = None
-                      ) -> tuple[list[DecodedBlock], tuple[str | None, int | None]]:
-        """Decoded blocks of [lo, hi] and, when asked, the node's (hash, median time) at lo - 1."""
+    def _read(self, client: NodeClient, located: Located,
+              cancelled: Callable[[], bool] | None = None) -> list[DecodedBlock]:
+        """Decoded blocks of a located chunk, from the block files or the node."""
         if self.files is not None:
-            heights, hashes, median_times, locations, previous = self._locate(lo, hi, with_previous, client)
-            return decode_located(self.files.reader, heights, hashes, median_times, locations, self.network), previous
-        from pipeline.sync import fetch_blocks
-
-        previous = predecessor(client, lo) if with_previous else (None, None)
-        return fetch_blocks(client, list(range(lo, hi + 1)), self.network, cancelled=cancelled), previous
+            return decode_located(self.files.reader, located.heights, located.hashes, located.median_times,
+                                  self.files.locate(located.hashes), self.network)
+        return fetch_decoded(client, located, self.network, cancelled)
 
     def _prefetched(self, chunks: Sequence[tuple[int, int]], with_previous: bool
                     ) -> Iterator[tuple[list[DecodedBlock], tuple[str | None, int | None]]]:
-        """``_fetch_linked`` per chunk, in order, run by one background thread at most ``max(1, prefetch)``
-        chunks ahead of the consumer.
+        """(decoded blocks, the node's (hash, median time) at lo - 1 when asked) per chunk, in order,
+        made by one background thread at most ``max(1, prefetch)`` chunks ahead of the consumer.
 
         The one-process pipeline: while the caller attributes, validates and commits chunk k, the
         thread fetches and decodes chunk k + 1. That overlaps because the thread mostly waits on
         the node's socket and in the C transaction walk, both outside the GIL. The thread has its
         own NodeClient (python-bitcoinrpc is not thread-safe) and is the only user of the block
-        files while it runs. Its exceptions are re-raised here; when the consumer stops early the
-        thread is told to stop and gives up within a few blocks.
+        files while it runs. A second helper thread, with a NodeClient of its own, locates the next
+        chunk (its hashes and median times: two batched RPCs, ~0.1 s per 1000 blocks) while this
+        one is read, so the block reads never wait for them. Exceptions are re-raised here; when
+        the consumer stops early the threads are told to stop and give up within a few blocks.
         """
         results: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
         stop = threading.Event()
@@ -324,21 +338,38 @@ class ChunkFetcher:
                     continue
 
         def produce() -> None:
-            client = None
+            # Own connections when the client can make them (a NodeClient); a node-shaped stand-in
+            # is used as it is, by this thread alone (the caller does not touch it while this runs).
+            clone = getattr(self.client, "clone", None)
+            client = clone() if clone is not None else self.client
+            locator_client = clone() if clone is not None else None
+            locator = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolwatch-locate")
+                       if locator_client is not None else None)
+
+            def locate(chunk: tuple[int, int]) -> Future:
+                if locator is None:  # no second connection: locate in this thread, in turn
+                    future: Future = Future()
+                    future.set_result(locate_chunk(client, *chunk, with_previous))
+                    return future
+                return locator.submit(locate_chunk, locator_client, *chunk, with_previous)
+
             try:
-                # Its own connection when the client can make one (a NodeClient); a node-shaped
-                # stand-in is used as it is, the caller does not touch it while this runs.
-                clone = getattr(self.client, "clone", None)
-                client = clone() if clone is not None else self.client
-                for lo, hi in chunks:
+                upcoming = locate(chunks[0]) if chunks else None
+                for i in range(len(chunks)):
                     if stop.is_set():
                         return
-                    put(("chunk", self._fetch_linked(client, lo, hi, with_previous, cancelled=stop.is_set)))
+                    assert upcoming is not None
+                    located = upcoming.result()
+                    upcoming = locate(chunks[i + 1]) if i + 1 < len(chunks) else None
+                    put(("chunk", (self._read(client, located, cancelled=stop.is_set), located.previous)))
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
                 put(("error", exc))
             finally:
-                if client is not None and client is not self.client:
-                    client.close()
+                if locator is not None:
+                    locator.shutdown(wait=True, cancel_futures=True)
+                for own in (client, locator_client):
+                    if own is not None and own is not self.client:
+                        own.close()
                 put(("done", None))
 
         thread = threading.Thread(target=produce, name="poolwatch-prefetch", daemon=True)
@@ -359,37 +390,24 @@ class ChunkFetcher:
         pool = self._pool_for()
         if self.files is None:
             return pool.submit(_fetch_node_chunk, lo, hi)
-        heights, hashes, median_times, locations, _ = self._locate(lo, hi, with_previous=False)
-        return pool.submit(_decode_chunk, heights, hashes, median_times, locations)
-
-    def _locate(self, lo: int, hi: int, with_previous: bool,
-                client: NodeClient | None = None) -> tuple[list[int], list[str], list[int | None],
-                                                           list[BlockLocation], tuple[str | None, int | None]]:
-        """Active-chain hashes and median times (one batched RPC each, with lo - 1 when asked), file locations."""
-        assert self.files is not None
-        client = client or self.client
-        heights = list(range(lo, hi + 1))
-        ask = [lo - 1, *heights] if with_previous and lo > 0 else heights
-        hashes = client.block_hashes(ask)
-        median_times = client.median_times(hashes)
-        skip = len(ask) - len(heights)
-        previous = (hashes[0], median_times[0]) if skip else (None, None)
-        hashes, median_times = hashes[skip:], median_times[skip:]
-        return heights, hashes, median_times, self.files.locate(hashes), previous
+        located = locate_chunk(self.client, lo, hi, with_previous=False)
+        return pool.submit(_decode_chunk, located.heights, located.hashes, located.median_times,
+                           self.files.locate(located.hashes))
 
     def _submit_prepare(self, lo: int, hi: int) -> Future:
         pool = self._pool_for()
         if self.files is None:
             return pool.submit(_prepare_node_chunk, lo, hi)
-        heights, hashes, median_times, locations, previous = self._locate(lo, hi, with_previous=True)
-        return pool.submit(_prepare_located_chunk, heights, hashes, median_times, locations, previous)
+        located = locate_chunk(self.client, lo, hi, with_previous=True)
+        return pool.submit(_prepare_located_chunk, located, self.files.locate(located.hashes))
 
     def prepare_chunk(self, lo: int, hi: int) -> PreparedBatch:
         """One chunk built and validated in this process."""
         if self.plan is None:
             raise ValueError("prepare_chunk needs a BatchPlan (ChunkFetcher(plan=...))")
-        blocks, previous = self._fetch_linked(self.client, lo, hi, with_previous=True)
-        return prepare_batch(blocks, lo, hi, previous[0], self.plan, previous[1])
+        located = locate_chunk(self.client, lo, hi, with_previous=True)
+        blocks = self._read(self.client, located)
+        return prepare_batch(blocks, lo, hi, located.previous[0], self.plan, located.previous[1])
 
     def _in_order(self, chunks: Sequence[tuple[int, int]], submit: Callable[[int, int], Future]) -> Iterator[Any]:
         """Results of ``submit`` per chunk in order, at most workers + prefetch in flight."""
@@ -426,11 +444,12 @@ class ChunkFetcher:
     def _pipelined(self, chunks: Sequence[tuple[int, int]]) -> Iterator[PreparedBatch]:
         """The one-process pipeline of a multi-batch range, three stages at once.
 
-        A thread fetches and decodes chunk k + 2 (``_prefetched``); one helper process validates
-        chunk k + 1 (Great Expectations is CPU-bound Python: in this process it held the GIL the
-        fetching thread needed, and the fetch slowed by a third); this thread builds the tables and,
-        through the caller, commits chunk k. Batches come out in order; at most two are built and
-        not yet committed.
+        A thread fetches and decodes chunk k + 1 (``_prefetched``) while this thread builds chunk
+        k's tables, has one helper process validate them (Great Expectations is CPU-bound Python:
+        in this process it held the GIL the fetching thread needed, and the fetch slowed by a
+        third) and, through the caller, commits it. Each batch is committed as soon as it is
+        validated, not when the next chunk has arrived, so the end of a range waits only for the
+        last batch's validation and commit. Batches come out in order.
         """
         assert self.plan is not None
         plan = self.plan
@@ -442,34 +461,20 @@ class ChunkFetcher:
             from pipeline.validation import validate_batch
 
             validator: ProcessPoolExecutor | None = self._validator_pool()
-            pending: deque[tuple[PreparedBatch, Future]] = deque()
-            try:
-                for (lo, hi), (blocks, previous) in zip(chunks, fetched):
-                    batch = build_prepared(blocks, lo, hi, previous[0], plan)
-                    context = batch_context(plan, lo, previous[0], previous[1])
-                    if validator is not None:
-                        try:
-                            future = validator.submit(validate_batch, batch.tables, context)
-                        except (AssertionError, OSError) as exc:
-                            # e.g. "daemonic processes are not allowed to have children" inside some
-                            # task runners: validate here instead, slower but the same result.
-                            log.warning("cannot start a validating process (%s); validating in this process", exc)
-                            validator = None
-                    if validator is None:
-                        future = Future()
-                        future.set_result(validate_batch(batch.tables, context))
-                    pending.append((batch, future))
-                    if len(pending) > 1:
-                        done, future = pending.popleft()
-                        done.report = future.result()
-                        yield done
-                while pending:
-                    done, future = pending.popleft()
-                    done.report = future.result()
-                    yield done
-            finally:
-                for _, future in pending:
-                    future.cancel()
+            for (lo, hi), (blocks, previous) in zip(chunks, fetched):
+                batch = build_prepared(blocks, lo, hi, previous[0], plan)
+                context = batch_context(plan, lo, previous[0], previous[1])
+                if validator is not None:
+                    try:
+                        batch.report = validator.submit(validate_batch, batch.tables, context).result()
+                    except (AssertionError, OSError) as exc:
+                        # e.g. "daemonic processes are not allowed to have children" inside some
+                        # task runners: validate here instead, slower but the same result.
+                        log.warning("cannot start a validating process (%s); validating in this process", exc)
+                        validator = None
+                if validator is None:
+                    batch.report = validate_batch(batch.tables, context)
+                yield batch
 
     def iter_prepared(self, chunks: Sequence[tuple[int, int]]) -> Iterator[PreparedBatch]:
         """Built and validated batches per chunk, in order (workers decode, attribute and validate)."""
@@ -552,5 +557,6 @@ def load_chunks(warehouse: Warehouse, fetcher: ChunkFetcher, chunks: Sequence[tu
     return loaded
 
 
-__all__ = ["BatchPlan", "ChainChangedError", "ChunkFetcher", "MAX_DEFAULT_WORKERS", "PreparedBatch", "SOURCES",
-           "batch_context", "build_prepared", "default_workers", "load_chunks", "prepare_batch"]
+__all__ = ["BatchPlan", "ChainChangedError", "ChunkFetcher", "Located", "MAX_DEFAULT_WORKERS", "PreparedBatch",
+           "SOURCES", "batch_context", "build_prepared", "default_workers", "load_chunks", "locate_chunk",
+           "prepare_batch"]

@@ -69,18 +69,25 @@ class FetchCancelled(Exception):
     """``fetch_blocks`` was told to stop (its consumer went away); nothing was half-returned."""
 
 
+def locate_blocks(client: NodeClient, heights: Sequence[int]) -> tuple[list[str], list[int | None]]:
+    """The node's active-chain hashes and median times at ``heights`` (one batched RPC each)."""
+    hashes = client.block_hashes(heights)
+    return hashes, client.median_times(hashes)
+
+
 def fetch_blocks(client: NodeClient, heights: Sequence[int], network: Network, *,
-                 cancelled: Callable[[], bool] | None = None) -> list[DecodedBlock]:
+                 cancelled: Callable[[], bool] | None = None,
+                 located: tuple[Sequence[str], Sequence[int | None]] | None = None) -> list[DecodedBlock]:
     """Fetch and decode the blocks at ``heights`` (raw bytes only; never getblock verbosity 2).
 
     Raw blocks come in slices of RAW_FETCH_CHUNK; the next slice is fetched (by a helper thread,
     the client's only user meanwhile) while this one is decoded, so at most two slices of raw
     blocks are in memory and decoding adds nothing to the time spent waiting for the node.
     ``cancelled`` is polled between slices, so a prefetching thread whose consumer stopped gives
-    up within a few blocks instead of finishing a whole batch.
+    up within a few blocks instead of finishing a whole batch. ``located``: the heights' hashes and
+    median times when the caller already has them (``locate_blocks``), else they are asked here.
     """
-    hashes = client.block_hashes(heights)
-    median_times = client.median_times(hashes)
+    hashes, median_times = located if located is not None else locate_blocks(client, heights)
     starts = range(0, len(heights), RAW_FETCH_CHUNK)
     if len(starts) <= 1:
         return _decode_raw(heights, hashes, median_times, client.raw_blocks(hashes), network)

@@ -753,12 +753,17 @@ def validate_table(table: str, view: BatchView, params: Mapping[str, Any]) -> tu
     runtime = _gx()
     suite = runtime.suite(table, decl, spec, skip)
     row_id = [c for c in (decl.row_id or spec.unique) if c in frame.columns]
-    result_format: dict[str, Any] = {"result_format": "COMPLETE"}
-    if row_id:
-        result_format["unexpected_index_column_names"] = row_id
     batch = runtime.batch_definition(table).get_batch(batch_parameters={"dataframe": frame})
     used = {k: v for k, v in params.items() if v is not None}
-    result = batch.validate(suite, expectation_parameters=used, result_format=result_format)
+    # Two passes: BASIC (counts, observed values, a sample of unexpected values) costs ~40% less
+    # than COMPLETE, and nearly every batch passes. Only a table that fails is validated again
+    # with COMPLETE, which names every failing row: same verdict, full detail where it is read.
+    result = batch.validate(suite, expectation_parameters=used, result_format={"result_format": "BASIC"})
+    if not result.success:
+        complete: dict[str, Any] = {"result_format": "COMPLETE"}
+        if row_id:
+            complete["unexpected_index_column_names"] = row_id
+        result = batch.validate(suite, expectation_parameters=used, result_format=complete)
     as_json = result.to_json_dict()
     return as_json, _failures_from(table, as_json, row_id), len(result.results)
 

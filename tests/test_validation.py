@@ -280,3 +280,22 @@ def test_null_in_a_non_nullable_column_is_rejected_and_named(chain) -> None:
     assert heights == [4, 8]
     # The other tables' null checks passed: a complete row is "".
     assert validate_batch(dict(chain), GENESIS_CONTEXT).ok
+
+
+def test_a_failing_table_names_every_failing_row_not_a_sample(chain):
+    """Batches are first validated with GX's BASIC result format (a sample of at most 20 values, no
+    row ids); a table that fails is validated again with COMPLETE, so all 25 bad rows are named,
+    while the tables that passed keep their BASIC result."""
+    bad = list(range(10, 35))
+    fees = chain["blocks"]["fees_sat"].to_pylist()
+    for i in bad:
+        fees[i] = 2_000 * 100_000_000 + i
+    pos = chain["blocks"].column_names.index("fees_sat")
+    blocks = chain["blocks"].set_column(pos, chain["blocks"].field(pos), pa.array(fees, pa.int64()))
+    report = validate_batch({"blocks": blocks, "coinbase_outputs": chain["coinbase_outputs"]}, GENESIS_CONTEXT)
+    fee_failure = next(f for f in report.failures if "(fees_sat" in f.expectation)
+    assert {r["height"] for r in fee_failure.rows} == {i + 1 for i in bad}
+    assert sorted(fee_failure.values) == sorted(fees[i] for i in bad)
+    assert fee_failure.unexpected_count == 25
+    assert "unexpected_index_list" in json.dumps(report.gx_results["blocks"])  # COMPLETE where it failed
+    assert "unexpected_index_list" not in json.dumps(report.gx_results["coinbase_outputs"])  # BASIC where it passed
