@@ -118,11 +118,32 @@ def _init_worker(spec: _WorkerSpec) -> None:
         _reader = BlockFileReader(spec.blocks_dir, spec.magic)
     if spec.plan is not None and spec.plan.validate:
         # Pay Great Expectations' multi-second import once per worker, at start, not in a batch.
-        import great_expectations  # noqa: F401
+        from pipeline.validation import warm_up
+
+        warm_up()
 
 
 def _init_validator() -> None:
-    import great_expectations  # noqa: F401  # its multi-second import once, at start
+    from pipeline.validation import warm_up
+
+    warm_up()  # Great Expectations' multi-second import and its context, once, at start
+
+
+# The costliest suite (about 3/4 of a batch's validation). At the end of a range, when nothing is
+# left to fetch, the validating process takes it while this process validates the other tables,
+# so the run's last wait is for that suite alone.
+_SHARED_SUITE = "blocks"
+
+
+def _validate_in(validator: ProcessPoolExecutor, tables: dict[str, pa.Table], context: dict[str, Any],
+                 share: bool) -> ValidationReport:
+    from pipeline.validation import validate_batch
+
+    if not share or _SHARED_SUITE not in tables or len(tables) < 2:
+        return validator.submit(validate_batch, tables, context).result()
+    theirs = validator.submit(validate_batch, tables, context, only=[_SHARED_SUITE])
+    ours = validate_batch(tables, context, only=[t for t in tables if t != _SHARED_SUITE])
+    return theirs.result().merged(ours)
 
 
 def _ready() -> int:
@@ -296,7 +317,9 @@ class ChunkFetcher:
             for future in [pool.submit(_ready) for _ in range(self.workers)]:
                 future.result()
         elif self.plan is not None and self.plan.validate:
-            import great_expectations  # noqa: F401
+            from pipeline.validation import warm_up
+
+            warm_up()  # this process validates too: a fallback, and its share of a range's last batch
             self._validator_pool().submit(_ready).result()
         return time.perf_counter() - started
 
@@ -449,7 +472,8 @@ class ChunkFetcher:
         in this process it held the GIL the fetching thread needed, and the fetch slowed by a
         third) and, through the caller, commits it. Each batch is committed as soon as it is
         validated, not when the next chunk has arrived, so the end of a range waits only for the
-        last batch's validation and commit. Batches come out in order.
+        last batch's validation (shared between the two processes: ``_validate_in``) and commit.
+        Batches come out in order.
         """
         assert self.plan is not None
         plan = self.plan
@@ -461,12 +485,13 @@ class ChunkFetcher:
             from pipeline.validation import validate_batch
 
             validator: ProcessPoolExecutor | None = self._validator_pool()
-            for (lo, hi), (blocks, previous) in zip(chunks, fetched):
+            for i, ((lo, hi), (blocks, previous)) in enumerate(zip(chunks, fetched)):
                 batch = build_prepared(blocks, lo, hi, previous[0], plan)
                 context = batch_context(plan, lo, previous[0], previous[1])
                 if validator is not None:
                     try:
-                        batch.report = validator.submit(validate_batch, batch.tables, context).result()
+                        # The last batch: nothing left to fetch, so this process can take a share.
+                        batch.report = _validate_in(validator, batch.tables, context, share=i == len(chunks) - 1)
                     except (AssertionError, OSError) as exc:
                         # e.g. "daemonic processes are not allowed to have children" inside some
                         # task runners: validate here instead, slower but the same result.

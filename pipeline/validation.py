@@ -28,8 +28,8 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -573,6 +573,16 @@ class ValidationReport:
         lines += [f"  - {f.line()}" for f in self.failures]
         return "\n".join(lines)
 
+    def merged(self, other: ValidationReport) -> ValidationReport:
+        """This report joined with ``other``, made on the other tables of the same batch
+        (``validate_batch(..., only=...)``): one verdict, this report's id, tables in batch order."""
+        order = list(self.row_counts)
+        position = {t: order.index(t) if t in order else len(order) for t in {*self.gx_results, *other.gx_results}}
+        failures = sorted(self.failures + other.failures, key=lambda f: position.get(f.table, len(order)))
+        results = {**self.gx_results, **other.gx_results}
+        return replace(self, failures=failures, evaluated=self.evaluated + other.evaluated,
+                       gx_results={t: results[t] for t in sorted(results, key=position.__getitem__)})
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "batch_id": self.batch_id, "created": self.created, "ok": self.ok,
@@ -684,6 +694,12 @@ def _gx() -> _GX:
     return _GX()
 
 
+def warm_up() -> None:
+    """Import Great Expectations and make this process's GX context now (a few seconds, once),
+    so the first batch validated here does not pay for it."""
+    _gx()
+
+
 def _uses_parameter(kwargs: Mapping[str, Any], names: tuple[str, ...]) -> bool:
     return any(isinstance(v, dict) and v.get("$PARAMETER") in names for v in kwargs.values())
 
@@ -768,8 +784,12 @@ def validate_table(table: str, view: BatchView, params: Mapping[str, Any]) -> tu
     return as_json, _failures_from(table, as_json, row_id), len(result.results)
 
 
-def validate_batch(tables: Mapping[str, pa.Table], context: Mapping[str, Any] | None = None) -> ValidationReport:
+def validate_batch(tables: Mapping[str, pa.Table], context: Mapping[str, Any] | None = None, *,
+                   only: Collection[str] | None = None) -> ValidationReport:
     """Validate every table of a batch against its suite; never raises on bad data.
+
+    ``only``: run just these tables' suites (every table still feeds the cross-table checks), so
+    two processes can share one batch; ``ValidationReport.merged`` joins their reports.
 
     ``context`` (all optional): ``chain`` (network name, enables the subsidy check),
     ``previous_height`` / ``previous_hash`` / ``previous_median_time`` (the stored block the batch
@@ -787,6 +807,8 @@ def validate_batch(tables: Mapping[str, pa.Table], context: Mapping[str, Any] | 
     gx_results: dict[str, dict] = {}
     evaluated = 0
     for name in tables:
+        if only is not None and name not in only:
+            continue
         result, table_failures, n = validate_table(name, view, params)
         gx_results[name] = result
         evaluated += n

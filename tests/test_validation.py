@@ -299,3 +299,22 @@ def test_a_failing_table_names_every_failing_row_not_a_sample(chain):
     assert fee_failure.unexpected_count == 25
     assert "unexpected_index_list" in json.dumps(report.gx_results["blocks"])  # COMPLETE where it failed
     assert "unexpected_index_list" not in json.dumps(report.gx_results["coinbase_outputs"])  # BASIC where it passed
+
+
+def test_a_batch_validated_in_two_shares_gives_the_whole_verdict(chain):
+    """The end of a range is validated by two processes, one suite each side (pipeline.parallel):
+    the merged report equals the one-call report, failures in the same order, whichever side they are on."""
+    blocks = replace(chain["blocks"], "subsidy_sat", 3, 1)
+    outputs = replace(chain["coinbase_outputs"], "value_sat", 7, -1)
+    tables = {"blocks": blocks, "coinbase_outputs": outputs}
+    whole = validate_batch(tables, GENESIS_CONTEXT)
+    theirs = validate_batch(tables, GENESIS_CONTEXT, only=["blocks"])
+    ours = validate_batch(tables, GENESIS_CONTEXT, only=["coinbase_outputs"])
+    assert set(theirs.gx_results) == {"blocks"} and set(ours.gx_results) == {"coinbase_outputs"}
+    for merged in (theirs.merged(ours), ours.merged(theirs)):
+        assert not merged.ok
+        assert merged.evaluated == whole.evaluated
+        assert [(f.table, f.expectation, f.rows) for f in merged.failures] == \
+               [(f.table, f.expectation, f.rows) for f in whole.failures]
+        assert list(merged.gx_results) == list(whole.gx_results)
+    assert theirs.merged(ours).batch_id == theirs.batch_id
