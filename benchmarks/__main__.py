@@ -197,6 +197,7 @@ def backfill_rounds(args: argparse.Namespace, results: dict[str, Any], node: Any
                            batch_size=args.batch_size)
             if run is None:
                 continue
+            run["round"] = rnd
             samples[(source, workers)].append(run)
             round_runs.append(run)
             log(f"  {source}, {workers} worker(s): {run['blocks_per_s']:.1f} blocks/s")
@@ -217,6 +218,7 @@ def backfill_rounds(args: argparse.Namespace, results: dict[str, Any], node: Any
             continue
         run = dict(max(done, key=lambda r: r["blocks_per_s"]))
         run["rounds_blocks_per_s"] = [r["blocks_per_s"] for r in done]
+        run["rounds"] = [r["round"] for r in done]
         run["same_blocks_table_as_first_run"] = all(r.get("same_blocks_table_as_first_run") for r in done)
         run["mb_per_s"] = chain.total_bytes / 1e6 / run["seconds"]
         run["ratio_to_bare_rest"] = run["blocks_per_s"] / bare

@@ -24,6 +24,21 @@ def _rates(values: list[float] | None) -> str:
     return ", ".join(f"{v:.0f}" for v in values or [])
 
 
+def paired_ratios(run: dict[str, Any], bare_rounds: list[float]) -> list[float]:
+    """Each run of a configuration over the bare loop timed at the start of its own round."""
+    rates = run.get("rounds_blocks_per_s") or []
+    rounds = run.get("rounds") or list(range(1, len(rates) + 1))
+    return [rate / bare_rounds[r - 1] for rate, r in zip(rates, rounds) if 0 < r <= len(bare_rounds)]
+
+
+def _median(values: list[float]) -> float | None:
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def _backfill_section(results: dict[str, Any], bare_rest: dict[str, Any], bare_rpc: dict[str, Any] | None) -> list[str]:
     in_flight = results.get("bare_rest_in_flight") or {}
     n = in_flight.get("in_flight")
@@ -55,23 +70,27 @@ def _backfill_section(results: dict[str, Any], bare_rest: dict[str, Any], bare_r
               "with the bare `getblock 0` loop (hex in JSON is what limits it), REST and the block files with bare "
               "REST (the node's fastest). The goal column is judged on it, as the goal is stated (one bare loop). "
               "\"x bare same in flight\" is the stricter comparison for several workers: N workers keep N requests "
-              "in flight, so they are set against the node serving N requests at once.", "",
+              "in flight, so they are set against the node serving N requests at once. \"paired\" is the median, "
+              "over the rounds, of each run over the bare loop timed just before it in the same round: less "
+              "exposed to the machine's drift than best against best, shown for information (not judged).", "",
               "| read path | workers | blocks/s (best) | every run | MB/s | x bare REST | goal met (own path) | "
-              "x bare own path | x bare same in flight | seconds | start-up s | read+decode blocks/s | x bare REST "
-              "| same tables |",
-              "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+              "x bare own path | x bare same in flight | paired | seconds | start-up s | read+decode blocks/s | "
+              "x bare REST | same tables |",
+              "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results.get("backfill", []):
         if "blocks_per_s" not in r:
-            lines.append(f"| {r.get('source')} | {r.get('workers')} | failed: {r.get('error')} |" + " |" * 11)
+            lines.append(f"| {r.get('source')} | {r.get('workers')} | failed: {r.get('error')} |" + " |" * 12)
             continue
         read = (f"{r['read_blocks_per_s']:.1f} | {r['read_ratio_to_bare_rest']:.2f}" if "read_blocks_per_s" in r
                 else "failed | ")
         same = r.get("ratio_to_bare_same_in_flight")
+        paired = _median(paired_ratios(r, rounds)) if r["source"] != "rpc" else None
         lines.append(f"| {r['source']} | {r['workers']} | {r['blocks_per_s']:.1f} | {_rates(r.get('rounds_blocks_per_s'))} | "
                      f"{r['mb_per_s']:.1f} | {r['ratio_to_bare_rest']:.2f} | "
                      f"{_ok(r.get('ratio_to_bare_same_path', r['ratio_to_bare_rest']) >= GOAL_BARE_RATIO)} | "
                      f"{r.get('ratio_to_bare_same_path', float('nan')):.2f} | "
-                     f"{'-' if same is None else f'{same:.2f}'} | {r['seconds']:.1f} | "
+                     f"{'-' if same is None else f'{same:.2f}'} | {'-' if paired is None else f'{paired:.2f}'} | "
+                     f"{r['seconds']:.1f} | "
                      f"{r.get('startup_seconds', 0):.1f} | {read} | {r.get('same_blocks_table_as_first_run', '?')} |")
     return lines
 
