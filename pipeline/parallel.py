@@ -129,6 +129,10 @@ def _init_validator() -> None:
     warm_up()  # Great Expectations' multi-second import and its context, once, at start
 
 
+# load_chunks keeps no result of a batch that passes (a rejected one is validated again with every
+# failing row, and quarantined): the cheapest GX result format is enough for passing tables.
+PASSING_DETAIL = "BOOLEAN_ONLY"
+
 # The costliest suite (about 3/4 of a batch's validation). At the end of a range, when nothing is
 # left to fetch, the validating process takes it while this process validates the other tables,
 # so the run's last wait is for that suite alone.
@@ -140,9 +144,10 @@ def _validate_in(validator: ProcessPoolExecutor, tables: dict[str, pa.Table], co
     from pipeline.validation import validate_batch
 
     if not share or _SHARED_SUITE not in tables or len(tables) < 2:
-        return validator.submit(validate_batch, tables, context).result()
-    theirs = validator.submit(validate_batch, tables, context, only=[_SHARED_SUITE])
-    ours = validate_batch(tables, context, only=[t for t in tables if t != _SHARED_SUITE])
+        return validator.submit(validate_batch, tables, context, passing_detail=PASSING_DETAIL).result()
+    theirs = validator.submit(validate_batch, tables, context, only=[_SHARED_SUITE], passing_detail=PASSING_DETAIL)
+    ours = validate_batch(tables, context, only=[t for t in tables if t != _SHARED_SUITE],
+                          passing_detail=PASSING_DETAIL)
     return theirs.result().merged(ours)
 
 
@@ -226,7 +231,8 @@ def prepare_batch(blocks: list[DecodedBlock], lo: int, hi: int, previous_hash: s
     if plan.validate:
         from pipeline.validation import validate_batch
 
-        batch.report = validate_batch(batch.tables, batch_context(plan, lo, previous_hash, previous_median_time))
+        batch.report = validate_batch(batch.tables, batch_context(plan, lo, previous_hash, previous_median_time),
+                                      passing_detail=PASSING_DETAIL)
     return batch
 
 
@@ -498,7 +504,7 @@ class ChunkFetcher:
                         log.warning("cannot start a validating process (%s); validating in this process", exc)
                         validator = None
                 if validator is None:
-                    batch.report = validate_batch(batch.tables, context)
+                    batch.report = validate_batch(batch.tables, context, passing_detail=PASSING_DETAIL)
                 yield batch
 
     def iter_prepared(self, chunks: Sequence[tuple[int, int]]) -> Iterator[PreparedBatch]:
