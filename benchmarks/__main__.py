@@ -1,13 +1,14 @@
 """Run every poolwatch benchmark and write benchmarks/results.md and benchmarks/results.json.
 
-    python -m benchmarks                 # default: 3000 blocks of ~1 MB, about 25 minutes on 2 cores
+    python -m benchmarks                 # default: 3000 blocks of ~1 MB, about 30 minutes on 2 cores
     python -m benchmarks --blocks 2000   # bigger run
     python -m benchmarks --help
 
 Steps: build a regtest chain of realistic ~1 MB blocks on a local node (benchmarks/chain.py); time the
 node's bare serving rate (a loop that only fetches raw blocks); time full backfills (fetch, decode,
 attribute, validate, commit) for each read path (REST, RPC getblock 0, blk files) with 1 and N
-worker processes, and print each as a ratio of the bare REST rate; time each stage alone; measure
+worker processes, in rounds that each start with a fresh bare loop, and print the best of each as a
+ratio of the best bare REST rate; time each stage alone; measure
 peak RSS of a backfill in a child process; export the same range with bitcoin-etl (own venv);
 attribute 1,000,000 synthetic coinbases (benchmarks/bench_attribution.py); time the metrics over a
 synthetic 925,000-block warehouse (benchmarks/metrics_bench.py). Goals are printed next to results.
