@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,6 @@ def paired_ratios(run: dict[str, Any], bare_rounds: list[float]) -> list[float]:
     rates = run.get("rounds_blocks_per_s") or []
     rounds = run.get("rounds") or list(range(1, len(rates) + 1))
     return [rate / bare_rounds[r - 1] for rate, r in zip(rates, rounds) if 0 < r <= len(bare_rounds)]
-
-
-def _median(values: list[float]) -> float | None:
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _backfill_section(results: dict[str, Any], bare_rest: dict[str, Any], bare_rpc: dict[str, Any] | None) -> list[str]:
@@ -84,7 +77,8 @@ def _backfill_section(results: dict[str, Any], bare_rest: dict[str, Any], bare_r
         read = (f"{r['read_blocks_per_s']:.1f} | {r['read_ratio_to_bare_rest']:.2f}" if "read_blocks_per_s" in r
                 else "failed | ")
         same = r.get("ratio_to_bare_same_in_flight")
-        paired = _median(paired_ratios(r, rounds)) if r["source"] != "rpc" else None
+        pairs = paired_ratios(r, rounds) if r["source"] != "rpc" else []
+        paired = statistics.median(pairs) if pairs else None
         lines.append(f"| {r['source']} | {r['workers']} | {r['blocks_per_s']:.1f} | {_rates(r.get('rounds_blocks_per_s'))} | "
                      f"{r['mb_per_s']:.1f} | {r['ratio_to_bare_rest']:.2f} | "
                      f"{_ok(r.get('ratio_to_bare_same_path', r['ratio_to_bare_rest']) >= GOAL_BARE_RATIO)} | "

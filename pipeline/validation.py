@@ -576,12 +576,10 @@ class ValidationReport:
     def merged(self, other: ValidationReport) -> ValidationReport:
         """This report joined with ``other``, made on the other tables of the same batch
         (``validate_batch(..., only=...)``): one verdict, this report's id, tables in batch order."""
-        order = list(self.row_counts)
-        position = {t: order.index(t) if t in order else len(order) for t in {*self.gx_results, *other.gx_results}}
-        failures = sorted(self.failures + other.failures, key=lambda f: position.get(f.table, len(order)))
-        results = {**self.gx_results, **other.gx_results}
-        return replace(self, failures=failures, evaluated=self.evaluated + other.evaluated,
-                       gx_results={t: results[t] for t in sorted(results, key=position.__getitem__)})
+        rank = {t: i for i, t in enumerate(self.row_counts)}  # row_counts names every table of the batch
+        failures = sorted(self.failures + other.failures, key=lambda f: rank[f.table])
+        results = sorted({**self.gx_results, **other.gx_results}.items(), key=lambda kv: rank[kv[0]])
+        return replace(self, failures=failures, evaluated=self.evaluated + other.evaluated, gx_results=dict(results))
 
     def to_dict(self) -> dict[str, Any]:
         return {
