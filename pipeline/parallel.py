@@ -27,7 +27,6 @@ Sources:
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import queue
 import threading
@@ -35,7 +34,7 @@ import time
 from collections import deque
 from contextlib import closing
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +45,7 @@ from pipeline.blockfiles import BlockFileReader, BlockFileSource, BlockLocation,
 from pipeline.decode import DecodedBlock
 from pipeline.networks import Network, network_for_chain
 from pipeline.node import NodeClient, NodeConfig
+from pipeline.processes import HelperDiedError, HelperPool, HelperStartError
 
 if TYPE_CHECKING:
     from pipeline.registry import Registry
@@ -139,7 +139,7 @@ PASSING_DETAIL = "BOOLEAN_ONLY"
 _SHARED_SUITE = "blocks"
 
 
-def _validate_in(validator: ProcessPoolExecutor, tables: dict[str, pa.Table], context: dict[str, Any],
+def _validate_in(validator: HelperPool, tables: dict[str, pa.Table], context: dict[str, Any],
                  share: bool) -> ValidationReport:
     from pipeline.validation import validate_batch
 
@@ -149,11 +149,6 @@ def _validate_in(validator: ProcessPoolExecutor, tables: dict[str, pa.Table], co
     ours = validate_batch(tables, context, only=[t for t in tables if t != _SHARED_SUITE],
                           passing_detail=PASSING_DETAIL)
     return theirs.result().merged(ours)
-
-
-def _ready() -> int:
-    time.sleep(0.05)  # long enough that concurrent pings land on different workers
-    return os.getpid()
 
 
 @dataclass(frozen=True)
@@ -277,8 +272,8 @@ class ChunkFetcher:
         self.files: BlockFileSource | None = None
         if source == "blkfiles":
             self.files = BlockFileSource(datadir or "", network, blocks_dir=blocks_dir)
-        self._pool: ProcessPoolExecutor | None = None
-        self._validator: ProcessPoolExecutor | None = None
+        self._pool: HelperPool | None = None
+        self._validator: HelperPool | None = None
 
     def __enter__(self) -> ChunkFetcher:
         return self
@@ -289,29 +284,40 @@ class ChunkFetcher:
     def close(self) -> None:
         for pool in (self._pool, self._validator):
             if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+                pool.shutdown(cancel_futures=True)
         self._pool = self._validator = None
         if self.files is not None:
             self.files.close()
 
-    def _validator_pool(self) -> ProcessPoolExecutor:
-        """The one-process pipeline's validating process (see iter_prepared)."""
+    def _validator_pool(self) -> HelperPool:
+        """The one-process pipeline's validating process (see iter_prepared), started now."""
         if self._validator is None:
-            context = multiprocessing.get_context("spawn")
-            self._validator = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_init_validator)
+            pool = HelperPool(1, initializer=_init_validator, name="poolwatch-validator")
+            pool.start()  # HelperStartError here, where the caller can fall back
+            self._validator = pool
         return self._validator
 
-    def _pool_for(self) -> ProcessPoolExecutor:
+    def _validator_or_none(self) -> HelperPool | None:
+        """The validating process, or None (logged) when it cannot start: this process validates then."""
+        try:
+            return self._validator_pool()
+        except HelperStartError as exc:
+            log.warning("cannot start a validating process (%s); validating in this process instead "
+                        "(slower, same result)", exc)
+            return None
+
+    def _pool_for(self) -> HelperPool:
         if self._pool is None:
             spec = _WorkerSpec(
                 network=self.network.name,
                 node=self.client.config if self.source == "node" else None,
                 blocks_dir=str(self.files.reader.blocks_dir) if self.files is not None else None,
                 magic=self.network.magic, plan=self.plan)
-            # spawn, not fork: the parent may hold sockets, threads (Airflow, rich) and open files.
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context,
-                                             initializer=_init_worker, initargs=(spec,))
+            # Fresh interpreters (pipeline.processes), never fork (the parent holds threads and
+            # sockets) nor multiprocessing's spawn (it re-imports the parent's main module, which
+            # inside an Airflow task is the airflow script, and dies there).
+            self._pool = HelperPool(self.workers, initializer=_init_worker, initargs=(spec,),
+                                    name="poolwatch-worker")
         return self._pool
 
     def start(self) -> float:
@@ -319,14 +325,12 @@ class ChunkFetcher:
         Optional: lets a caller show a "starting workers" step or time steady-state throughput."""
         started = time.perf_counter()
         if self.workers > 1:
-            pool = self._pool_for()
-            for future in [pool.submit(_ready) for _ in range(self.workers)]:
-                future.result()
+            self._pool_for().start()
         elif self.plan is not None and self.plan.validate:
             from pipeline.validation import warm_up
 
             warm_up()  # this process validates too: a fallback, and its share of a range's last batch
-            self._validator_pool().submit(_ready).result()
+            self._validator_or_none()
         return time.perf_counter() - started
 
     def fetch_chunk(self, lo: int, hi: int) -> list[DecodedBlock]:
@@ -490,7 +494,7 @@ class ChunkFetcher:
                 return
             from pipeline.validation import validate_batch
 
-            validator: ProcessPoolExecutor | None = self._validator_pool()
+            validator = self._validator_or_none()
             for i, ((lo, hi), (blocks, previous)) in enumerate(zip(chunks, fetched)):
                 batch = build_prepared(blocks, lo, hi, previous[0], plan)
                 context = batch_context(plan, lo, previous[0], previous[1])
@@ -498,10 +502,9 @@ class ChunkFetcher:
                     try:
                         # The last batch: nothing left to fetch, so this process can take a share.
                         batch.report = _validate_in(validator, batch.tables, context, share=i == len(chunks) - 1)
-                    except (AssertionError, OSError) as exc:
-                        # e.g. "daemonic processes are not allowed to have children" inside some
-                        # task runners: validate here instead, slower but the same result.
-                        log.warning("cannot start a validating process (%s); validating in this process", exc)
+                    except HelperDiedError as exc:
+                        log.warning("the validating process died (%s); validating in this process from heights "
+                                    "%d..%d on (slower, same result)", exc, lo, hi)
                         validator = None
                 if validator is None:
                     batch.report = validate_batch(batch.tables, context, passing_detail=PASSING_DETAIL)
