@@ -1,8 +1,9 @@
 """poolwatch_backfill: load a height range in parallel chunks (trigger with params from/to).
 
-plan -> load_chunk (dynamic task mapping: one mapped task per chunk, each idempotent and
-retryable alone; as many run at once as the executor has slots) -> refresh_views -> publish
-(blocks/attributions Assets). ``to`` defaults to the node's tip.
+plan (checks the range against the node's tip, once) -> load_chunk (dynamic task mapping: one
+mapped task per chunk, labelled by its height range, each idempotent and retryable alone; at most
+POOLWATCH_LOAD_CONCURRENCY run at once) -> refresh_views -> publish (blocks/attributions Assets,
+with the loaded range and registry version as extra). ``to`` defaults to the node's tip.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from datetime import timedelta
 from airflow.sdk import Asset, Param, dag, task
 
 from pipeline import orchestration as o
+
+BLOCKS = Asset(o.BLOCKS_ASSET)
+ATTRIBUTIONS = Asset(o.ATTRIBUTIONS_ASSET)
 
 
 @dag(
@@ -34,12 +38,9 @@ from pipeline import orchestration as o
 def poolwatch_backfill():
     @task
     def plan(params=None) -> list[dict]:
-        end = params["to"]
-        if end is None:
-            end = o.run_task(o.check_node, params["conn_id"])["tip"]
-        return o.run_task(o.plan_backfill, params["from"], end, params["chunk_size"])
+        return o.run_task(o.plan_backfill, params["from"], params["to"], params["chunk_size"], params["conn_id"])
 
-    @task(execution_timeout=timedelta(hours=6), map_index_template="{{ task.op_kwargs['start'] }}")
+    @task(execution_timeout=timedelta(hours=6), map_index_template=o.CHUNK_LABEL, **o.load_task_options())
     def load_chunk(start: int, end: int, params=None) -> dict:
         return o.run_task(o.backfill_chunk, start, end, params["conn_id"])
 
@@ -47,9 +48,12 @@ def poolwatch_backfill():
     def refresh_views(chunks: list) -> dict:
         return o.run_task(o.refresh_views)
 
-    @task(outlets=[Asset(o.BLOCKS_ASSET), Asset(o.ATTRIBUTIONS_ASSET)])
-    def publish(chunks: list, views: dict) -> dict:
-        return {"chunks": len(chunks), "blocks_loaded": sum(c["blocks_loaded"] for c in chunks)}
+    @task(outlets=[BLOCKS, ATTRIBUTIONS])
+    def publish(chunks: list, views: dict, outlet_events=None) -> dict:
+        extra = o.backfill_summary(list(chunks))
+        outlet_events[BLOCKS].extra = extra
+        outlet_events[ATTRIBUTIONS].extra = extra
+        return extra
 
     loaded = load_chunk.expand_kwargs(plan())
     publish(loaded, refresh_views(loaded))

@@ -63,6 +63,10 @@ class NodeError(RuntimeError):
     """Base of every node error; the message says what to do and never holds a secret."""
 
 
+class NodeConfigError(NodeError):
+    """The node connection is not configured (e.g. a missing Airflow connection): no retry helps."""
+
+
 class NodeAuthError(NodeError):
     """HTTP 401, or the cookie file cannot be read."""
 
@@ -230,27 +234,11 @@ class NodeConfig:
                    cookie_file=cookie, use_rest=use_rest, **options)
 
     @classmethod
-    def from_airflow_connection(cls, conn_id: str = "bitcoin_default") -> NodeConfig:
-        """Build from an Airflow connection: host/port/login/password, or extra {"cookie_file": ...,
-        "use_rest": true, "timeout": s, "retries": n}. Airflow is imported here only, so the rest of
-        the module works without it."""
-        from airflow.sdk import BaseHook  # lazy: importing Airflow costs seconds and needs its config
-
-        try:
-            conn = BaseHook.get_connection(conn_id)
-        except Exception as exc:  # AirflowNotFoundException and friends: no secret in those messages
-            reason = f"{type(exc).__name__}: {exc}"
-        else:
-            return cls._from_connection_fields(conn.host, conn.port, conn.login, conn.password,
-                                               conn.extra_dejson or {}, getattr(conn, "schema", None))
-        raise NodeError(f"Airflow connection {conn_id!r} not usable ({reason}); create it, e.g. "
-                        f"AIRFLOW_CONN_{conn_id.upper()}='{{\"conn_type\": \"http\", \"host\": \"127.0.0.1\", "
-                        "\"port\": 8332, \"extra\": {\"cookie_file\": \"~/.bitcoin/.cookie\"}}'")
-
-    @classmethod
-    def _from_connection_fields(cls, host: str | None, port: int | None, login: str | None,
-                                password: str | None, extra: Mapping[str, Any],
-                                schema: str | None = None) -> NodeConfig:
+    def from_connection_fields(cls, host: str | None, port: int | None, login: str | None,
+                               password: str | None, extra: Mapping[str, Any],
+                               schema: str | None = None) -> NodeConfig:
+        """From the fields of a connection record (Airflow's: host, port, login, password, extra
+        {"cookie_file", "use_rest", "timeout", "retries", "scheme"}); no login means cookie auth."""
         host = host or DEFAULT_HOST
         scheme = "https" if (extra.get("scheme") == "https" or schema == "https") else "http"
         if "://" in host:  # some people paste a whole URL into the host field
@@ -908,7 +896,7 @@ def _check_block_hash(expected: str, raw: bytes) -> None:
 
 
 __all__ = [
-    "HeightAboveTipError", "NodeAuthError", "NodeClient", "NodeConfig", "NodeError",
+    "HeightAboveTipError", "NodeAuthError", "NodeClient", "NodeConfig", "NodeConfigError", "NodeError",
     "NodeInInitialDownloadError", "NodePrunedError", "NodeRPCError", "NodeUnreachableError",
     "NodeWarmingUpError", "read_cookie",
 ]

@@ -1,4 +1,4 @@
-"""Task-level functions the Airflow DAGs call (and nothing Airflow-specific beyond settings lookup).
+"""Task-level functions the Airflow DAGs call, plus the Airflow adapters (settings, connection).
 
 Each function takes and returns small JSON-able values (they travel as XCom), opens the warehouse
 and the node itself, and calls the same ``pipeline`` functions as the CLI (``pipeline.sync``,
@@ -9,15 +9,24 @@ Settings (first found wins):
 
 - warehouse: Airflow Variable ``poolwatch_warehouse``, env ``POOLWATCH_WAREHOUSE``,
   ``$AIRFLOW_HOME/../warehouse`` when AIRFLOW_HOME is set, else ``./warehouse``;
-- registry file: Variable ``poolwatch_registry``, env ``POOLWATCH_REGISTRY``, else the shipped one;
+- registry file: Variable ``poolwatch_registry``, env ``POOLWATCH_REGISTRY``, else the shipped one.
+  Loads attribute new blocks with the registry the warehouse already uses (the last valid one
+  applied); a changed registry is applied by ``poolwatch_reattribute`` only (``registry_change``
+  notices it), so a broken registry file never stops block ingestion;
 - cross-network registry matching (regtest demos only): Variable / env
-  ``poolwatch_cross_network_registry`` / ``POOLWATCH_CROSS_NETWORK_REGISTRY`` = true;
+  ``poolwatch_cross_network_registry`` / ``POOLWATCH_CROSS_NETWORK_REGISTRY`` = true; used when a
+  warehouse gets its first registry, afterwards the warehouse's recorded setting holds;
 - writer wait (seconds a task waits for another run holding the warehouse writer lock):
   Variable ``poolwatch_writer_wait`` / env ``POOLWATCH_WRITER_WAIT``, default 900.
+
+DAG-parse-time settings (environment only: a DAG file must not query Variables while it is parsed):
+``POOLWATCH_LOAD_CONCURRENCY`` (load tasks of one DAG running at once, default 2) and
+``POOLWATCH_AIRFLOW_POOL`` (an Airflow pool for every load task, default none).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -27,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from pipeline.node import NodeClient
+    from pipeline.node import NodeClient, NodeConfig
     from pipeline.registry import Registry
     from pipeline.warehouse import Warehouse
 
@@ -39,6 +48,10 @@ DEFAULT_BACKFILL_CHUNK = 10_000
 # One incremental run loads at most this many blocks, so a node that jumped far ahead (or a first
 # run on an empty warehouse) does not make one 10-minute run last hours; the next runs continue.
 DEFAULT_INCREMENTAL_MAX_BLOCKS = 5_000
+# Load tasks of one DAG that may run at once. Commits are serialised by the warehouse's writer
+# lock anyway; more than a couple of loads at once only queue there, holding executor slots and
+# ~0.5-1 GB of memory each, and the node serves a few requests at a time.
+DEFAULT_LOAD_CONCURRENCY = 2
 _TRUE = {"1", "true", "yes", "on"}
 
 # ------------------------------------------------------------------------ shared DAG wiring values
@@ -58,24 +71,64 @@ DAG_DEFAULT_ARGS: dict[str, Any] = {
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=15),
 }
+# How mapped backfill chunks are labelled in the UI and logs (rendered before the task runs, so a
+# failed chunk is labelled too).
+CHUNK_LABEL = "heights {{ task.op_kwargs['start'] }}..{{ task.op_kwargs['end'] }}"
+
+
+def load_task_options() -> dict[str, Any]:
+    """Operator arguments of the tasks that load blocks (read when a DAG file is parsed)."""
+    options: dict[str, Any] = {"max_active_tis_per_dag": _int_env("POOLWATCH_LOAD_CONCURRENCY",
+                                                                  DEFAULT_LOAD_CONCURRENCY)}
+    pool = os.environ.get("POOLWATCH_AIRFLOW_POOL")
+    if pool:
+        options["pool"] = pool
+    return options
+
+
+def _int_env(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a whole number") from None
+    if number < 1:
+        raise ValueError(f"{name} must be >= 1, got {number}")
+    return number
+
 
 T = TypeVar("T")
 
 
-def run_task(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call a task function from an Airflow task; errors no retry can fix fail the task for good.
-
-    A rejected batch (``BatchRejected``: its message names the failed expectations, the rows and the
-    quarantine folder) and a bad parameter (``ValueError``) would fail the same way on every retry.
-    """
-    from airflow.sdk.exceptions import AirflowFailException
-
+def permanent_error(exc: BaseException) -> bool:
+    """True for errors that fail the same way on every retry: bad parameters or data (ValueError,
+    incl. a bad registry), a rejected batch, a missing connection, refused credentials, a pruned
+    node, a height above the tip, a warehouse of another chain. An unreachable, busy or warming-up
+    node and a busy writer lock are not: waiting can fix those."""
+    from pipeline.node import HeightAboveTipError, NodeAuthError, NodeConfigError, NodePrunedError
     from pipeline.validation import BatchRejected
+    from pipeline.warehouse import ChainMismatchError
+
+    return isinstance(exc, (BatchRejected, ValueError, NodeAuthError, NodeConfigError, NodePrunedError,
+                            HeightAboveTipError, ChainMismatchError))
+
+
+def run_task(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call a task function from an Airflow task; errors no retry can fix fail the task for good
+    (``AirflowFailException``, with the error's own message, which names the fix)."""
+    from airflow.sdk.exceptions import AirflowFailException
 
     try:
         return fn(*args, **kwargs)
-    except (BatchRejected, ValueError) as exc:
-        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        if permanent_error(exc):
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        raise
+
+
+# ------------------------------------------------------------------------------------- settings
 
 
 def _setting(variable: str, env: str) -> str | None:
@@ -111,11 +164,17 @@ def cross_network_registry() -> bool:
     return bool(value) and value.strip().lower() in _TRUE
 
 
+def registry_path() -> Path | None:
+    """The configured registry file, or None for the registry shipped with poolwatch."""
+    value = _setting("poolwatch_registry", "POOLWATCH_REGISTRY")
+    return Path(value).expanduser() if value else None
+
+
 def load_registry() -> Registry:
+    """The configured registry (RegistryError, a ValueError, when it is malformed)."""
     from pipeline.registry import load_registry as _load
 
-    path = _setting("poolwatch_registry", "POOLWATCH_REGISTRY")
-    return _load(Path(path).expanduser() if path else None)
+    return _load(registry_path())
 
 
 def open_warehouse() -> Warehouse:
@@ -124,16 +183,81 @@ def open_warehouse() -> Warehouse:
     return Warehouse(warehouse_root())
 
 
+# ----------------------------------------------------------------------------- the node connection
+
+
+def node_config(conn_id: str = DEFAULT_CONN_ID) -> NodeConfig:
+    """The node's ``NodeConfig`` from an Airflow connection (host/port/login/password, or extra
+    {"cookie_file": ..., "use_rest": true, "timeout": s, "retries": n}). ``NodeConfigError`` when the
+    connection does not exist, with the command that creates it."""
+    from airflow.sdk import BaseHook  # lazy: importing Airflow costs seconds and needs its config
+
+    from pipeline.node import NodeConfig, NodeConfigError
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception as exc:  # AirflowNotFoundException and friends: no secret in those messages
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        return NodeConfig.from_connection_fields(conn.host, conn.port, conn.login, conn.password,
+                                                 conn.extra_dejson or {}, getattr(conn, "schema", None))
+    raise NodeConfigError(
+        f"Airflow connection {conn_id!r} not usable ({reason}); create it, e.g. "
+        f"`airflow connections add {conn_id} --conn-type generic --conn-host 127.0.0.1 --conn-port 8332 "
+        "--conn-extra '{\"cookie_file\": \"~/.bitcoin/.cookie\"}'` or "
+        f"AIRFLOW_CONN_{conn_id.upper()}='{{\"conn_type\": \"generic\", \"host\": \"127.0.0.1\", "
+        "\"port\": 8332, \"extra\": {\"cookie_file\": \"~/.bitcoin/.cookie\"}}'")
+
+
 def node_client(conn_id: str = DEFAULT_CONN_ID) -> NodeClient:
-    from pipeline.node import NodeClient, NodeConfig
+    from pipeline.node import NodeClient
 
-    return NodeClient(NodeConfig.from_airflow_connection(conn_id))
+    return NodeClient(node_config(conn_id))
 
 
-def _sync_summary(result: Any) -> dict[str, Any]:
-    summary = asdict(result)
-    summary["blocks_per_second"] = round(result.blocks_per_second, 1)
-    return summary
+# ------------------------------------------------------------------------------------- registry
+
+
+def registry_change(previous_fingerprint: str | None) -> dict[str, Any] | None:
+    """What changed in the configured registry since the last ``poolwatch://registry`` event, or
+    None when nothing did.
+
+    The fingerprint covers the registry's location and its bytes, so a malformed file is noticed
+    too: its event carries the parse error, and the re-attribution it triggers fails with it while
+    loads keep attributing with the last valid registry. Without an earlier event, a change is a
+    registry whose version differs from the warehouse's current one.
+    """
+    from pipeline.registry import RegistryError, default_registry_path
+    from pipeline.sync import current_registry
+
+    path = registry_path()
+    source = str(path) if path is not None else str(default_registry_path())
+    try:
+        content = Path(source).read_bytes()
+    except OSError as exc:
+        content = f"unreadable: {type(exc).__name__}: {exc}".encode()
+    fingerprint = hashlib.sha256(source.encode() + b"\0" + content).hexdigest()[:16]
+    if fingerprint == previous_fingerprint:
+        return None
+    version: str | None = None
+    error: str | None = None
+    try:
+        version = load_registry().version
+    except RegistryError as exc:
+        error = str(exc)
+    warehouse = open_warehouse()
+    current = current_registry(warehouse) if warehouse.meta_path.exists() else None
+    if previous_fingerprint is None and error is None and (current is None or current.version == version):
+        return None  # nothing to apply: the warehouse already uses it (or will on its first load)
+    change = {"fingerprint": fingerprint, "source": source, "registry_version": version, "error": error,
+              "previous_registry_version": current.version if current is not None else None}
+    if error:
+        log.warning("registry %s changed and is malformed: %s; loads keep attributing with registry version %s",
+                    source, error, change["previous_registry_version"])
+    else:
+        log.info("registry %s changed: version %s (the warehouse uses %s); poolwatch_reattribute applies it",
+                 source, version, change["previous_registry_version"])
+    return change
 
 
 # ------------------------------------------------------------------------------------------ tasks
@@ -164,12 +288,28 @@ def repair_reorg(conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
     return {"fork_height": fork}
 
 
+def _sync_summary(result: Any) -> dict[str, Any]:
+    summary = asdict(result)
+    summary["blocks_per_second"] = round(result.blocks_per_second, 1)
+    log.info("loaded %d blocks (%s..%s); attributed with registry version %s", result.blocks_loaded, result.start,
+             result.end, result.registry_version)
+    return summary
+
+
+def _load(client: NodeClient, warehouse: Warehouse, start: int | None, end: int | None) -> Any:
+    """``sync_range`` as loads run under Airflow: attribute with the warehouse's current registry
+    (the last valid one applied: a changed or broken registry file is poolwatch_reattribute's
+    business), or the configured one for a warehouse's first load."""
+    from pipeline.sync import sync_range
+
+    return sync_range(client, warehouse, start, end, registry=None, default_registry=load_registry,
+                      allow_cross_network=cross_network_registry(), writer_wait=writer_wait())
+
+
 def load_new_blocks(conn_id: str = DEFAULT_CONN_ID,
                     max_blocks: int | None = DEFAULT_INCREMENTAL_MAX_BLOCKS) -> dict[str, Any]:
     """Load from the stored tip + 1 up to the node's tip (at most ``max_blocks``): fetch, decode,
     attribute, validate (a failing batch is quarantined and fails the task), commit, refresh views."""
-    from pipeline.sync import sync_range
-
     warehouse = open_warehouse()
     client = node_client(conn_id)
     end = None
@@ -179,9 +319,7 @@ def load_new_blocks(conn_id: str = DEFAULT_CONN_ID,
         end = min(client.tip_height(), start + max_blocks - 1)
         if end < start:
             end = None  # up to date: let sync_range report it
-    result = sync_range(client, warehouse, None, end, registry=load_registry(),
-                        allow_cross_network=cross_network_registry(), writer_wait=writer_wait())
-    return _sync_summary(result)
+    return _sync_summary(_load(client, warehouse, None, end))
 
 
 def refresh_views(build_docs: bool = True) -> dict[str, Any]:
@@ -189,53 +327,93 @@ def refresh_views(build_docs: bool = True) -> dict[str, Any]:
     from pipeline.validation import build_data_docs
 
     warehouse = open_warehouse()
-    warehouse.refresh_catalog()
-    out: dict[str, Any] = {"catalog": str(warehouse.catalog_path), "stored_range": warehouse.stored_range()}
-    if build_docs:
-        out["data_docs"] = str(build_data_docs(warehouse.root))
+    with warehouse.writer(wait=writer_wait()):
+        warehouse.refresh_catalog()
+        out: dict[str, Any] = {"catalog": str(warehouse.catalog_path), "stored_range": warehouse.stored_range()}
+        if build_docs:
+            out["data_docs"] = str(build_data_docs(warehouse.root))
     return out
 
 
-def plan_backfill(start: int, end: int, chunk_size: int = DEFAULT_BACKFILL_CHUNK) -> list[dict[str, int]]:
-    """Chunks of the inclusive range, one mapped task each (each idempotent, retryable alone)."""
+def plan_backfill(start: int, end: int | None, chunk_size: int = DEFAULT_BACKFILL_CHUNK,
+                  conn_id: str = DEFAULT_CONN_ID) -> list[dict[str, int]]:
+    """Chunks of the inclusive range, one mapped task each (each idempotent, retryable alone).
+    ``end`` None means the node's tip; an ``end`` above the tip fails here, once, before any chunk."""
+    from pipeline.node import HeightAboveTipError
     from pipeline.sync import plan_chunks
 
+    tip = check_node(conn_id)["tip"]
+    if end is None:
+        end = tip
     if start < 0 or end < start:
         raise ValueError(f"backfill range from {start} to {end} is empty or negative; "
                          "trigger the DAG with params from <= to, both >= 0")
-    return [{"start": lo, "end": hi} for lo, hi in plan_chunks(int(start), int(end), int(chunk_size))]
+    if end > tip:
+        raise HeightAboveTipError(f"backfill asks for heights up to {end} but the node's tip is {tip}: trigger it "
+                                  f"with \"to\" <= {tip}, or leave \"to\" empty for the tip", height=end, tip=tip)
+    chunks = [{"start": lo, "end": hi} for lo, hi in plan_chunks(int(start), int(end), int(chunk_size))]
+    log.info("backfill of heights %d..%d in %d chunk(s) of up to %d blocks", start, end, len(chunks), chunk_size)
+    return chunks
 
 
 def backfill_chunk(start: int, end: int, conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
     """Load heights [start, end]; rows are replaced by height, so a retry or re-run is harmless."""
-    from pipeline.sync import sync_range
+    return _sync_summary(_load(node_client(conn_id), open_warehouse(), int(start), int(end)))
 
-    warehouse = open_warehouse()
-    client = node_client(conn_id)
-    result = sync_range(client, warehouse, int(start), int(end), registry=load_registry(),
-                        allow_cross_network=cross_network_registry(), writer_wait=writer_wait())
-    return _sync_summary(result)
+
+def backfill_summary(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary (and asset-event extra) for the chunks of a backfill run."""
+    versions = sorted({c.get("registry_version") for c in chunks if c.get("registry_version")})
+    return {"from_height": min((c["start"] for c in chunks), default=None),
+            "to_height": max((c["end"] for c in chunks), default=None),
+            "chunks": len(chunks), "blocks_loaded": sum(c["blocks_loaded"] for c in chunks),
+            "registry_version": versions[0] if len(versions) == 1 else versions,
+            "chain": next((c["chain"] for c in chunks if c.get("chain")), None)}
+
+
+def load_event_extra(loaded: dict[str, Any]) -> dict[str, Any]:
+    """What an incremental run changed, as asset-event extra (JSON)."""
+    return {"from_height": loaded.get("start"), "to_height": loaded.get("end"),
+            "blocks_loaded": loaded.get("blocks_loaded", 0), "chain": loaded.get("chain"),
+            "registry_version": loaded.get("registry_version"),
+            "reorg_fork_height": loaded.get("reorg_fork_height"), "reattributed": loaded.get("reattributed", 0)}
 
 
 def reattribute_history() -> dict[str, Any]:
-    """Re-attribute every stored block with the current registry, from stored coinbases (no node)."""
-    from pipeline.sync import reattribute
+    """Re-attribute every stored block with the configured registry, from stored coinbases (no node).
+
+    A malformed registry fails here (``RegistryError``: permanent) with the problem named; the
+    warehouse keeps its current registry, which loads go on using."""
+    from pipeline.registry import RegistryError
+    from pipeline.sync import current_registry, reattribute
 
     warehouse = open_warehouse()
-    registry = load_registry()
+    current = current_registry(warehouse)
+    try:
+        registry = load_registry()
+    except RegistryError as exc:
+        kept = current.version if current is not None else None
+        raise RegistryError(f"{exc}. Nothing was re-attributed; new blocks keep being attributed with registry "
+                            f"version {kept}. Fix the file (check it with `poolwatch pools validate FILE`).") from None
+    previous = current.version if current is not None else None
     if warehouse.stored_range() is None:
-        return {"reattributed": 0, "registry_version": registry.version, "note": "empty warehouse"}
+        return {"reattributed": 0, "registry_version": registry.version, "previous_registry_version": previous,
+                "note": "empty warehouse"}
     with warehouse.writer(wait=writer_wait()):
-        done = reattribute(warehouse, registry, allow_cross_network=cross_network_registry())
+        cross = bool(warehouse.meta.get("registry_cross_network", cross_network_registry()))
+        done = reattribute(warehouse, registry, allow_cross_network=cross)
         warehouse.refresh_catalog()
-    return {"reattributed": done, "registry_version": registry.version}
+    log.info("re-attributed %d stored blocks: registry version %s -> %s", done, previous, registry.version)
+    return {"reattributed": done, "registry_version": registry.version, "previous_registry_version": previous}
 
 
 def recompute_metrics() -> dict[str, Any]:
     """Recompute the centralization metrics tables from the current attributions."""
-    from pipeline.metrics import refresh_metrics
+    from pipeline.metrics import MATERIALIZED_WINDOWS, refresh_metrics
 
     warehouse = open_warehouse()
     if warehouse.stored_range() is None:
         return {"note": "empty warehouse: no metrics to compute"}
-    return {"rows": refresh_metrics(warehouse)}
+    rows = refresh_metrics(warehouse)
+    return {"rows": rows, "registry_version": warehouse.meta.get("registry_version"),
+            "windows": list(MATERIALIZED_WINDOWS)}

@@ -535,6 +535,16 @@ class ChainChangedError(RuntimeError):
         self.resume_from = resume_from
 
 
+class RegistryChangedError(RuntimeError):
+    """The warehouse's registry changed (another run re-attributed) while this run's batches were
+    attributed with the previous one; nothing from ``resume_from`` on was stored."""
+
+    def __init__(self, message: str, resume_from: int, current_version: str | None) -> None:
+        super().__init__(message)
+        self.resume_from = resume_from
+        self.current_version = current_version
+
+
 def load_chunks(warehouse: Warehouse, fetcher: ChunkFetcher, chunks: Sequence[tuple[int, int]], *,
                 progress: Callable[[int], None] | None = None, stages: dict[str, float] | None = None,
                 lock_wait: float = 120.0) -> int:
@@ -549,7 +559,7 @@ def load_chunks(warehouse: Warehouse, fetcher: ChunkFetcher, chunks: Sequence[tu
     Returns blocks loaded. ``stages`` (optional) accumulates seconds: ``wait`` (for the workers:
     what is not hidden behind the parent's commits) and ``commit``.
     """
-    from pipeline.validation import BatchRejected, quarantine
+    from pipeline.validation import BatchRejected, quarantine, save_report
 
     timings = stages if stages is not None else {}
     loaded = 0
@@ -558,10 +568,17 @@ def load_chunks(warehouse: Warehouse, fetcher: ChunkFetcher, chunks: Sequence[tu
     clock = time.perf_counter
     mark = clock()
     # closing(): an error below must stop the fetching thread/workers now, not when the traceback dies.
+    expected_registry = fetcher.plan.registry.version if fetcher.plan and fetcher.plan.registry else None
     with closing(fetcher.iter_prepared(chunks)) as batches:
         for batch in batches:
             got = clock()
             with warehouse.writer(wait=lock_wait):
+                current_registry = warehouse.meta.get("registry_version") if expected_registry else None
+                if current_registry != expected_registry:
+                    raise RegistryChangedError(
+                        f"the warehouse's registry changed to version {current_registry} (another run "
+                        f"re-attributed) while heights {batch.lo}..{batch.hi} were attributed with {expected_registry}",
+                        resume_from=batch.lo, current_version=current_registry)
                 if batch.broken_link is not None:
                     raise ChainChangedError(f"the node's chain changed while batch {batch.lo}..{batch.hi} was fetched "
                                             f"(block {batch.broken_link} does not link); run sync again: it repairs reorgs",
@@ -580,6 +597,8 @@ def load_chunks(warehouse: Warehouse, fetcher: ChunkFetcher, chunks: Sequence[tu
                     where = quarantine(warehouse.root, batch.tables, batch.report)
                     raise BatchRejected(batch.report.summary(), where)
                 warehouse.commit(batch.tables)
+                if batch.report is not None:
+                    save_report(warehouse.root, batch.report)  # a summary per committed batch, for Data Docs
             done = clock()
             timings["wait"] = timings.get("wait", 0.0) + got - mark
             timings["commit"] = timings.get("commit", 0.0) + done - got
@@ -591,6 +610,6 @@ def load_chunks(warehouse: Warehouse, fetcher: ChunkFetcher, chunks: Sequence[tu
     return loaded
 
 
-__all__ = ["BatchPlan", "ChainChangedError", "ChunkFetcher", "Located", "MAX_DEFAULT_WORKERS", "PreparedBatch",
+__all__ = ["BatchPlan", "ChainChangedError", "RegistryChangedError", "ChunkFetcher", "Located", "MAX_DEFAULT_WORKERS", "PreparedBatch",
            "SOURCES", "batch_context", "build_prepared", "default_workers", "load_chunks", "locate_chunk",
            "prepare_batch"]

@@ -20,6 +20,7 @@ import pyarrow as pa
 from pipeline.decode import DecodedBlock, DecodeError, blocks_to_tables, decode_block
 from pipeline.networks import Network
 from pipeline.node import HeightAboveTipError, NodeClient, NodeError
+from pipeline.parallel import RegistryChangedError
 
 if TYPE_CHECKING:
     from pipeline.registry import Registry
@@ -49,6 +50,7 @@ class SyncResult:
     reattributed: int = 0
     seconds: float = 0.0
     chain: str = ""
+    registry_version: str | None = None  # the registry the loaded blocks were attributed with
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -206,6 +208,19 @@ def check_and_repair_reorg(client: NodeClient, warehouse: Warehouse, depth: int 
     return fork
 
 
+def current_registry(warehouse: Warehouse) -> Registry | None:
+    """The registry the warehouse attributes with (its current version, reloaded from the copy kept in
+    ``pool_definitions``), or None before the first attribution."""
+    from pipeline.attribution import registry_from_definitions
+
+    version = warehouse.meta.get("registry_version")
+    if not version:
+        return None
+    escaped = str(version).replace("'", "''")
+    definitions = warehouse.read("pool_definitions", where=f"registry_version = '{escaped}' AND kind = 'document'")
+    return registry_from_definitions(definitions, version)
+
+
 def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network: bool = False,
                 chunk_size: int = 50_000, validate: bool = True, progress: Progress | None = None) -> int:
     """Re-attribute the whole stored history from stored coinbases (no node) with ``registry``.
@@ -235,18 +250,52 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
     return done
 
 
+@dataclass(frozen=True)
+class RegistryChoice:
+    """Which registry a load attributes with, decided under the writer lock (``resolve``).
+
+    ``explicit``: apply this registry (stored history is re-attributed first when it differs from the
+    warehouse's). Otherwise follow the warehouse: its current registry and recorded cross-network
+    setting, or ``default()`` for a warehouse that has none yet (not called otherwise, so a broken
+    default never stops a warehouse that has a registry). Neither: no attribution.
+    """
+
+    explicit: Registry | None = None
+    allow_cross_network: bool = False
+    default: Callable[[], Registry] | None = None
+
+    def resolve(self, warehouse: Warehouse) -> tuple[Registry | None, bool]:
+        if self.explicit is not None:
+            return self.explicit, self.allow_cross_network
+        current = current_registry(warehouse)
+        if current is not None:
+            return current, bool(warehouse.meta.get("registry_cross_network", False))
+        if self.default is not None:
+            return self.default(), self.allow_cross_network
+        return None, False
+
+
 def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = None, end: int | None = None, *,
                registry: Registry | None = None, allow_cross_network: bool = False, validate: bool = True,
                batch_size: int = 1000, check_reorg: bool = True, progress: Progress | None = None,
                on_plan: Callable[[int, int], None] | None = None, writer_wait: float = 0.0,
-               workers: int = 1, source: str = "node", datadir: Path | None = None) -> SyncResult:
+               workers: int = 1, source: str = "node", datadir: Path | None = None,
+               default_registry: Callable[[], Registry] | None = None) -> SyncResult:
     """Load heights [start, end] (default: from the stored tip + 1 to the node's tip).
+
+    ``registry``: apply this registry (history is re-attributed first if the warehouse uses another);
+    None: attribute with the warehouse's current registry, or ``default_registry()`` when it has
+    none yet (see ``RegistryChoice``). The choice is made under the writer lock, and every commit
+    checks that the warehouse's registry is still the one the batch was attributed with: a
+    re-attribution by another run in between makes this run follow it (or, with an explicit
+    ``registry``, stop with ``RegistryChangedError``), never undo it.
 
     Order: node readiness -> chain check -> reorg check/repair -> batches of fetch, decode,
     attribute, validate, commit -> catalog refresh. The writer lock is held for the set-up and for
     each commit (never while reading the node), so two runs never both write and parallel backfill
     workers only queue for the short commits.
     """
+    choice = RegistryChoice(registry, allow_cross_network, default_registry)
     started = time.monotonic()
     info = client.check_ready()
     network = client.network()
@@ -258,14 +307,10 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
         raise HeightAboveTipError(f"asked for blocks up to height {end} but the node's tip is {tip}; "
                                   f"wait for the node to catch up or lower --to", height=end, tip=tip)
 
-    # Set-up under the writer lock: chain binding, registry change, reorg repair, the range.
+    # Set-up under the writer lock: chain binding, registry, reorg repair, the range.
     with warehouse.writer(wait=writer_wait):
         warehouse.bind_chain(network.name, genesis)
-        if registry is not None and warehouse.meta.get("registry_version") != registry.version:
-            # A new registry version re-attributes stored history first, so every stored block
-            # has an attribution under the version the new batches use.
-            result.reattributed = reattribute(warehouse, registry, allow_cross_network=allow_cross_network,
-                                              validate=validate)
+        registry, allow_cross_network = _apply_registry(warehouse, choice, result, validate)
         if incremental:
             result.reorg_fork_height = check_and_repair_reorg(client, warehouse)
         stored = warehouse.stored_range()
@@ -284,10 +329,21 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
         on_plan(start, end)
     log.info("loading heights %d..%d (%d blocks) from a %s node in %d batches", start, end,
              max(0, end - start + 1), network.name, len(plan_chunks(start, end, batch_size)))
-    common = dict(registry=registry, allow_cross_network=allow_cross_network, validate=validate,
-                  batch_size=batch_size, progress=progress, writer_wait=writer_wait)
-    _load_with_fetcher(client, warehouse, network, start, end, result, workers=workers, source=source,
-                       datadir=datadir, **common)
+    common = dict(validate=validate, batch_size=batch_size, progress=progress, writer_wait=writer_wait)
+    next_lo = start
+    while True:
+        try:
+            _load_with_fetcher(client, warehouse, network, next_lo, end, result, registry=registry,
+                               allow_cross_network=allow_cross_network, workers=workers, source=source,
+                               datadir=datadir, **common)
+            break
+        except RegistryChangedError as exc:
+            if choice.explicit is not None:
+                raise
+            log.warning("%s; continuing from height %d with the warehouse's new registry", exc, exc.resume_from)
+            with warehouse.writer(wait=max(writer_wait, COMMIT_LOCK_WAIT)):
+                registry, allow_cross_network = _apply_registry(warehouse, choice, result, validate)
+            next_lo = exc.resume_from
     # The registry version was made current (pool_definitions + meta) by reattribute() in the set-up.
     with warehouse.writer(wait=max(writer_wait, COMMIT_LOCK_WAIT)):
         warehouse.refresh_catalog()
@@ -295,6 +351,18 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
             _build_data_docs(warehouse)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _apply_registry(warehouse: Warehouse, choice: RegistryChoice, result: SyncResult,
+                    validate: bool) -> tuple[Registry | None, bool]:
+    """Resolve the registry (under the writer lock) and make it the warehouse's: a registry version
+    other than the warehouse's re-attributes stored history first, so every stored block has an
+    attribution under the version the new batches use."""
+    registry, cross = choice.resolve(warehouse)
+    if registry is not None and warehouse.meta.get("registry_version") != registry.version:
+        result.reattributed += reattribute(warehouse, registry, allow_cross_network=cross, validate=validate)
+    result.registry_version = registry.version if registry is not None else None
+    return registry, cross
 
 
 def _load_with_fetcher(client: NodeClient, warehouse: Warehouse, network: Network, start: int, end: int,

@@ -25,6 +25,7 @@ GX takes 3-4 s to import, so it is imported inside functions only.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
 
 # GX phones home unless told not to; a pipeline must not.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+# Before GX is ever imported: its import alone logs ~200 INFO lines ("Skipping registering function
+# ...") that would bury poolwatch's own lines in task logs. Its warnings still show.
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 # Core rejects a block whose time is more than 2 h ahead of its network-adjusted time
 # (MAX_FUTURE_BLOCK_TIME). Any stored block was accepted at some moment <= now, so "now + 2 h" is
@@ -55,8 +59,6 @@ MAX_FUTURE_BLOCK_TIME = 2 * 60 * 60
 MEDIAN_TIME_SPAN = 11
 # How many failing rows / values a summary line shows (the JSON keeps them all).
 SUMMARY_ROWS = 10
-# How many saved validation results Data Docs renders (newest first).
-DATA_DOCS_RESULTS = 50
 # Saved results of accepted batches kept under <warehouse>/validations/.
 SAVED_REPORTS_KEPT = 500
 
@@ -658,6 +660,18 @@ def parameter_values(context: Mapping[str, Any]) -> dict[str, Any]:
     return {"max_block_time": now + MAX_FUTURE_BLOCK_TIME}
 
 
+def quiet_great_expectations() -> None:
+    """Keep only Great Expectations' warnings: it logs INFO lines for every data source, asset and
+    batch it registers, which would bury poolwatch's own lines in task logs and the CLI's output.
+    Explicit levels are set on its existing loggers too (some set their own level)."""
+    for name in list(logging.root.manager.loggerDict):
+        if name == "great_expectations" or name.startswith("great_expectations."):
+            logger = logging.getLogger(name)
+            if logger.level == logging.NOTSET or logger.level < logging.WARNING:
+                logger.setLevel(logging.WARNING)
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+
 class _GX:
     """One ephemeral GX context per process, with a pandas asset and a suite per table."""
 
@@ -665,6 +679,7 @@ class _GX:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
+        quiet_great_expectations()
         self.gx = gx
         self.context = gx.get_context(mode="ephemeral")
         # tqdm bars from inside an Airflow task or the CLI's rich progress are noise.
@@ -672,6 +687,7 @@ class _GX:
         self.source = self.context.data_sources.add_pandas("poolwatch")
         self._batch_defs: dict[str, Any] = {}
         self._suites: dict[tuple[str, tuple[str, ...]], Any] = {}
+        quiet_great_expectations()  # loggers made while the context was set up
 
     def batch_definition(self, table: str) -> Any:
         if table not in self._batch_defs:
@@ -853,7 +869,7 @@ def save_report(warehouse_root: Path | str, report: ValidationReport) -> Path:
     folder = Path(warehouse_root) / "validations"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{report.batch_id}.json"
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_suffix(".json.tmp")  # TMP_SUFFIX of pipeline.warehouse: removed by the next writer if left
     tmp.write_text(report.to_json())
     os.replace(tmp, path)
     for old in sorted(folder.glob("*.json"))[:-SAVED_REPORTS_KEPT]:
@@ -872,72 +888,9 @@ def check_batch(warehouse_root: Path | str, tables: Mapping[str, pa.Table],
     return report
 
 
-def _saved_reports(warehouse_root: Path, limit: int) -> list[tuple[ValidationReport, bool]]:
-    """Newest saved results: (report, quarantined?)."""
-    found: list[tuple[str, Path, bool]] = []
-    for p in (warehouse_root / "validations").glob("*.json"):
-        found.append((p.stem, p, False))
-    for p in (warehouse_root / "quarantine").glob("*/validation.json"):
-        if not p.parent.name.startswith(".tmp-"):
-            found.append((p.parent.name, p, True))
-    found.sort(key=lambda x: x[0], reverse=True)
-    out = []
-    for _, path, quarantined in found[:limit]:
-        try:
-            out.append((ValidationReport.from_json(path.read_text()), quarantined))
-        except (ValueError, KeyError, TypeError):
-            continue  # a hand-edited or foreign file must not stop the docs build
-    return out
+def build_data_docs(warehouse_root: Path | str, limit: int | None = None) -> Path:
+    """Render the suites and the kept validation results as static, offline HTML in
+    <warehouse>/data_docs/ (``pipeline.datadocs``); returns the path of index.html."""
+    from pipeline.datadocs import DEFAULT_RESULTS, build_site
 
-
-def build_data_docs(warehouse_root: Path | str, limit: int = DATA_DOCS_RESULTS) -> Path:
-    """Render the suites and the newest validation results as static HTML in <warehouse>/data_docs/.
-
-    The pages are plain HTML rendered by GX (no server, no JavaScript needed for the content);
-    returns the path of index.html.
-    """
-    from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResultSchema
-    from great_expectations.core.run_identifier import RunIdentifier
-    from great_expectations.data_context.types.resource_identifiers import (
-        ExpectationSuiteIdentifier,
-        ValidationResultIdentifier,
-    )
-
-    root = Path(warehouse_root)
-    site_dir = root / "data_docs"
-    tmp_dir = root / ".data_docs.tmp"
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    context.add_data_docs_site(site_name="poolwatch", site_config={
-        "class_name": "SiteBuilder",
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(tmp_dir)},
-    })
-    for decl in all_suite_decls():
-        context.suites.add(build_gx_suite(decl, table_spec(decl.table)))
-    schema = ExpectationSuiteValidationResultSchema()
-    for report, quarantined in _saved_reports(root, limit):
-        run = RunIdentifier(run_name=("QUARANTINED " if quarantined else "") + report.batch_id,
-                            run_time=datetime.fromisoformat(report.created))
-        for table, result in report.gx_results.items():
-            loaded = schema.load(result)
-            loaded.meta["run_id"] = run
-            key = ValidationResultIdentifier(expectation_suite_identifier=ExpectationSuiteIdentifier(name=table),
-                                             run_id=run, batch_identifier=f"{report.batch_id}-{table}")
-            context.validation_results_store.set(key, loaded)
-    context.build_data_docs(site_names=["poolwatch"])
-    # Swap in the new site whole, so a reader never sees a half-built one.
-    old = root / ".data_docs.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if site_dir.exists():
-        os.replace(site_dir, old)
-    os.replace(tmp_dir, site_dir)
-    if old.exists():
-        shutil.rmtree(old)
-    return site_dir / "index.html"
+    return build_site(warehouse_root, limit or DEFAULT_RESULTS)

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
@@ -147,14 +148,10 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _host() -> str:
+    """This machine's name as recorded in the lock file and temp names (a PID alone says nothing
+    on a warehouse shared by several hosts)."""
+    return os.uname().nodename
 
 
 # ----------------------------------------------------------------------------- partitions
@@ -354,7 +351,7 @@ class Warehouse:
                         f"waited {wait:g} s. Let it finish, or retry with a longer wait."
                     ) from None
                 time.sleep(min(0.05, max(deadline - time.monotonic(), 0.001)))
-        info = {"pid": os.getpid(), "host": os.uname().nodename,
+        info = {"pid": os.getpid(), "host": _host(),
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
@@ -397,13 +394,20 @@ class Warehouse:
         self.refresh_catalog(strict=False)
 
     def _remove_stale_catalog_temps(self) -> None:
+        """Leftovers of an interrupted catalog or Data Docs build. Every one of them is made under the
+        writer lock, which this process now holds: whatever host or process made them is gone, so
+        no liveness check (a PID means nothing on another host) is needed or attempted."""
         for tmp in self.root.glob(f".{CATALOG_NAME}.*"):
-            try:
-                pid = int(tmp.name.split(".")[3])
-            except (IndexError, ValueError):
-                continue
-            if not _pid_alive(pid):
-                tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
+        for leftover in (self.root / ".data_docs.tmp", self.root / ".data_docs.old"):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+        for tmp in (self.root / "validations").glob(f"*{TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+        quarantine = self.root / "quarantine"
+        if quarantine.is_dir():
+            for tmp in quarantine.glob(".tmp-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def _ensure_schema_files(self, specs: Iterable[TableSpec]) -> bool:
         """Write ``data/<table>/_schema.parquet`` where missing or stale; True if any was written."""
@@ -667,10 +671,12 @@ class Warehouse:
 
         Readers holding the old file open keep their (identical) views; nothing waits for them.
         A view file that fails raises ``ValueError`` (the old catalog stays) unless ``strict`` is
-        false, in which case the catalog is built without it and a warning is logged.
+        false, in which case the catalog is built without it and a warning is logged. Needs the
+        writer lock: two builders would race on the rename, and a crashed build's temp file is
+        removed by the next writer (``_recover``), on whichever host.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{CATALOG_NAME}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        self._require_writer("refresh_catalog")
+        tmp = self.root / f".{CATALOG_NAME}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
         try:
             con = duckdb.connect(str(tmp))
             try:

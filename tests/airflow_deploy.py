@@ -336,7 +336,7 @@ class AirflowDeployment:
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return [dict(r) for r in self.query(
-            "SELECT task_id, map_index, rendered_map_index, state, try_number, hostname, pool "
+            "SELECT task_id, map_index, rendered_map_index, state, try_number, hostname, pool, start_date, end_date "
             "FROM task_instance WHERE dag_id = ? AND run_id = ? ORDER BY task_id, map_index", (dag_id, run_id))]
 
     def asset_events(self, uri: str) -> list[dict]:

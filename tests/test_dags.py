@@ -32,11 +32,15 @@ def test_every_dag_imports_without_errors(dagbag):
 def test_incremental_schedule_and_wiring(dagbag):
     dag = dagbag.dags["poolwatch_incremental"]
     assert dag.max_active_runs == 1 and dag.catchup is False
-    assert [t.task_id for t in dag.topological_sort()] == [
-        "check_node", "repair_reorg", "load_new_blocks", "refresh_views", "publish"]
+    order = [t.task_id for t in dag.topological_sort() if t.task_id != "watch_registry"]
+    assert order == ["check_node", "repair_reorg", "load_new_blocks", "refresh_views", "publish"]
     publish = dag.get_task("publish")
     assert {o.uri for o in publish.outlets} == {"poolwatch://warehouse/blocks", "poolwatch://warehouse/attributions"}
-    assert dag.get_task("load_new_blocks").retries >= 1
+    load = dag.get_task("load_new_blocks")
+    assert load.retries >= 1 and load.max_active_tis_per_dag == 2
+    watch = dag.get_task("watch_registry")
+    assert not watch.upstream_task_ids and not watch.downstream_task_ids  # never holds up ingestion
+    assert [a.uri for a in watch.inlets] == [a.uri for a in watch.outlets] == ["poolwatch://registry/"]
 
 
 def test_asset_driven_dags(dagbag):
@@ -48,16 +52,35 @@ def test_asset_driven_dags(dagbag):
 
 def test_backfill_maps_chunks(dagbag):
     dag = dagbag.dags["poolwatch_backfill"]
-    assert dag.get_task("load_chunk").is_mapped
+    load = dag.get_task("load_chunk")
+    assert load.is_mapped and load.max_active_tis_per_dag == 2
+    assert "heights" in load.map_index_template and "end" in load.map_index_template
     assert set(dag.params) >= {"from", "to", "chunk_size", "conn_id"}
 
 
-def test_plan_backfill_rejects_bad_ranges():
-    from pipeline.orchestration import plan_backfill
+def test_load_concurrency_and_pool_come_from_the_environment(monkeypatch):
+    from pipeline.orchestration import load_task_options
 
-    assert plan_backfill(0, 24, 10) == [{"start": 0, "end": 9}, {"start": 10, "end": 19}, {"start": 20, "end": 24}]
+    monkeypatch.setenv("POOLWATCH_LOAD_CONCURRENCY", "3")
+    monkeypatch.setenv("POOLWATCH_AIRFLOW_POOL", "poolwatch")
+    assert load_task_options() == {"max_active_tis_per_dag": 3, "pool": "poolwatch"}
+    monkeypatch.setenv("POOLWATCH_LOAD_CONCURRENCY", "zero")
+    with pytest.raises(ValueError, match="POOLWATCH_LOAD_CONCURRENCY='zero'"):
+        load_task_options()
+
+
+def test_plan_backfill_rejects_bad_ranges(monkeypatch):
+    from pipeline import orchestration
+    from pipeline.node import HeightAboveTipError
+
+    monkeypatch.setattr(orchestration, "check_node", lambda conn_id: {"tip": 30, "chain": "regtest"})
+    assert orchestration.plan_backfill(0, 24, 10) == [{"start": 0, "end": 9}, {"start": 10, "end": 19},
+                                                      {"start": 20, "end": 24}]
+    assert orchestration.plan_backfill(25, None, 10) == [{"start": 25, "end": 30}]  # to: the node's tip
     with pytest.raises(ValueError, match="from 10 to 5"):
-        plan_backfill(10, 5)
+        orchestration.plan_backfill(10, 5)
+    with pytest.raises(HeightAboveTipError, match="up to 31 but the node's tip is 30"):
+        orchestration.plan_backfill(0, 31)
 
 
 def test_warehouse_setting_lookup(monkeypatch, tmp_path):
@@ -167,22 +190,41 @@ def test_backfill_dag_end_to_end(dagbag, regtest_node, airflow_env):
         == (28, 28, 0, 27)
 
 
+def _raiser(exc):
+    def fn():
+        raise exc
+    return fn
+
+
 def test_unfixable_errors_fail_without_retry_and_others_propagate():
     from airflow.sdk.exceptions import AirflowFailException
 
-    from pipeline.node import NodeWarmingUpError
+    from pipeline import node
     from pipeline.orchestration import run_task
+    from pipeline.registry import RegistryError
     from pipeline.validation import BatchRejected
+    from pipeline.warehouse import ChainMismatchError, WarehouseBusyError
 
-    def rejected():
-        raise BatchRejected("blocks: expect_column_values_to_be_unique(height) failed", Path("/wh/quarantine/x"))
-
+    rejected = BatchRejected("blocks: expect_column_values_to_be_unique(height) failed", Path("/wh/quarantine/x"))
     with pytest.raises(AirflowFailException, match=r"(?s)unique\(height\).*/wh/quarantine/x"):
-        run_task(rejected)
-
-    def warming():
-        raise NodeWarmingUpError("node is loading the block index; retry in a minute")
-
-    with pytest.raises(NodeWarmingUpError):  # left to Airflow's retries with backoff
-        run_task(warming)
+        run_task(_raiser(rejected))
+    permanent = [
+        node.NodeConfigError("Airflow connection 'x' not usable; create it"),
+        node.NodeAuthError("the node refused the credentials (HTTP 401): check the cookie file"),
+        node.NodePrunedError("pruned below 1000; start at >= 1000", prune_height=1000),
+        node.HeightAboveTipError("height 50 is above the node's tip 40", height=50, tip=40),
+        RegistryError("registry file r.json is not valid JSON"),
+        ChainMismatchError("warehouse holds chain 'main', not 'regtest'"),
+    ]
+    for exc in permanent:
+        with pytest.raises(AirflowFailException, match=type(exc).__name__) as failed:
+            run_task(_raiser(exc))
+        assert str(exc) in str(failed.value)  # the message that names the fix
+    retried = [node.NodeWarmingUpError("node is loading the block index"),
+               node.NodeUnreachableError("no answer from 127.0.0.1:8332 after 5 attempts"),
+               node.NodeError("REST block: HTTP 503 (work queue depth exceeded); the node is overloaded"),
+               WarehouseBusyError("warehouse is busy: another writer holds it")]
+    for exc in retried:  # left to Airflow's retries with backoff
+        with pytest.raises(type(exc)):
+            run_task(_raiser(exc))
     assert run_task(lambda a, b=0: a + b, 1, b=2) == 3

@@ -305,14 +305,17 @@ def test_airflow_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_BITCOIN_COOKIE", json.dumps(
         {"conn_type": "http", "host": "10.1.1.1", "extra": {"cookie_file": "/data/.cookie", "use_rest": True,
                                                              "timeout": 5}}))
-    cfg = NodeConfig.from_airflow_connection()
+    from pipeline.node import NodeConfigError
+    from pipeline.orchestration import node_config
+
+    cfg = node_config()
     assert (cfg.url, cfg.user, cfg.password) == ("http://127.0.0.1:18443", "af", "af-secret")
     assert "af-secret" not in repr(cfg)
-    cfg = NodeConfig.from_airflow_connection("bitcoin_cookie")
+    cfg = node_config("bitcoin_cookie")
     assert (cfg.url, cfg.cookie_file, cfg.use_rest, cfg.timeout) == ("http://10.1.1.1:8332", Path("/data/.cookie"),
                                                                     True, 5.0)
-    with pytest.raises(NodeError, match="bitcoin_missing"):
-        NodeConfig.from_airflow_connection("bitcoin_missing")
+    with pytest.raises(NodeConfigError, match=r"bitcoin_missing.*--conn-type generic"):
+        node_config("bitcoin_missing")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -74,3 +74,71 @@ def test_fork_below_everything_stored():
 
 def test_empty_warehouse_has_no_fork():
     assert find_fork_height(FakeClient(_chain(10)), FakeWarehouse({})) is None
+
+
+# ------------------------------------------------------------------ registry changes during a load
+
+
+def _smaller_registry():
+    from pipeline.registry import load_registry, parse_registry
+
+    shipped = load_registry()
+    document = dict(shipped.document)
+    document["pools"] = [p for p in shipped.document["pools"] if p["id"] != "foundry-usa"]
+    return shipped, parse_registry(document)
+
+
+@pytest.mark.node
+def test_a_load_follows_a_reattribution_made_while_it_runs(regtest_node, tmp_path):
+    """Another run re-attributes the warehouse with registry B while a load that follows the
+    warehouse is half done (it started with A): the load must not undo B. Its next commit notices
+    the change and the rest is attributed with B; every stored block then has a B attribution."""
+    from pipeline.node import NodeClient
+    from pipeline.regtest import demo_specs, mine_chain
+    from pipeline.sync import reattribute, sync_range
+    from pipeline.warehouse import Warehouse
+
+    registry_a, registry_b = _smaller_registry()
+    mine_chain(regtest_node, demo_specs(registry_a, 90, allow_p2sh=regtest_node.flavor == "core"))
+    root = tmp_path / "wh"
+    switched = []
+
+    def after_batch(n: int) -> None:
+        if not switched:  # between two commits of the load, as another process would
+            other = Warehouse(root)
+            with other.writer(wait=30):
+                reattribute(other, registry_b, allow_cross_network=True)
+            switched.append(True)
+
+    result = sync_range(NodeClient(regtest_node.client_config()), Warehouse(root), 0, 90, registry=None,
+                        default_registry=lambda: registry_a, allow_cross_network=True, batch_size=30,
+                        progress=after_batch)
+    warehouse = Warehouse(root)
+    assert result.blocks_loaded == 91 and result.registry_version == registry_b.version
+    assert warehouse.meta["registry_version"] == registry_b.version
+    current = warehouse.read("attributions", where=f"registry_version = '{registry_b.version}'")
+    assert current["height"].to_pylist() == list(range(0, 91))
+
+
+@pytest.mark.node
+def test_an_explicit_registry_is_not_silently_replaced(regtest_node, tmp_path):
+    from pipeline.node import NodeClient
+    from pipeline.parallel import RegistryChangedError
+    from pipeline.regtest import demo_specs, mine_chain
+    from pipeline.sync import reattribute, sync_range
+    from pipeline.warehouse import Warehouse
+
+    registry_a, registry_b = _smaller_registry()
+    mine_chain(regtest_node, demo_specs(registry_a, 60, allow_p2sh=regtest_node.flavor == "core"))
+    root = tmp_path / "wh"
+
+    def after_batch(n: int) -> None:
+        other = Warehouse(root)
+        with other.writer(wait=30):
+            if other.meta.get("registry_version") != registry_b.version:
+                reattribute(other, registry_b, allow_cross_network=True)
+
+    with pytest.raises(RegistryChangedError, match=f"changed to version {registry_b.version}"):
+        sync_range(NodeClient(regtest_node.client_config()), Warehouse(root), 0, 60, registry=registry_a,
+                   allow_cross_network=True, batch_size=30, progress=after_batch)
+    assert Warehouse(root).meta["registry_version"] == registry_b.version

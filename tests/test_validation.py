@@ -246,10 +246,23 @@ def test_check_batch_and_data_docs(chain, tmp_path: Path):
     assert caught.value.quarantine_path.is_dir()
     index = build_data_docs(root)
     assert index == root / "data_docs" / "index.html" and index.exists()
-    pages = [p.read_text() for p in (root / "data_docs" / "validations").rglob("*.html")]
-    assert len(pages) >= 3  # two tables of the good batch, two of the quarantined one
-    assert any("QUARANTINED" in p for p in pages) or "QUARANTINED" in index.read_text()
-    assert (root / "data_docs" / "expectations" / "blocks.html").exists()
+    text = index.read_text()
+    from pipeline.datadocs import external_references, saved_results
+    from pipeline.validation import all_suite_decls
+
+    kept = saved_results(root)
+    assert len(kept) == 2 and sum(q for _, _, q in kept) == 1  # the good batch and the quarantined one
+    for batch_id, _, _ in kept:
+        assert batch_id in text and (root / "data_docs" / "results" / f"{batch_id}.html").exists()
+    assert "QUARANTINED" in text and "passed" in text
+    for decl in all_suite_decls():  # every declared suite, each with its own page
+        assert f"suites/{decl.table}.html" in text
+        assert (root / "data_docs" / "suites" / f"{decl.table}.html").exists()
+    pages = [p.read_text() for p in (root / "data_docs").rglob("*.html")]
+    assert all(external_references(p) == [] for p in pages)  # reads offline: no CDN, no script
+    assert external_references('<link href="https://cdn.example/x.css">') == ["https://cdn.example/x.css"]
+    failed = next(p for p in pages if "expect_column_values_to_be_unique(height)" in p and "FAILED" in p)
+    assert "height=1" in failed
 
 
 def test_report_json_round_trip(chain):

@@ -71,9 +71,9 @@ def friendly_errors(fn: Callable) -> Callable:
             pass
         try:
             from pipeline.blockfiles import BlockFileError
-            from pipeline.parallel import ChainChangedError
+            from pipeline.parallel import ChainChangedError, RegistryChangedError
 
-            handled += (BlockFileError, ChainChangedError)
+            handled += (BlockFileError, ChainChangedError, RegistryChangedError)
         except ImportError:
             pass
         try:
