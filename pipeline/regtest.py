@@ -413,6 +413,19 @@ class RegtestNode:
             if self._own_datadir:
                 shutil.rmtree(self.datadir, ignore_errors=True)
 
+    def detach(self) -> int:
+        """Leave the node running after this object and this process are gone (``poolwatch devnode
+        start``); returns its pid. Stop it later with the RPC ``stop`` (``pipeline.devnode``)."""
+        if not self.running():
+            raise RegtestError("regtest node is not running")
+        assert self._proc is not None
+        pid = self._proc.pid
+        atexit.unregister(self._atexit_stop)
+        self._close_conn()
+        self._own_datadir = False
+        self._proc = None
+        return pid
+
     def _atexit_stop(self) -> None:
         try:
             self.stop(timeout=5)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-_AREAS = ("core", "pools", "metrics")
+_AREAS = ("core", "pools", "metrics", "devnode")
 
 
 def default_warehouse() -> Path:
