@@ -176,9 +176,10 @@ def run_backfill(rpc_url: str, cookie_file: str, warehouse_root: str, start: int
         startup = fetcher.start()
         started = time.perf_counter()
         warehouse.bind_chain(network.name, genesis)
-        loaded = load_chunks(warehouse, fetcher, plan_chunks(start, end, batch_size), stages=stages)
+        # The registry is the warehouse's before any batch attributed with it is committed.
         warehouse.commit({"pool_definitions": pool_definitions_table(registry)})
         warehouse.set_meta(registry_version=registry.version, registry_cross_network=False)
+        loaded = load_chunks(warehouse, fetcher, plan_chunks(start, end, batch_size), stages=stages)
         finished = time.perf_counter()
         warehouse.refresh_catalog()
     client.close()

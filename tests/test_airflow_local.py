@@ -109,7 +109,7 @@ def test_mapped_backfill_of_3000_blocks(deployment, node):
     assert (extra["from_height"], extra["to_height"]) == (0, tip)
 
 
-def test_what_no_retry_can_fix_fails_at_once(deployment, node):
+def test_what_no_retry_can_fix_fails_at_once(deployment, node, tmp_path):
     tip = node.tip().height
     run_id = deployment.trigger("poolwatch_backfill", {"from": 0, "to": tip + 10})
     run = deployment.wait_for_run("poolwatch_backfill", run_id, timeout=600)
@@ -124,6 +124,24 @@ def test_what_no_retry_can_fix_fails_at_once(deployment, node):
     assert run["state"] == "failed" and plan["try_number"] == 1
     assert "airflow connections add no_such_node --conn-type generic" in \
         deployment.task_log("poolwatch_backfill", run_id, "plan")
+
+    # A chunk that fails for good (the warehouse, switched by its Variable, holds mainnet) fails at
+    # once and keeps its height-range label.
+    other = tmp_path / "mainnet-warehouse"
+    other.mkdir()
+    (other / "meta.json").write_text(json.dumps({"chain": "main", "genesis_hash": "00" * 32, "schema_version": 1}))
+    deployment.cli("variables", "set", "poolwatch_warehouse", str(other))
+    try:
+        run_id = deployment.trigger("poolwatch_backfill", {"from": 0, "to": 19, "chunk_size": 10})
+        run = deployment.wait_for_run("poolwatch_backfill", run_id, timeout=600)
+    finally:
+        deployment.cli("variables", "delete", "poolwatch_warehouse", check=False)
+    chunks = [t for t in deployment.task_instances("poolwatch_backfill", run_id) if t["task_id"] == "load_chunk"]
+    assert run["state"] == "failed"
+    assert [(t["rendered_map_index"], t["state"], t["try_number"]) for t in chunks] == [
+        ("heights 0..9", "failed", 1), ("heights 10..19", "failed", 1)]
+    log = deployment.task_log("poolwatch_backfill", run_id, "load_chunk", map_index=0)
+    assert "ChainMismatchError" in log and "holds chain 'main'" in log
 
 
 def test_registry_changes_reattribute_and_a_broken_registry_never_stops_ingestion(deployment, node, tmp_path):

@@ -175,7 +175,7 @@ def test_parallel_backfill_equals_sync_range(regtest_node, tmp_path: Path) -> No
     from pipeline.parallel import BatchPlan, load_chunks
     from pipeline.regtest import demo_specs, mine_chain
     from pipeline.registry import load_registry
-    from pipeline.sync import sync_range
+    from pipeline.sync import reattribute, sync_range
     from pipeline.warehouse import Warehouse
 
     registry = load_registry()
@@ -188,6 +188,7 @@ def test_parallel_backfill_equals_sync_range(regtest_node, tmp_path: Path) -> No
     warehouse = Warehouse(tmp_path / "parallel")
     with warehouse.writer():
         warehouse.bind_chain("regtest", client.block_hashes([0])[0])
+        reattribute(warehouse, registry)  # the registry becomes the warehouse's before batches use it
         plan = BatchPlan(registry=registry, chain="regtest")
         with ChunkFetcher(client, REGTEST, workers=2, source="blkfiles", datadir=regtest_node.datadir,
                           plan=plan) as fetcher:
@@ -255,12 +256,16 @@ def test_one_process_pipeline_quarantines_a_bad_batch_and_keeps_the_earlier_ones
 
 
 def test_one_process_pipeline_validates_in_process_when_it_cannot_start_a_process(
-        mainnet_blocks_dir, tmp_path: Path, monkeypatch) -> None:
-    """Inside a daemonic task runner a child process is refused: the batches are validated here."""
-    class NoChildren:
-        def submit(self, *args, **kwargs):
-            raise AssertionError("daemonic processes are not allowed to have children")
+        mainnet_blocks_dir, tmp_path: Path, monkeypatch, caplog) -> None:
+    """The helper process cannot start (here: no interpreter at sys.executable): the batches are
+    validated in this process instead, and the log says so."""
+    import logging
 
-    monkeypatch.setattr(ChunkFetcher, "_validator_pool", lambda self: NoChildren())
-    warehouse, _ = _load_with_a_future_last_block(mainnet_blocks_dir[1], 150, 50, tmp_path)
+    from pipeline import processes
+
+    monkeypatch.setattr(processes.sys, "executable", str(tmp_path / "no-such-python"))
+    with caplog.at_level(logging.WARNING, logger="pipeline.parallel"):
+        warehouse, _ = _load_with_a_future_last_block(mainnet_blocks_dir[1], 150, 50, tmp_path)
     assert warehouse.stored_range() == (0, 99)  # validated here: the bad batch was still refused
+    assert any("cannot start a validating process" in r.getMessage() and "validating in this process"
+               in r.getMessage() for r in caplog.records)
