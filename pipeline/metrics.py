@@ -338,9 +338,9 @@ def _centralization_sql() -> str:
         ), agg AS (
             SELECT window_key, level, treatment,
                    any_value(total)::BIGINT AS blocks, any_value(n)::BIGINT AS n_entities,
-                   sum(c) FILTER (WHERE rank_desc <= 1) / any_value(total) AS top1_share,
-                   sum(c) FILTER (WHERE rank_desc <= 3) / any_value(total) AS top3_share,
-                   sum(c) FILTER (WHERE rank_desc <= 5) / any_value(total) AS top5_share,
+                   sum(c) FILTER (WHERE rank_desc <= 1) AS top1_blocks,
+                   sum(c) FILTER (WHERE rank_desc <= 3) AS top3_blocks,
+                   sum(c) FILTER (WHERE rank_desc <= 5) AS top5_blocks,
                    sum(c * c) / (any_value(total)::DOUBLE * any_value(total)) AS hhi,
                    CASE WHEN any_value(total) >= 2
                         THEN sum(c * (c - 1)) / (any_value(total)::DOUBLE * (any_value(total) - 1)) END AS hhi_unbiased,
@@ -355,14 +355,29 @@ def _centralization_sql() -> str:
             FROM _pw_windows w CROSS JOIN (VALUES ('pool'), ('family')) lv(level)
             CROSS JOIN (VALUES {", ".join(f"('{t}')" for t in TREATMENTS)}) tr(treatment)
         )
+        -- Top-N shares and the number of known entities do not depend on the unknown treatment:
+        -- the N largest known entities (never "unknown"), over the known blocks and over all blocks.
+        , known AS (
+            SELECT a.window_key, a.level, a.n_entities AS known_entities, a.top1_blocks, a.top3_blocks,
+                   a.top5_blocks, a.blocks AS known_blocks, w.blocks_total
+            FROM agg a JOIN _pw_windows w USING (window_key) WHERE a.treatment = 'excluded'
+        )
         SELECT g.window_key, g.level, g.treatment AS unknown_treatment,
                coalesce(a.blocks, 0) AS blocks, coalesce(a.n_entities, 0) AS n_entities,
-               a.top1_share, a.top3_share, a.top5_share, a.hhi, a.hhi_unbiased, a.nakamoto,
+               coalesce(k.known_entities, 0) AS known_entities,
+               k.top1_blocks / k.known_blocks AS top1_share_of_known,
+               k.top3_blocks / k.known_blocks AS top3_share_of_known,
+               k.top5_blocks / k.known_blocks AS top5_share_of_known,
+               k.top1_blocks / k.blocks_total AS top1_share_of_all,
+               k.top3_blocks / k.blocks_total AS top3_share_of_all,
+               k.top5_blocks / k.blocks_total AS top5_share_of_all,
+               a.hhi, a.hhi_unbiased, a.nakamoto,
                greatest(a.entropy_bits, 0.0) AS entropy_bits,
                CASE WHEN a.n_entities >= 2 THEN greatest(a.entropy_bits, 0.0) / log2(a.n_entities) END
                    AS entropy_normalized,
                greatest(a.gini, 0.0) AS gini
         FROM grid g LEFT JOIN agg a USING (window_key, level, treatment)
+        LEFT JOIN known k USING (window_key, level)
     """
 
 
@@ -576,11 +591,33 @@ def _add_bootstrap(window: Window, cent: pd.DataFrame, per_window: pd.DataFrame,
 CENTRALIZATION_COLUMNS = [
     "window_kind", "window_id", "window_start", "window_end", "first_height", "last_height", "level",
     "unknown_treatment", "blocks_total", "unknown_blocks", "unknown_share", "blocks", "n_entities",
-    "top1_share", "top3_share", "top5_share", "hhi", "hhi_unbiased", "hhi_lo", "hhi_hi", "nakamoto",
+    "known_entities", "top1_share_of_known", "top3_share_of_known", "top5_share_of_known", "top1_share_of_all",
+    "top3_share_of_all", "top5_share_of_all", "hhi", "hhi_unbiased", "hhi_lo", "hhi_hi", "nakamoto",
     "nakamoto_lo", "nakamoto_hi", "entropy_bits", "entropy_normalized", "gini", "bootstrap_draws",
     "low_sample", "complete", "network_hashrate", "hashrate_method", "elapsed_seconds", "expected_blocks",
     "registry_version",
 ]
+# One display label per column, shared by the CLI table, the HTML report and the notebook, so a name
+# means the same everywhere (definitions: docs/metrics.md).
+COLUMN_LABELS = {
+    "known_entities": "known {entities}",
+    "n_entities": "{entities} under the treatment",
+    "top1_share_of_known": "top-1 of known",
+    "top3_share_of_known": "top-3 of known",
+    "top5_share_of_known": "top-5 of known",
+    "top1_share_of_all": "top-1 of all",
+    "top3_share_of_all": "top-3 of all",
+    "top5_share_of_all": "top-5 of all",
+    "unknown_share": "unknown",
+}
+
+
+def column_label(column: str, level: str = "pool") -> str:
+    """The display label of a metrics column (``known pools`` at pool level, ``known families``...)."""
+    entities = "families" if level == "family" else "pools"
+    return COLUMN_LABELS.get(column, column).format(entities=entities)
+
+
 POOL_SHARE_COLUMNS = [
     "window_kind", "window_id", "window_start", "window_end", "first_height", "last_height", "level",
     "entity_id", "entity_name", "is_unknown", "rank", "blocks", "blocks_total", "share", "share_lo",
@@ -635,7 +672,6 @@ def to_arrow(frame: pd.DataFrame, table: str) -> pa.Table:
     out = frame.copy()
     for col in ("window_start", "window_end"):
         out[col] = pd.to_datetime(out[col], utc=True)
-    out["computed_at"] = pd.Timestamp(datetime.now(UTC).replace(microsecond=0))
     arrays = {}
     for field in spec.arrow_schema:
         values = out[field.name]

@@ -245,12 +245,19 @@ def _summary_html(data: ReportData) -> str:
                           for t in m.TREATMENTS)
         rows.append(
             f"<tr><td>{html.escape(str(key[1]))}</td><td>{int(b.blocks_total)}</td>"
-            f"<td>{b.unknown_share:.1%}</td><td>{int(b.n_entities)}</td><td>{b.top1_share:.1%}</td>"
+            f"<td>{b.unknown_share:.1%}</td><td>{int(b.known_entities)}</td><td>{_pct(b.top1_share_of_known)}</td>"
+            f"<td>{_pct(b.top1_share_of_all)}</td>"
             f"<td>{b.hhi:.3f} [{b.hhi_lo:.3f}, {b.hhi_hi:.3f}]</td><td>{naks}</td>"
             f"<td>{'low sample' if b.low_sample else ''}</td></tr>")
-    return ("<table><tr><th>window</th><th>blocks</th><th>unknown</th><th>entities</th><th>top-1</th>"
+    heads = "".join(f"<th>{html.escape(m.column_label(c, data.level))}</th>"
+                    for c in ("known_entities", "top1_share_of_known", "top1_share_of_all"))
+    return (f"<table><tr><th>window</th><th>blocks</th><th>unknown</th>{heads}"
             "<th>HHI [95% CI] (unknown = one miner)</th><th>Nakamoto excl. / one / each</th><th></th></tr>"
             + "".join(rows) + "</table>")
+
+
+def _pct(value: float) -> str:
+    return "-" if pd.isna(value) else f"{value:.1%}"
 
 
 def write_report(data: ReportData, out_dir: Path, dpi: int = 110) -> list[Path]:

@@ -473,15 +473,19 @@ def _hhi_in_bounds(df: pd.DataFrame, view: BatchView) -> pd.Series:
 
 @derived("top_shares_ordered")
 def _top_shares_ordered(df: pd.DataFrame, view: BatchView) -> pd.Series:
-    """0 < top1 <= top3 <= top5 <= 1 (null when the window counts no block)."""
+    """0 < top1 <= top3 <= top5 <= 1 of known blocks; each share of all <= its share of known
+    (null when no block is known)."""
     result: list[bool | None] = []
-    for t1, t3, t5 in zip(df["top1_share"].tolist(), df["top3_share"].tolist(), df["top5_share"].tolist(),
-                          strict=True):
-        if any(v is None or v != v for v in (t1, t3, t5)):
+    known = zip(df["top1_share_of_known"].tolist(), df["top3_share_of_known"].tolist(),
+                df["top5_share_of_known"].tolist(), df["top1_share_of_all"].tolist(),
+                df["top3_share_of_all"].tolist(), df["top5_share_of_all"].tolist(), strict=True)
+    e = FLOAT_TOLERANCE
+    for k1, k3, k5, a1, a3, a5 in known:
+        if any(v is None or v != v for v in (k1, k3, k5, a1, a3, a5)):
             result.append(None)
         else:
-            e = FLOAT_TOLERANCE
-            result.append(0 < t1 <= t3 + e and t3 <= t5 + e and t5 <= 1 + e)
+            result.append(0 < k1 <= k3 + e and k3 <= k5 + e and k5 <= 1 + e
+                          and a1 <= k1 + e and a3 <= k3 + e and a5 <= k5 + e and a1 > 0)
     return _series(df, result)
 
 

@@ -83,9 +83,10 @@ def test_reference_functions_on_hand_values():
 
 def test_treatment_excluded_hand_values():
     r = row(example_result().centralization, level="pool", unknown_treatment="excluded")
-    assert (r.blocks_total, r.unknown_blocks, r.blocks, r.n_entities) == (10, 2, 8, 3)
+    assert (r.blocks_total, r.unknown_blocks, r.blocks, r.n_entities, r.known_entities) == (10, 2, 8, 3, 3)
     assert r.unknown_share == pytest.approx(0.2)
-    assert (r.top1_share, r.top3_share, r.top5_share) == pytest.approx((0.5, 1.0, 1.0))
+    assert (r.top1_share_of_known, r.top3_share_of_known, r.top5_share_of_known) == pytest.approx((0.5, 1.0, 1.0))
+    assert (r.top1_share_of_all, r.top3_share_of_all, r.top5_share_of_all) == pytest.approx((0.4, 0.8, 0.8))
     assert r.hhi == pytest.approx(0.40625)
     assert r.hhi_unbiased == pytest.approx((4 * 3 + 3 * 2 + 0) / (8 * 7))
     assert r.nakamoto == 2
@@ -97,8 +98,10 @@ def test_treatment_excluded_hand_values():
 
 def test_treatment_one_entity_hand_values():
     r = row(example_result().centralization, level="pool", unknown_treatment="one_entity")
-    assert (r.blocks, r.n_entities) == (10, 4)
-    assert (r.top1_share, r.top3_share, r.top5_share) == pytest.approx((0.4, 0.9, 1.0))
+    assert (r.blocks, r.n_entities, r.known_entities) == (10, 4, 3)
+    # top-N never counts the unknown as an entity: the same shares in every treatment's row
+    assert (r.top1_share_of_known, r.top3_share_of_known) == pytest.approx((0.5, 1.0))
+    assert (r.top1_share_of_all, r.top3_share_of_all, r.top5_share_of_all) == pytest.approx((0.4, 0.8, 0.8))
     assert r.hhi == pytest.approx(0.30)
     assert r.nakamoto == 2
     assert r.entropy_bits == pytest.approx(1.846439, abs=1e-6)
@@ -108,7 +111,8 @@ def test_treatment_one_entity_hand_values():
 
 def test_treatment_each_own_hand_values():
     r = row(example_result().centralization, level="pool", unknown_treatment="each_own")
-    assert (r.blocks, r.n_entities) == (10, 5)
+    assert (r.blocks, r.n_entities, r.known_entities) == (10, 5, 3)
+    assert r.top1_share_of_all == pytest.approx(0.4)
     assert r.hhi == pytest.approx(0.28)
     assert r.nakamoto == 2
     assert r.entropy_bits == pytest.approx(2.046439, abs=1e-6)
@@ -227,7 +231,7 @@ def test_epoch_and_rolling_windows():
     roll = m.compute_metrics(con2, "rolling:3", registry_version="v1", bootstrap=False).centralization
     r = roll[(roll.level == "pool") & (roll.unknown_treatment == "excluded")]
     assert list(r.window_id) == ["0-2", "1-3", "2-4"]
-    assert list(r.top1_share) == pytest.approx([2 / 3, 2 / 3, 2 / 3])
+    assert list(r.top1_share_of_known) == pytest.approx([2 / 3, 2 / 3, 2 / 3])
     assert list(r.nakamoto) == [1, 1, 1]
     stepped = m.compute_metrics(con2, "rolling:2:2", registry_version="v1", bootstrap=False).centralization
     assert sorted(set(stepped.window_id)) == ["0-1", "2-3"]

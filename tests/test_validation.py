@@ -182,7 +182,7 @@ def test_metric_suites_catch_bad_shares_and_hhi():
                      "entity_name": entity, "is_unknown": False, "rank": i + 1, "blocks": blocks,
                      "blocks_total": 4, "share": blocks / 4, "share_lo": 0.0, "share_hi": 1.0,
                      "share_of_known": blocks / 4, "work_share": blocks / 4, "hashrate": None,
-                     "low_sample": True, "complete": True, "registry_version": None, "computed_at": now})
+                     "low_sample": True, "complete": True, "registry_version": None})
     share = pa.Table.from_pylist(rows, schema=spec.arrow_schema)
     assert validate_batch({"pool_share": share}).ok
     bad = replace(share, "share", 1, 0.5)  # 0.75 + 0.5 != 1
@@ -192,13 +192,16 @@ def test_metric_suites_catch_bad_shares_and_hhi():
     row = {c.name: None for c in cspec.columns}
     row.update(window_kind="day", window_id="2024-01-01", window_start=now, window_end=now, first_height=1,
                last_height=4, level="pool", unknown_treatment="excluded", blocks_total=4, unknown_blocks=0,
-               unknown_share=0.0, blocks=4, n_entities=2, top1_share=0.75, top3_share=1.0, top5_share=1.0,
-               hhi=0.625, nakamoto=1, low_sample=True, complete=True, hashrate_method="fixed_time",
-               computed_at=now)
+               unknown_share=0.0, blocks=4, n_entities=2, known_entities=2, top1_share_of_known=0.75,
+               top3_share_of_known=1.0, top5_share_of_known=1.0, top1_share_of_all=0.75, top3_share_of_all=1.0,
+               top5_share_of_all=1.0, hhi=0.625, nakamoto=1, low_sample=True, complete=True,
+               hashrate_method="fixed_time")
     cent = pa.Table.from_pylist([row], schema=cspec.arrow_schema)
     assert validate_batch({"centralization": cent}).ok
     low = replace(cent, "hhi", 0, 0.3)  # below 1/n = 0.5
     assert ("centralization", "hhi_in_bounds") in failed(validate_batch({"centralization": low}))
+    above = replace(cent, "top1_share_of_all", 0, 0.8)  # more of all blocks than of the known ones
+    assert ("centralization", "top_shares_ordered") in failed(validate_batch({"centralization": above}))
 
 
 def test_unknown_table_is_an_error(chain):

@@ -61,8 +61,12 @@ def centralization_table(cent: pd.DataFrame, level: str, title: str) -> Table:
     """One line per window; the unknown treatments side by side where they differ."""
     cent = cent[cent.level == level]
     table = Table(title=title, title_justify="left")
-    for name, justify in (("window", "left"), ("blocks", "right"), ("unknown", "right"), ("pools", "right"),
-                          ("top1", "right"), ("top3", "right"), ("top5", "right"), ("HHI [95% CI]", "right"),
+    from pipeline.metrics import column_label
+
+    for name, justify in (("window", "left"), ("blocks", "right"), ("unknown", "right"),
+                          (column_label("known_entities", level), "right"),
+                          (column_label("top1_share_of_known"), "right"), (column_label("top3_share_of_known"), "right"),
+                          (column_label("top5_share_of_known"), "right"), ("HHI [95% CI]", "right"),
                           ("Nakamoto excl/one/each [95% CI]", "right"), ("entropy", "right"),
                           ("Gini", "right"), ("hashrate", "right"), ("", "left")):
         table.add_column(name, justify=justify, no_wrap=True)
@@ -80,8 +84,8 @@ def centralization_table(cent: pd.DataFrame, level: str, title: str) -> Table:
         if not one.complete:
             flags.append("[dim]partial[/]")
         table.add_row(str(window_id), f"{int(one.blocks_total):,}", _fmt_share(one.unknown_share),
-                      str(int(by["excluded"].n_entities)), _fmt_share(by["excluded"].top1_share),
-                      _fmt_share(by["excluded"].top3_share), _fmt_share(by["excluded"].top5_share),
+                      str(int(one.known_entities)), _fmt_share(one.top1_share_of_known),
+                      _fmt_share(one.top3_share_of_known), _fmt_share(one.top5_share_of_known),
                       _fmt_interval(one.hhi, one.hhi_lo, one.hhi_hi, ".3f"), " / ".join(naks),
                       "-" if pd.isna(one.entropy_normalized) else f"{one.entropy_normalized:.2f}",
                       "-" if pd.isna(one.gini) else f"{one.gini:.2f}", _fmt_hashrate(one.network_hashrate),
