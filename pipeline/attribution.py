@@ -39,6 +39,46 @@ from pipeline.registry import UNKNOWN_POOL_ID, Address, Pool, Registry, Tag, can
 from pipeline.schemas import table_spec
 
 UNKNOWN_POOL_NAME = "Unknown"
+CROSS_NETWORK_SUFFIX = "+cross-network"
+
+
+# ------------------------------------------------------------------------------------------ lineage
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """Settings that change what attribution gives for the same blocks and registry. They are part
+    of the recorded version: rows carry ``attribution_version(registry version, settings)``.
+
+    ``cross_network``: let a mainnet registry's addresses match on a regtest chain (demos and tests
+    build regtest chains whose coinbases pay mainnet pools' scripts); never allowed on real chains.
+    """
+
+    cross_network: bool = False
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"cross_network": self.cross_network}
+
+    def describe(self) -> str:
+        return f"cross-network matching {'on' if self.cross_network else 'off'}"
+
+
+def attribution_version(registry_version: str, cross_network: bool) -> str:
+    """What attribution rows carry in ``registry_version``: the registry's content hash, followed by
+    ``+<setting>`` for each setting that differs from its default (semver-style build metadata), so
+    the same blocks, registry and settings always give the same rows under the same label."""
+    return registry_version + (CROSS_NETWORK_SUFFIX if cross_network else "")
+
+
+def recorded_settings(meta: dict[str, Any]) -> AttributionSettings | None:
+    """The attribution settings a warehouse recorded (meta.json), or None before its first
+    attribution. Warehouses written before settings were recorded kept the one flag they had."""
+    settings = meta.get("attribution_settings")
+    if isinstance(settings, dict):
+        return AttributionSettings(cross_network=bool(settings.get("cross_network", False)))
+    if "registry_cross_network" in meta:
+        return AttributionSettings(cross_network=bool(meta["registry_cross_network"]))
+    return AttributionSettings() if meta.get("registry_version") else None
 
 
 @dataclass(frozen=True)
@@ -83,6 +123,7 @@ class Matcher:
     def __init__(self, registry: Registry, chain: str, allow_cross_network: bool = False) -> None:
         self.registry = registry
         self.network = network_for_chain(chain).name
+        self.version = attribution_version(registry.version, allow_cross_network)
         usable = {self.network}
         if allow_cross_network:
             if self.network != "regtest":
@@ -227,7 +268,7 @@ def compiled_matcher(registry: Registry, chain: str, allow_cross_network: bool =
 
 def attribute_with(matcher: Matcher, blocks: pa.Table, outputs: pa.Table) -> dict[str, pa.Table]:
     registry = matcher.registry
-    version = registry.version
+    version = matcher.version
     by_block = _outputs_by_block(outputs, matcher)
     heights = blocks["height"].to_pylist()
     hashes = blocks["hash"].to_pylist()
@@ -327,8 +368,9 @@ def stored_or_computed(warehouse, registry: Registry, chain: str, allow_cross_ne
     if stored is None:
         return table_spec("attributions").arrow_schema.empty_table()
     n_blocks = warehouse.read("blocks", columns=["height"]).num_rows
+    version = attribution_version(registry.version, allow_cross_network)
     if warehouse.table_dir("attributions").is_dir():
-        rows = warehouse.read("attributions", where=f"registry_version = '{registry.version}'")
+        rows = warehouse.read("attributions", where=f"registry_version = '{version}'")
         if rows.num_rows == n_blocks:
             return rows
     matcher = compiled_matcher(registry, chain, allow_cross_network)
@@ -442,8 +484,8 @@ def suggest_entries(unknown_blocks: Iterable[tuple[int, str]], payouts: Iterable
 
 def suggest_from_warehouse(warehouse, registry: Registry, min_blocks: int = 3) -> list[dict[str, Any]]:
     chain = warehouse.meta.get("chain", "main")
-    cross = bool(warehouse.meta.get("registry_cross_network", False))
-    attributions = stored_or_computed(warehouse, registry, chain, cross)
+    settings = recorded_settings(warehouse.meta) or AttributionSettings()
+    attributions = stored_or_computed(warehouse, registry, chain, settings.cross_network)
     unknown = attributions.filter(pc.equal(attributions["pool_id"], UNKNOWN_POOL_ID))
     if unknown.num_rows == 0:
         return []

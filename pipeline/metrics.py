@@ -17,7 +17,7 @@ from pathlib import Path
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from statistics import NormalDist
 from typing import TYPE_CHECKING
 
@@ -178,6 +178,13 @@ def _require_views(con: duckdb.DuckDBPyConnection, names: Iterable[str]) -> None
         raise MetricsError(f"the warehouse has no {', '.join(missing)} table yet: sync blocks and run attribution first")
 
 
+# The regtest genesis block carries a timestamp fixed by the chain's parameters (2011-02-02), not a
+# mining time: on a regtest chain made today it would open a 15-year hole in every time-based
+# window and rate. It is left out of the metrics (said in their output); mainnet's genesis is kept.
+REGTEST_GENESIS_HASH = "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206"
+_MINED = f"NOT (b.height = 0 AND b.hash = '{REGTEST_GENESIS_HASH}')"
+
+
 def _base_sql(registry_version: str | None, rng: Range) -> str:
     """One row per selected block with its attribution; a block without an attribution row counts
     as unknown (it is in the chain, so dropping it would inflate every known share)."""
@@ -196,7 +203,22 @@ def _base_sql(registry_version: str | None, rng: Range) -> str:
                     ELSE coalesce(a.family, a.pool_name) END AS family_name
         FROM blocks b
         LEFT JOIN attributions a ON a.height = b.height AND a.block_hash = b.hash{version}
-        WHERE {rng.where('b')}
+        WHERE {rng.where('b')} AND {_MINED}
+    """
+
+
+def _stored_sql() -> str:
+    """Every stored block that counts as mined (the neighbours of a window are looked up here, not
+    only in the selection, so a window's completeness and rate do not depend on --from/--to)."""
+    return f"SELECT b.height::BIGINT AS height, b.time AT TIME ZONE 'UTC' AS t_utc FROM blocks b WHERE {_MINED}"
+
+
+def _gaps_sql() -> str:
+    """Height ranges missing between stored blocks (unloaded ranges)."""
+    return """
+        SELECT height + 1 AS gap_lo, nxt - 1 AS gap_hi
+        FROM (SELECT height, lead(height) OVER (ORDER BY height) AS nxt FROM _pw_stored)
+        WHERE nxt > height + 1
     """
 
 
@@ -247,10 +269,18 @@ def _expected_blocks(window: Window) -> str:
 def _windows_sql(window: Window) -> str:
     """One row per window: bounds, counts, completeness and the network hashrate estimate.
 
+    No window and no rate spans a gap in the data. A window is complete only when the warehouse
+    holds all of it: no height missing between its first and last block and, for a calendar window,
+    stored blocks just before and just after it that fall outside it (a window at the edge of the
+    stored data, or next to an unloaded range, is partial). Neighbours are looked up among all
+    stored blocks, so the answer does not depend on the selected range.
+
     Hashrate (docs/metrics.md): a complete calendar window has a fixed duration T and a Poisson
     block count, so W/T (W = summed work) is unbiased as it stands. Any other window is closed by
-    blocks: its elapsed time, measured from the previous block's timestamp to its last block's, is
-    Gamma(m, rate) for m intervals, and E[m/T] = rate * m/(m-1); multiplying by (m-1)/m removes it.
+    blocks: its elapsed time, measured from the previous block's timestamp (when that block is
+    stored, else from its own first block's) to its last block's, is Gamma(m, rate) for m intervals,
+    and E[m/T] = rate * m/(m-1); multiplying by (m-1)/m removes it. A window with missing heights
+    inside gets no rate: the missing blocks' work and times are unknown.
     """
     return f"""
         WITH w AS (
@@ -261,20 +291,27 @@ def _windows_sql(window: Window) -> str:
                    count(*) FILTER (WHERE unattributed) AS unattributed_blocks,
                    sum(work) AS work_total
             FROM _pw_assigned GROUP BY window_key, window_id
-        ), span AS (SELECT min(t_utc) AS lo_time, max(t_utc) AS hi_time FROM _pw_base)
+        ), gapped AS (
+            SELECT DISTINCT w.window_key FROM w JOIN _pw_gaps g
+                ON g.gap_lo <= w.last_height AND g.gap_hi >= w.first_height
+        )
         SELECT w.*,
                coalesce(w.cal_start, w.first_time) AS window_start,
                coalesce(w.cal_end, w.last_time) AS window_end,
-               CASE WHEN w.cal_start IS NOT NULL
-                    THEN span.lo_time < w.cal_start AND span.hi_time >= w.cal_end
+               gapped.window_key IS NOT NULL AS has_gap,
+               CASE WHEN gapped.window_key IS NOT NULL THEN false
+                    WHEN w.cal_start IS NOT NULL
+                        THEN coalesce(prev.t_utc < w.cal_start AND nxt.t_utc >= w.cal_end, false)
                     ELSE w.blocks_total = coalesce({_expected_blocks(window)}, w.blocks_total) END AS complete,
                prev.t_utc AS prev_time,
                -- intervals m and elapsed time T for the block-interval estimator
                CASE WHEN prev.height IS NULL THEN w.blocks_total - 1 ELSE w.blocks_total END AS intervals,
                epoch(w.last_time) - epoch(coalesce(prev.t_utc, w.first_time)) AS interval_seconds,
                CASE WHEN prev.height IS NULL THEN w.work_total - first_blk.work ELSE w.work_total END AS interval_work
-        FROM w CROSS JOIN span
-        LEFT JOIN _pw_base prev ON prev.height = w.first_height - 1
+        FROM w
+        LEFT JOIN gapped USING (window_key)
+        LEFT JOIN _pw_stored prev ON prev.height = w.first_height - 1
+        LEFT JOIN _pw_stored nxt ON nxt.height = w.last_height + 1
         LEFT JOIN _pw_base first_blk ON first_blk.height = w.first_height
     """
 
@@ -283,12 +320,15 @@ def _network_hashrate_sql() -> str:
     """Columns hashrate_method, elapsed_seconds and network_hashrate over _pw_windows."""
     return """
         SELECT *,
-               CASE WHEN cal_start IS NOT NULL AND complete THEN 'fixed_time' ELSE 'block_intervals' END
-                   AS hashrate_method,
+               CASE WHEN cal_start IS NOT NULL AND complete THEN 'fixed_time'
+                    WHEN has_gap THEN 'none: missing heights'
+                    ELSE 'block_intervals' END AS hashrate_method,
                CASE WHEN cal_start IS NOT NULL AND complete THEN epoch(cal_end) - epoch(cal_start)
+                    WHEN has_gap THEN NULL
                     ELSE interval_seconds END AS elapsed_seconds,
                CASE WHEN cal_start IS NOT NULL AND complete
                         THEN work_total / (epoch(cal_end) - epoch(cal_start))
+                    WHEN has_gap THEN NULL
                     WHEN intervals >= 2 AND interval_seconds > 0
                         THEN interval_work / interval_seconds * (intervals - 1) / intervals
                     ELSE NULL END AS network_hashrate
@@ -474,6 +514,29 @@ def _seed(window_name: str, window_id: str, level: str, treatment: str) -> int:
     return BOOTSTRAP_SEED ^ zlib.crc32(f"{window_name}|{window_id}|{level}|{treatment}".encode())
 
 
+def data_notes(con: duckdb.DuckDBPyConnection, rng: Range | None = None) -> list[str]:
+    """What a reader of metrics over ``rng`` must know about the data behind them: blocks left out
+    and heights that are not stored (every output that shows metrics prints these)."""
+    rng = rng or Range()
+    notes = []
+    genesis = con.execute(f"SELECT count(*) FROM blocks b WHERE {rng.where('b')} AND NOT ({_MINED})").fetchone()[0]
+    if genesis:
+        notes.append("the regtest genesis block (height 0) is left out: its time is fixed by the chain's parameters "
+                     "(2011), not mined, and would open a 15-year gap in every time window and rate")
+    bounds = con.execute(f"SELECT min(height), max(height) FROM blocks b WHERE {rng.where('b')} AND {_MINED}").fetchone()
+    if bounds[0] is not None:
+        gaps = con.execute(f"""
+            SELECT height + 1, nxt - 1 FROM (SELECT height, lead(height) OVER (ORDER BY height) AS nxt
+                                            FROM blocks b WHERE {_MINED})
+            WHERE nxt > height + 1 AND height + 1 <= {int(bounds[1])} AND nxt - 1 >= {int(bounds[0])}
+            ORDER BY height""").fetchall()
+        if gaps:
+            shown = ", ".join(f"{a}..{b}" for a, b in gaps[:5]) + (f" (+{len(gaps) - 5} more)" if len(gaps) > 5 else "")
+            notes.append(f"heights {shown} are not stored: windows next to them are partial and get no hashrate; "
+                         "charts break there")
+    return notes
+
+
 # --------------------------------------------------------------------------------------------
 # Orchestration
 
@@ -487,6 +550,8 @@ class MetricsResult:
 
 def _setup(con: duckdb.DuckDBPyConnection, window: Window, registry_version: str | None, rng: Range) -> None:
     con.execute(f"CREATE OR REPLACE TEMP VIEW _pw_base AS {_base_sql(registry_version, rng)}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_stored AS {_stored_sql()}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_gaps AS {_gaps_sql()}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_assigned AS {_assign_sql(window)}")
     con.execute(f"CREATE OR REPLACE TEMP VIEW _pw_windows_raw AS {_windows_sql(window)}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_windows AS {_network_hashrate_sql()}")
@@ -496,7 +561,8 @@ def _setup(con: duckdb.DuckDBPyConnection, window: Window, registry_version: str
 
 def _teardown(con: duckdb.DuckDBPyConnection) -> None:
     for name, kind in (("_pw_entities", "VIEW"), ("_pw_counts", "TABLE"), ("_pw_windows", "TABLE"),
-                       ("_pw_windows_raw", "VIEW"), ("_pw_assigned", "TABLE"), ("_pw_base", "VIEW")):
+                       ("_pw_windows_raw", "VIEW"), ("_pw_assigned", "TABLE"), ("_pw_gaps", "TABLE"),
+                       ("_pw_stored", "TABLE"), ("_pw_base", "VIEW")):
         con.execute(f"DROP {kind} IF EXISTS {name}")
 
 
@@ -635,14 +701,16 @@ def _order(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 def metric_views() -> dict[str, str]:
     """View name -> SQL over the materialized tables: pool_share_<window>, centralization_<window>
-    and their ``_family`` variants, for ad-hoc SQL."""
+    and their ``_family`` variants, for ad-hoc SQL. Each row carries ``stale`` (from the view
+    ``freshness``): true when blocks or attributions changed after the tables were computed."""
     views: dict[str, str] = {}
     for kind in MATERIALIZED_WINDOWS:
         for table in ("pool_share", "centralization"):
             for level, suffix in (("pool", ""), ("family", "_family")):
                 views[f"{table}{suffix}_{kind}"] = (
-                    f"SELECT * EXCLUDE (window_kind, level) FROM {table} "
-                    f"WHERE window_kind = '{kind}' AND level = '{level}'")
+                    f"SELECT t.* EXCLUDE (window_kind, level), f.stale FROM {table} t "
+                    f"CROSS JOIN (SELECT stale FROM freshness) f "
+                    f"WHERE t.window_kind = '{kind}' AND t.level = '{level}'")
     return views
 
 
@@ -658,7 +726,8 @@ def write_view_files(directory: Path = METRIC_VIEWS_DIR) -> list[Path]:
 
 
 def register_views(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Create the metric views on ``con`` (which must already have pool_share and centralization)."""
+    """Create the metric views on ``con`` (which must already have pool_share, centralization and
+    freshness: ``Warehouse.connect()`` gives all three)."""
     for name, sql in metric_views().items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
     return list(metric_views())
@@ -681,36 +750,128 @@ def to_arrow(frame: pd.DataFrame, table: str) -> pa.Table:
 
 
 def current_registry_version(warehouse: Warehouse) -> str | None:
-    meta = warehouse.meta
-    return meta.get("registry_version") if isinstance(meta, dict) else None
+    """The attribution version (registry version + settings) the metrics are computed from."""
+    return warehouse.attribution_version
 
 
-def refresh_metrics(warehouse: Warehouse, windows: Sequence[str] = MATERIALIZED_WINDOWS,
-                    draws: int = BOOTSTRAP_DRAWS, validate: bool = True) -> dict[str, int]:
-    """Recompute the materialized metric tables (pool_share, centralization) for ``windows``.
+@dataclass(frozen=True)
+class RefreshResult:
+    """What ``refresh_metrics`` did: rows written per table, windows recomputed, and how."""
 
-    Called by ``poolwatch metrics --refresh`` and the Airflow metrics DAG. Each commit replaces every
-    row of the recomputed window kinds (replace_by window_kind), atomically for both tables.
-    Returns rows written per table.
+    mode: str                 # "full", "incremental" or "up to date"
+    rows: dict[str, int]
+    windows_recomputed: int
+    seconds: float
+
+
+def _affected_span(con: duckdb.DuckDBPyConnection, window: Window, lo: int, hi: int) -> tuple[Range, str] | None:
+    """The selection that recomputes every ``window`` window touched by heights [lo, hi] (a changed
+    block, its neighbours, or a stored metric row whose window lost blocks), plus the SQL condition
+    on stored metric rows that those windows replace. Calendar windows are cut by block time, which
+    is not monotonic in height, so the selection is by time, aligned to whole windows."""
+    touched = f"height BETWEEN {int(lo)} AND {int(hi)}"
+    if window.kind == "epoch":
+        row = con.execute(f"""
+            SELECT min(k), max(k) FROM (
+                SELECT height // {EPOCH_BLOCKS} AS k FROM blocks WHERE {touched}
+                UNION ALL SELECT first_height // {EPOCH_BLOCKS} FROM centralization
+                WHERE window_kind = 'epoch' AND last_height >= {int(lo)} AND first_height <= {int(hi)})""").fetchone()
+        if row[0] is None:
+            return None
+        first, last = int(row[0]) * EPOCH_BLOCKS, (int(row[1]) + 1) * EPOCH_BLOCKS - 1
+        return Range(from_height=first, to_height=last), f"first_height BETWEEN {first} AND {last}"
+    unit = {"day": "1 DAY", "week": "7 DAY", "month": "1 MONTH"}[window.kind]
+    trunc = f"date_trunc('{window.kind}', time AT TIME ZONE 'UTC')"
+    row = con.execute(f"""
+        SELECT min(s), max(e) FROM (
+            SELECT {trunc} AS s, {trunc} + INTERVAL {unit} AS e FROM blocks WHERE {touched}
+            UNION ALL SELECT window_start AT TIME ZONE 'UTC', window_end AT TIME ZONE 'UTC' FROM centralization
+            WHERE window_kind = '{window.kind}' AND last_height >= {int(lo)} AND first_height <= {int(hi)})""").fetchone()
+    if row[0] is None:
+        return None
+    start, end = row[0].replace(tzinfo=UTC), row[1].replace(tzinfo=UTC)
+    rng = Range(from_time=start, to_time=end - timedelta(seconds=1))  # block times are whole seconds
+    return rng, f"window_start >= TIMESTAMPTZ '{_iso(start)}' AND window_start < TIMESTAMPTZ '{_iso(end)}'"
+
+
+def refresh_metrics(warehouse: Warehouse, draws: int = BOOTSTRAP_DRAWS, validate: bool = True, *,
+                    full: bool = False, wait: float = 0.0) -> RefreshResult:
+    """Bring the materialized metric tables (pool_share, centralization; day, week, month and
+    epoch windows) up to date with the stored blocks and the current attributions.
+
+    Runs under the warehouse's writer lock, so nothing changes between reading the inputs and
+    committing the result, and the commit records (in the same journal as the rows) that the
+    tables follow from the data (``Warehouse.freshness``). Incremental when the tables were computed
+    from the current attribution version and only some heights changed since (meta ``dirty``): the
+    windows holding a changed height or its neighbour are recomputed, vanished windows dropped, the
+    rest kept; that gives the same rows as a full refresh (tests/test_metrics.py). ``full``, a new
+    attribution version, or no tables yet: everything is recomputed. Called by ``poolwatch sync``,
+    ``attribute``, ``metrics --refresh``, the demo and the Airflow metrics DAG.
     """
-    version = current_registry_version(warehouse)
-    cents, shares = [], []
-    con = warehouse.connect()
-    try:
-        for name in windows:
-            result = compute_metrics(con, parse_window(name), registry_version=version, draws=draws)
-            cents.append(result.centralization)
-            shares.append(result.pool_share)
-    finally:
-        con.close()
-    tables = {"centralization": to_arrow(pd.concat(cents, ignore_index=True), "centralization"),
-              "pool_share": to_arrow(pd.concat(shares, ignore_index=True), "pool_share")}
-    from pipeline.sync import load_batch
+    import time
 
-    with warehouse.writer():
-        # The same gate as every other batch: shares sum to 1 per window, HHI within [1/n, 1], ...
-        load_batch(warehouse, tables, validate=validate)
+    from pipeline.validation import BatchRejected, quarantine, validate_batch
+
+    started = time.monotonic()
+    with warehouse.writer(wait=wait):
+        fresh = warehouse.freshness()
+        version = warehouse.attribution_version
+        nothing = {"centralization": 0, "pool_share": 0}
+        if version is None or warehouse.max_height() is None:
+            return RefreshResult("nothing to compute (no attributed blocks)", nothing, 0, time.monotonic() - started)
+        if not fresh["stale"] and not full:
+            return RefreshResult("up to date", nothing, 0, time.monotonic() - started)
+        dirty = fresh["dirty"]
+        incremental = (not full and dirty is not None and fresh["computed_from"] == version
+                       and warehouse.file_count("centralization") > 0)
+        top = warehouse.max_height()
+        con = warehouse.connect()
+        new: dict[str, list[pd.DataFrame]] = {"centralization": [], "pool_share": []}
+        kept: dict[str, list[pa.Table]] = {"centralization": [], "pool_share": []}
+        recomputed = 0
+        try:
+            for name in MATERIALIZED_WINDOWS:
+                window = parse_window(name)
+                if not incremental:
+                    result = compute_metrics(con, window, registry_version=version, draws=draws)
+                else:
+                    span = _affected_span(con, window, int(dirty[0]) - 1, int(dirty[1]) + 1)
+                    keep = f"window_kind = '{name}'"
+                    if top is not None:
+                        keep += f" AND last_height <= {int(top)}"
+                    if span is None:
+                        result = None
+                    else:
+                        rng, replaced = span
+                        keep += f" AND NOT ({replaced})"
+                        result = compute_metrics(con, window, registry_version=version, rng=rng, draws=draws)
+                    for table in kept:
+                        kept[table].append(warehouse.read(table, where=keep))
+                if result is not None:
+                    new["centralization"].append(result.centralization)
+                    new["pool_share"].append(result.pool_share)
+                    recomputed += result.centralization["window_id"].nunique() if len(result.centralization) else 0
+        finally:
+            con.close()
+        computed = {t: to_arrow(pd.concat(frames, ignore_index=True), t) if frames else
+                    to_arrow(pd.DataFrame(columns=[f.name for f in _spec(t).arrow_schema]), t)
+                    for t, frames in new.items()}
+        if validate and any(t.num_rows for t in computed.values()):
+            # The same gate as every other batch: shares sum to 1 per window, HHI within [1/n, 1], ...
+            report = validate_batch(computed, {"registry_version": version})
+            if not report.ok:
+                raise BatchRejected(report.summary(), quarantine(warehouse.root, computed, report))
+        tables = {t: pa.concat_tables(kept[t] + [computed[t]]) if incremental else computed[t] for t in computed}
+        warehouse.commit(tables, derived_from=version)
         warehouse.refresh_catalog()
     counts = {name: t.num_rows for name, t in tables.items()}
-    log.info("metrics refreshed for %s (registry %s): %s", ", ".join(windows), version, counts)
-    return counts
+    mode = "incremental" if incremental else "full"
+    log.info("metrics refreshed (%s, %d windows recomputed, attribution version %s): %s", mode, recomputed, version,
+             counts)
+    return RefreshResult(mode, counts, recomputed, time.monotonic() - started)
+
+
+def _spec(table: str):
+    from pipeline.schemas import table_spec
+
+    return table_spec(table)

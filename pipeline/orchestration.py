@@ -303,7 +303,8 @@ def _load(client: NodeClient, warehouse: Warehouse, start: int | None, end: int 
     from pipeline.sync import sync_range
 
     return sync_range(client, warehouse, start, end, registry=None, default_registry=load_registry,
-                      allow_cross_network=cross_network_registry(), writer_wait=writer_wait())
+                      allow_cross_network=None, default_cross_network=cross_network_registry(),
+                      writer_wait=writer_wait())
 
 
 def load_new_blocks(conn_id: str = DEFAULT_CONN_ID,
@@ -399,9 +400,12 @@ def reattribute_history() -> dict[str, Any]:
     if warehouse.stored_range() is None:
         return {"reattributed": 0, "registry_version": registry.version, "previous_registry_version": previous,
                 "note": "empty warehouse"}
+    from pipeline.attribution import recorded_settings
+
     with warehouse.writer(wait=writer_wait()):
-        cross = bool(warehouse.meta.get("registry_cross_network", cross_network_registry()))
-        done = reattribute(warehouse, registry, allow_cross_network=cross)
+        recorded = recorded_settings(warehouse.meta)
+        cross = recorded.cross_network if recorded is not None else cross_network_registry()
+        done = reattribute(warehouse, registry, allow_cross_network=cross)  # the recorded setting is kept
         warehouse.refresh_catalog()
     log.info("re-attributed %d stored blocks: registry version %s -> %s", done, previous, registry.version)
     return {"reattributed": done, "registry_version": registry.version, "previous_registry_version": previous}
@@ -414,6 +418,7 @@ def recompute_metrics() -> dict[str, Any]:
     warehouse = open_warehouse()
     if warehouse.stored_range() is None:
         return {"note": "empty warehouse: no metrics to compute"}
-    rows = refresh_metrics(warehouse)
-    return {"rows": rows, "registry_version": warehouse.meta.get("registry_version"),
+    done = refresh_metrics(warehouse, wait=writer_wait())
+    return {"rows": done.rows, "mode": done.mode, "windows_recomputed": done.windows_recomputed,
+            "registry_version": warehouse.attribution_version,
             "windows": list(MATERIALIZED_WINDOWS)}

@@ -203,7 +203,9 @@ def batch_context(plan: BatchPlan, lo: int, previous_hash: str | None,
         if previous_median_time is not None:
             context["previous_median_time"] = previous_median_time
     if plan.registry is not None:
-        context["registry_version"] = plan.registry.version
+        from pipeline.attribution import attribution_version
+
+        context["registry_version"] = attribution_version(plan.registry.version, plan.allow_cross_network)
         context["pool_ids"] = sorted({p.id for p in plan.registry.pools})
     return context
 
@@ -568,12 +570,16 @@ def load_chunks(warehouse: Warehouse, fetcher: ChunkFetcher, chunks: Sequence[tu
     clock = time.perf_counter
     mark = clock()
     # closing(): an error below must stop the fetching thread/workers now, not when the traceback dies.
-    expected_registry = fetcher.plan.registry.version if fetcher.plan and fetcher.plan.registry else None
+    expected_registry = None
+    if fetcher.plan is not None and fetcher.plan.registry is not None:
+        from pipeline.attribution import attribution_version
+
+        expected_registry = attribution_version(fetcher.plan.registry.version, fetcher.plan.allow_cross_network)
     with closing(fetcher.iter_prepared(chunks)) as batches:
         for batch in batches:
             got = clock()
             with warehouse.writer(wait=lock_wait):
-                current_registry = warehouse.meta.get("registry_version") if expected_registry else None
+                current_registry = warehouse.attribution_version if expected_registry else None
                 if current_registry != expected_registry:
                     raise RegistryChangedError(
                         f"the warehouse's registry changed to version {current_registry} (another run "

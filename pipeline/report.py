@@ -47,6 +47,7 @@ class ReportData:
     overall: m.MetricsResult
     registry_version: str | None
     rng: m.Range
+    notes: list[str]  # what the data behind the charts leaves out (metrics.data_notes)
 
 
 def load_report_data(con: duckdb.DuckDBPyConnection, window: m.Window | str = "week", *, level: str = "pool",
@@ -60,14 +61,53 @@ def load_report_data(con: duckdb.DuckDBPyConnection, window: m.Window | str = "w
     if series.centralization.empty:
         raise m.MetricsError("no blocks in the selected range: nothing to chart")
     overall = m.compute_metrics(con, "all", registry_version=registry_version, rng=rng, draws=draws)
-    return ReportData(window, level, series, overall, registry_version, rng)
+    return ReportData(window, level, series, overall, registry_version, rng, m.data_notes(con, rng))
 
 
 def _x(frame: pd.DataFrame, window: m.Window) -> pd.Series:
-    """x axis: calendar windows by start time, block windows by their middle height."""
+    """x of a window's point: the middle of the window (calendar: of its time span; block windows:
+    of its heights), so markers sit inside the span that the steps and the shading cover."""
     if window.is_calendar:
-        return pd.to_datetime(frame["window_start"])
+        start = pd.to_datetime(frame["window_start"])
+        return start + (pd.to_datetime(frame["window_end"]) - start) / 2
     return (frame["first_height"] + frame["last_height"]) / 2
+
+
+def _edges(frame: pd.DataFrame, window: m.Window) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right) x edge of each window: the span its step and its low-sample shading cover."""
+    if window.is_calendar:
+        return (pd.to_datetime(frame["window_start"]).to_numpy(), pd.to_datetime(frame["window_end"]).to_numpy())
+    return (frame["first_height"].to_numpy(dtype=float) - 0.5, frame["last_height"].to_numpy(dtype=float) + 0.5)
+
+
+def _adjacent(frame: pd.DataFrame, window: m.Window) -> np.ndarray:
+    """For each window after the first: does it follow the previous one with no gap in between
+    (no empty calendar window, no missing height)?"""
+    heights = frame["first_height"].to_numpy()[1:] == frame["last_height"].to_numpy()[:-1] + 1
+    if window.is_calendar:
+        times = pd.to_datetime(frame["window_start"]).to_numpy()[1:] <= pd.to_datetime(frame["window_end"]).to_numpy()[:-1]
+        return heights & times
+    return heights
+
+
+def _steps(frame: pd.DataFrame, window: m.Window, *values: pd.Series) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Step lines as explicit segments: each window's value held from its left to its right edge,
+    a vertical jump to the next window only when it is adjacent, and a break (NaN) across every gap:
+    nothing is drawn over a range without data."""
+    left, right = _edges(frame, window)
+    xs: list = []
+    ys: list[list[float]] = [[] for _ in values]
+    follows = np.concatenate([[True], _adjacent(frame, window)])
+    for i in range(len(frame)):
+        if i and not follows[i]:
+            xs.append(right[i - 1])
+            for y in ys:
+                y.append(np.nan)
+        xs += [left[i], right[i]]
+        for y, v in zip(ys, values, strict=True):
+            value = float(v.iloc[i]) if pd.notna(v.iloc[i]) else np.nan
+            y += [value, value]
+    return np.array(xs), [np.array(y, dtype=float) for y in ys]
 
 
 def _xlabel(window: m.Window) -> str:
@@ -80,29 +120,21 @@ def _title_suffix(data: ReportData) -> str:
 
 
 def _mark_low_sample(ax, rows: pd.DataFrame, window: m.Window) -> None:
-    """Shade windows with fewer than LOW_SAMPLE_BLOCKS blocks so nobody reads them as signal."""
-    low = rows[rows["low_sample"].astype(bool)]
-    for r in low.itertuples(index=False):
-        if window.is_calendar:
-            lo, hi = pd.Timestamp(r.window_start), pd.Timestamp(r.window_end)
-        else:
-            lo, hi = r.first_height, r.last_height
+    """Shade low-sample windows over exactly the span their step covers (``_edges``)."""
+    flagged = rows[rows["low_sample"].astype(bool)]
+    left, right = _edges(flagged, window)
+    for lo, hi in zip(left, right, strict=True):
         ax.axvspan(lo, hi, color="#f4d0d0", alpha=0.6, zorder=0, linewidth=0)
-    if len(low):
-        ax.fill_between([], [], color="#f4d0d0", label=f"< {m.LOW_SAMPLE_BLOCKS} blocks (low sample)")
+    if len(flagged):
+        ax.fill_between([], [], color="#f4d0d0", label="low sample (interval too wide to read)")
 
 
 def _break_at_gaps(x: np.ndarray, ys: list[np.ndarray], rows: pd.DataFrame,
                    window: m.Window) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Insert a NaN point between two windows that are not adjacent (no blocks in between), so an
-    area chart shows a gap instead of a straight line across months or years without data."""
-    if window.is_calendar:
-        starts = pd.to_datetime(rows["window_start"]).to_numpy()
-        ends = pd.to_datetime(rows["window_end"]).to_numpy()
-        gap = starts[1:] > ends[:-1]
-    else:
-        gap = rows["first_height"].to_numpy()[1:] > rows["last_height"].to_numpy()[:-1] + 1
-    where = np.flatnonzero(gap) + 1
+    """Insert a NaN point between two windows that are not adjacent (an empty calendar window or
+    missing heights between them), so a line or area shows a gap instead of a straight line across
+    a range without data."""
+    where = np.flatnonzero(~_adjacent(rows, window)) + 1
     if not len(where):
         return x, ys
     mids = x[where - 1] + (x[where] - x[where - 1]) / 2
@@ -157,19 +189,21 @@ def _treatment_lines(ax, data: ReportData, value: str, lo: str, hi: str, step: b
     dodge = dict(zip(m.TREATMENTS, (-1, 0, 1), strict=True))
     spread = 0.04 * (float(cent[hi].max()) if step and cent[hi].notna().any() else 0.0)
     for treatment in m.TREATMENTS:
-        rows = cent[cent.unknown_treatment == treatment]
+        rows = cent[cent.unknown_treatment == treatment].reset_index(drop=True)
         if rows[value].isna().all():
             continue
-        x = _x(rows, data.window)
-        y = rows[value].astype(float) + dodge[treatment] * spread
-        kw = {"where": "mid"} if step else {}
-        ax.fill_between(x, rows[lo].astype(float), rows[hi].astype(float), color=TREATMENT_COLORS[treatment],
-                        alpha=0.15, linewidth=0, **({"step": "mid"} if step else {}))
+        color = TREATMENT_COLORS[treatment]
+        shifted = rows[value].astype(float) + dodge[treatment] * spread
         if step:
-            ax.step(x, y, color=TREATMENT_COLORS[treatment], label=TREATMENT_LABELS[treatment], **kw)
+            x, (y, band_lo, band_hi) = _steps(rows, data.window, shifted, rows[lo], rows[hi])
         else:
-            ax.plot(x, y, color=TREATMENT_COLORS[treatment], label=TREATMENT_LABELS[treatment])
-        ax.scatter(x, y, color=TREATMENT_COLORS[treatment], s=10)
+            x, (y, band_lo, band_hi) = _break_at_gaps(
+                _x(rows, data.window).to_numpy(),
+                [shifted.to_numpy(dtype=float), rows[lo].to_numpy(dtype=float), rows[hi].to_numpy(dtype=float)],
+                rows, data.window)
+        ax.fill_between(x, band_lo, band_hi, color=color, alpha=0.15, linewidth=0)
+        ax.plot(x, y, color=color, label=TREATMENT_LABELS[treatment])
+        ax.scatter(_x(rows, data.window), shifted, color=color, s=10)
     _mark_low_sample(ax, cent[cent.unknown_treatment == "excluded"], data.window)
 
 
@@ -278,9 +312,10 @@ def write_report(data: ReportData, out_dir: Path, dpi: int = 110) -> list[Path]:
 img{{max-width:100%}}table{{border-collapse:collapse;font-size:0.85em}}
 td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}</style></head><body>
 <h1>poolwatch: who mines the blocks</h1>
-<p>{html.escape(_title_suffix(data))}; registry version {html.escape(str(data.registry_version))};
+<p>{html.escape(_title_suffix(data))}; attribution version {html.escape(str(data.registry_version))};
 generated {generated}. Definitions, intervals and caveats: docs/metrics.md. Unknown blocks are shown
 three ways: excluded, as one miner, and each as its own miner; the truth lies in that range.</p>
+{"".join(f"<p><b>Note:</b> {html.escape(n)}.</p>" for n in data.notes)}
 {"".join(parts)}
 <h2>Latest windows</h2>
 {_summary_html(data)}

@@ -67,6 +67,9 @@ class TableSpec:
     bucket_size: int | None
     partition_by_value: tuple[str, ...]
     sort_by: tuple[str, ...]
+    # Computed from other tables (the metrics): may be deleted and recomputed, and is "stale" when
+    # the tables it is computed from changed after it (pipeline.warehouse.Warehouse.freshness).
+    derived: bool = False
 
     @property
     def arrow_schema(self) -> pa.Schema:
@@ -97,6 +100,7 @@ def _parse(doc: dict) -> TableSpec:
         bucket_size=part.get("bucket_size"),
         partition_by_value=tuple(part.get("by_value", [])),
         sort_by=tuple(doc.get("sort_by", [])),
+        derived=bool(doc.get("derived", False)),
     )
 
 
@@ -117,7 +121,9 @@ def render_markdown() -> str:
     out = ["# Tables", "", "Generated from `schemas/tables/*.json` by `poolwatch docs`; do not edit by hand.", ""]
     for spec in all_table_specs():
         out += [f"## `{spec.name}`", "", spec.description, ""]
-        out += [f"Rows are replaced by ({', '.join(spec.replace_by)}); unique on ({', '.join(spec.unique)}).", ""]
+        out += [f"Rows are replaced by ({', '.join(spec.replace_by)}); unique on ({', '.join(spec.unique)})."
+                + (" Derived: computed from the other tables, and marked stale when they change after it "
+                   "(view `freshness`)." if spec.derived else ""), ""]
         out += ["| column | type | null | meaning |", "|---|---|---|---|"]
         for c in spec.columns:
             out.append(f"| `{c.name}` | {c.type} | {'yes' if c.nullable else 'no'} | {c.description} |")

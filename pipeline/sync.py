@@ -221,17 +221,25 @@ def current_registry(warehouse: Warehouse) -> Registry | None:
     return registry_from_definitions(definitions, version)
 
 
+class SettingsChangeError(ValueError):
+    """A run would change an attribution setting the warehouse recorded, without being told to."""
+
+
 def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network: bool = False,
                 chunk_size: int = 50_000, validate: bool = True, progress: Progress | None = None) -> int:
-    """Re-attribute the whole stored history from stored coinbases (no node) with ``registry``.
+    """Re-attribute the whole stored history from stored coinbases (no node) with ``registry`` and
+    the cross-network setting.
 
-    Results of each registry version are kept side by side (attributions are partitioned by
-    registry version); the warehouse's current version becomes ``registry.version``.
+    Results of each attribution version (registry version + settings) are kept side by side
+    (attributions are partitioned by it); the warehouse's current version, registry and settings
+    become these. The caller holds the writer lock.
     """
-    from pipeline.attribution import attribute_tables, pool_definitions_table
+    from pipeline.attribution import (AttributionSettings, attribute_tables, attribution_version,
+                                      pool_definitions_table)
 
     stored = warehouse.stored_range()
     chain = warehouse.meta.get("chain", "main")
+    version = attribution_version(registry.version, allow_cross_network)
     done = 0
     if stored is not None:
         for lo, hi in plan_chunks(stored[0], stored[1], chunk_size):
@@ -240,52 +248,74 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
             outputs = warehouse.read("coinbase_outputs", where=where)
             tables = attribute_tables(blocks, outputs, registry, chain, allow_cross_network=allow_cross_network)
             load_batch(warehouse, tables, validate=validate,
-                       context={"chain": chain, "registry_version": registry.version,
+                       context={"chain": chain, "registry_version": version,
                                 "pool_ids": sorted({p.id for p in registry.pools})})
             done += blocks.num_rows
             if progress:
                 progress(blocks.num_rows)
     warehouse.commit({"pool_definitions": pool_definitions_table(registry)})
-    warehouse.set_meta(registry_version=registry.version, registry_cross_network=allow_cross_network)
+    warehouse.set_meta(registry_version=registry.version, attribution_version=version,
+                       attribution_settings=AttributionSettings(allow_cross_network).to_meta())
     return done
 
 
 @dataclass(frozen=True)
 class RegistryChoice:
-    """Which registry a load attributes with, decided under the writer lock (``resolve``).
+    """Which registry and settings a load attributes with, decided under the writer lock (``resolve``).
 
-    ``explicit``: apply this registry (stored history is re-attributed first when it differs from the
-    warehouse's). Otherwise follow the warehouse: its current registry and recorded cross-network
-    setting, or ``default()`` for a warehouse that has none yet (not called otherwise, so a broken
-    default never stops a warehouse that has a registry). Neither: no attribution.
+    Registry: ``explicit`` is applied (stored history is re-attributed first when it differs from
+    the warehouse's). Otherwise the warehouse's current registry, or ``default()`` for a warehouse
+    that has none yet (not called otherwise, so a broken default never stops a warehouse that has
+    a registry). Neither: no attribution.
+
+    Cross-network setting: ``cross_network`` None keeps the warehouse's recorded setting (or
+    ``default_cross_network`` for a warehouse that has none); a value that differs from the recorded
+    one is refused (``SettingsChangeError``) unless ``change_settings``: results would change.
     """
 
     explicit: Registry | None = None
-    allow_cross_network: bool = False
+    cross_network: bool | None = None
     default: Callable[[], Registry] | None = None
+    default_cross_network: bool = False
+    change_settings: bool = False
 
     def resolve(self, warehouse: Warehouse) -> tuple[Registry | None, bool]:
+        from pipeline.attribution import recorded_settings
+
+        recorded = recorded_settings(warehouse.meta)
+        if self.cross_network is None:
+            cross = recorded.cross_network if recorded is not None else self.default_cross_network
+        else:
+            cross = self.cross_network
+            if recorded is not None and recorded.cross_network != cross and not self.change_settings:
+                raise SettingsChangeError(
+                    f"warehouse {warehouse.root} attributes with {recorded.describe()} (recorded in meta.json); this "
+                    f"run asks for cross-network matching {'on' if cross else 'off'}, which changes the attribution "
+                    "of stored blocks. Leave the option out to keep the recorded setting, or confirm the change "
+                    "(`--change-settings` on the command line): every stored block is then re-attributed.")
         if self.explicit is not None:
-            return self.explicit, self.allow_cross_network
+            return self.explicit, cross
         current = current_registry(warehouse)
         if current is not None:
-            return current, bool(warehouse.meta.get("registry_cross_network", False))
+            return current, cross
         if self.default is not None:
-            return self.default(), self.allow_cross_network
+            return self.default(), cross
         return None, False
 
 
 def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = None, end: int | None = None, *,
-               registry: Registry | None = None, allow_cross_network: bool = False, validate: bool = True,
+               registry: Registry | None = None, allow_cross_network: bool | None = None, validate: bool = True,
                batch_size: int = 1000, check_reorg: bool = True, progress: Progress | None = None,
                on_plan: Callable[[int, int], None] | None = None, writer_wait: float = 0.0,
                workers: int = 1, source: str = "node", datadir: Path | None = None,
-               default_registry: Callable[[], Registry] | None = None) -> SyncResult:
+               default_registry: Callable[[], Registry] | None = None, default_cross_network: bool = False,
+               change_settings: bool = False) -> SyncResult:
     """Load heights [start, end] (default: from the stored tip + 1 to the node's tip).
 
     ``registry``: apply this registry (history is re-attributed first if the warehouse uses another);
     None: attribute with the warehouse's current registry, or ``default_registry()`` when it has
-    none yet (see ``RegistryChoice``). The choice is made under the writer lock, and every commit
+    none yet. ``allow_cross_network`` None keeps the warehouse's recorded setting (a differing value
+    needs ``change_settings``; see ``RegistryChoice``). The choice is made under the writer lock, and every commit
     checks that the warehouse's registry is still the one the batch was attributed with: a
     re-attribution by another run in between makes this run follow it (or, with an explicit
     ``registry``, stop with ``RegistryChangedError``), never undo it.
@@ -295,7 +325,7 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
     each commit (never while reading the node), so two runs never both write and parallel backfill
     workers only queue for the short commits.
     """
-    choice = RegistryChoice(registry, allow_cross_network, default_registry)
+    choice = RegistryChoice(registry, allow_cross_network, default_registry, default_cross_network, change_settings)
     started = time.monotonic()
     info = client.check_ready()
     network = client.network()
@@ -358,10 +388,21 @@ def _apply_registry(warehouse: Warehouse, choice: RegistryChoice, result: SyncRe
     """Resolve the registry (under the writer lock) and make it the warehouse's: a registry version
     other than the warehouse's re-attributes stored history first, so every stored block has an
     attribution under the version the new batches use."""
+    from pipeline.attribution import attribution_version
+
     registry, cross = choice.resolve(warehouse)
-    if registry is not None and warehouse.meta.get("registry_version") != registry.version:
+    if registry is None:
+        result.registry_version = None
+        return registry, cross
+    version = attribution_version(registry.version, cross)
+    if warehouse.attribution_version != version:
+        # A new registry or setting (or a warehouse from before settings were recorded): stored
+        # history is re-attributed first, so every stored block has a row under this version.
+        current = warehouse.attribution_version
+        if current is not None:
+            log.warning("attribution version %s -> %s: re-attributing the stored blocks first", current, version)
         result.reattributed += reattribute(warehouse, registry, allow_cross_network=cross, validate=validate)
-    result.registry_version = registry.version if registry is not None else None
+    result.registry_version = version
     return registry, cross
 
 

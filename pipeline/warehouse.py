@@ -452,26 +452,91 @@ class Warehouse:
                 f"(genesis {genesis_hash}); use another warehouse folder (--warehouse / POOLWATCH_WAREHOUSE)")
         self.set_meta(chain=chain, genesis_hash=genesis_hash)
 
+    @property
+    def attribution_version(self) -> str | None:
+        """The version label the current attribution rows carry (registry version + settings);
+        warehouses written before settings were recorded label them with the registry version."""
+        meta = self.meta
+        return meta.get("attribution_version") or meta.get("registry_version")
+
+    def freshness(self) -> dict[str, object]:
+        """Whether the derived (metric) tables still follow from the stored blocks and attributions.
+
+        ``stale`` is true when they were never computed, were computed from another attribution
+        version, or blocks/attributions changed since (``dirty``: the lowest and highest height
+        touched since; ``pipeline.metrics.refresh_metrics`` recomputes exactly the windows there).
+        """
+        meta = self.meta
+        derived = meta.get("derived") or {}
+        current = self.attribution_version
+        dirty = meta.get("dirty")
+        if not derived:
+            reason = "never computed"
+        elif derived.get("attribution_version") != current:
+            reason = (f"computed from attribution version {derived.get('attribution_version')}, the warehouse's is "
+                      f"{current}")
+        elif dirty:
+            reason = f"blocks or attributions at heights {dirty[0]}..{dirty[1]} changed after they were computed"
+        else:
+            reason = ""
+        return {"stale": bool(reason), "reason": reason, "dirty": dirty, "data_revision": meta.get("data_revision", 0),
+                "computed_at_revision": derived.get("revision"), "computed_from": derived.get("attribution_version"),
+                "attribution_version": current}
+
     # -- commits
-    def commit(self, tables: Mapping[str, pa.Table]) -> None:
+    def commit(self, tables: Mapping[str, pa.Table], *, derived_from: str | None = None) -> None:
         """Store ``tables`` atomically: either every table changes or none does.
 
         Rows replace every stored row with the same ``replace_by`` values; a batch that repeats a
         ``unique`` key, or that would duplicate a stored key, is refused before anything changes.
+
+        The bookkeeping in meta.json changes in the same atomic step (same journal): a commit of
+        base tables bumps ``data_revision`` and widens the ``dirty`` height range that the derived
+        tables have not seen yet; a commit of derived tables (``derived_from``: the attribution
+        version they were computed from, under the writer lock held since they were read) records
+        that they follow from the current data and clears ``dirty``.
         """
         self._require_writer("commit")
         conformed = {name: self._conform(table_spec(name), t) for name, t in tables.items()}
+        specs = [table_spec(n) for n in conformed]
+        if any(s.derived for s in specs) and derived_from is None:
+            raise ValueError("committing derived tables needs derived_from (the attribution version they follow)")
         commit_id = self._new_commit_id()
         staged: list[tuple[Path, Path]] = []
         try:
-            self._ensure_schema_files(table_spec(n) for n in conformed)
+            self._ensure_schema_files(specs)
             for name, batch in conformed.items():
                 staged += self._stage_table(table_spec(name), batch, commit_id)
+            meta = self._meta_after(conformed, derived_from)
+            if meta is not None:
+                staged.append(self._stage_meta(meta, commit_id))
         except BaseException:
             for tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
             raise
         self._apply(commit_id, staged)
+
+    def _meta_after(self, tables: Mapping[str, pa.Table], derived_from: str | None) -> dict | None:
+        """meta.json as it must read once ``tables`` are committed (None: unchanged)."""
+        meta = self.meta
+        base = {n: t for n, t in tables.items() if not table_spec(n).derived}
+        if base:
+            meta["data_revision"] = int(meta.get("data_revision", 0)) + 1
+            span = _height_span(base.values())
+            if span is not None:
+                meta["dirty"] = _widen(meta.get("dirty"), span)
+        if derived_from is not None:
+            meta["derived"] = {"attribution_version": derived_from, "revision": int(meta.get("data_revision", 0))}
+            meta["dirty"] = None
+        return meta if (base or derived_from is not None) else None
+
+    def _stage_meta(self, meta: dict, commit_id: str) -> tuple[Path, Path]:
+        tmp = self.meta_path.with_name(f"{self.meta_path.name}.{commit_id}{TMP_SUFFIX}")
+        with open(tmp, "wb") as fh:
+            fh.write((json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        return tmp, self.meta_path
 
     def delete_heights_from(self, height: int, tables: Iterable[str] | None = None) -> None:
         """Remove every row with ``height >= height`` (reorg rollback), atomically across tables."""
@@ -498,6 +563,12 @@ class Warehouse:
                         # An emptied partition becomes a zero-row file, never a missing one: a
                         # reader that has just globbed the path must still find it.
                         staged.append((_write_parquet_tmp(keep, path, commit_id), path))
+            if staged:
+                meta = self.meta
+                top = self.max_height()
+                meta["data_revision"] = int(meta.get("data_revision", 0)) + 1
+                meta["dirty"] = _widen(meta.get("dirty"), (height, max(height, top if top is not None else height)))
+                staged.append(self._stage_meta(meta, commit_id))
         except BaseException:
             for tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
@@ -620,8 +691,9 @@ class Warehouse:
         return f"SELECT {cols} WHERE false"
 
     def _fill_placeholders(self, sql: str) -> str:
-        """'{warehouse_root}' and '{registry_version}' (a SQL literal, NULL when unset) in view files."""
-        version = self.meta.get("registry_version")
+        """'{warehouse_root}' and '{registry_version}' (the current attribution version as a SQL
+        literal, NULL when unset) in view files."""
+        version = self.attribution_version
         literal = "NULL" if version is None else _sql_str(str(version))
         return (sql.replace("{warehouse_root}", str(self.root.resolve()).replace("'", "''"))
                 .replace("{registry_version}", literal))
@@ -639,9 +711,39 @@ class Warehouse:
             views[path.stem] = self._fill_placeholders(path.read_text().strip().rstrip(";"))
         return views
 
+    def _freshness_sql(self) -> str:
+        """The view ``freshness``: one row saying whether the derived tables follow from the data.
+        It reads meta.json at query time (which every commit updates atomically with the data), so it
+        is never older than the tables it describes; see ``freshness()``."""
+        if not self.meta_path.exists():
+            return ("SELECT true AS stale, 'never computed' AS reason, NULL::BIGINT AS dirty_from, "
+                    "NULL::BIGINT AS dirty_to, 0::BIGINT AS data_revision, NULL::BIGINT AS computed_at_revision, "
+                    "NULL::VARCHAR AS computed_from, NULL::VARCHAR AS attribution_version")
+        columns = ("{'registry_version': 'VARCHAR', 'attribution_version': 'VARCHAR', 'data_revision': 'BIGINT', "
+                   "'dirty': 'BIGINT[]', 'derived': 'STRUCT(attribution_version VARCHAR, revision BIGINT)'}")
+        return f"""
+            SELECT stale,
+                   CASE WHEN derived IS NULL THEN 'never computed'
+                        WHEN derived.attribution_version IS DISTINCT FROM current_version
+                            THEN 'computed from attribution version ' || coalesce(derived.attribution_version, '?')
+                                 || ', the warehouse''s is ' || coalesce(current_version, '?')
+                        WHEN dirty IS NOT NULL
+                            THEN 'blocks or attributions at heights ' || dirty[1] || '..' || dirty[2]
+                                 || ' changed after they were computed'
+                        ELSE '' END AS reason,
+                   dirty[1] AS dirty_from, dirty[2] AS dirty_to, coalesce(data_revision, 0) AS data_revision,
+                   derived.revision AS computed_at_revision, derived.attribution_version AS computed_from,
+                   current_version AS attribution_version
+            FROM (SELECT *, coalesce(attribution_version, registry_version) AS current_version,
+                         derived IS NULL OR dirty IS NOT NULL
+                         OR derived.attribution_version IS DISTINCT FROM coalesce(attribution_version, registry_version)
+                             AS stale
+                  FROM read_json({_sql_str(str(self.meta_path))}, columns={columns}))"""
+
     def _create_views(self, con: duckdb.DuckDBPyConnection, strict: bool = True) -> None:
         for spec in all_table_specs():
             con.execute(f"CREATE OR REPLACE VIEW {_ident(spec.name)} AS {self._view_sql(spec)}")
+        con.execute(f"CREATE OR REPLACE VIEW freshness AS {self._freshness_sql()}")
         pending = self.extra_views()
         # Views may build on each other: create in passes until nothing more succeeds.
         while pending:
@@ -743,6 +845,22 @@ class Warehouse:
     def file_count(self, table: str) -> int:
         """Number of data files of ``table`` (``_schema.parquet`` excluded)."""
         return sum(1 for _ in self.table_dir(table).rglob(PART_FILE))
+
+
+def _height_span(tables: Iterable[pa.Table]) -> tuple[int, int] | None:
+    lows, highs = [], []
+    for t in tables:
+        if "height" in t.column_names and t.num_rows:
+            mm = pc.min_max(t.column("height")).as_py()
+            lows.append(mm["min"])
+            highs.append(mm["max"])
+    return (int(min(lows)), int(max(highs))) if lows else None
+
+
+def _widen(dirty: list[int] | None, span: tuple[int, int]) -> list[int]:
+    if not dirty:
+        return [span[0], span[1]]
+    return [min(int(dirty[0]), span[0]), max(int(dirty[1]), span[1])]
 
 
 def _schema_probe(empty: pa.Table) -> pa.BufferReader:

@@ -289,11 +289,14 @@ def test_cli_attribute_keeps_each_version_and_diff_and_suggest(regtest_wh):
     warehouse = Warehouse(wh)
     rows = warehouse.read("attributions").to_pylist()
     v_old, v_new = parse_registry(json.loads(old.read_text())).version, parse_registry(json.loads(new.read_text())).version
-    assert {r["registry_version"] for r in rows} == {v_old, v_new}
+    # rows carry the attribution version: the registry's hash plus the non-default setting
+    a_old, a_new = v_old + "+cross-network", v_new + "+cross-network"
+    assert {r["registry_version"] for r in rows} == {a_old, a_new}
     by = {(r["registry_version"], r["height"]): r["pool_id"] for r in rows}
-    assert [by[(v_old, h)] for h in range(1, 6)] == ["alpha", "beta", "unknown", "unknown", "unknown"]
-    assert [by[(v_new, h)] for h in range(1, 6)] == ["alpha", "beta", "newguys", "newguys", "newguys"]
-    assert warehouse.meta["registry_version"] == v_new
+    assert [by[(a_old, h)] for h in range(1, 6)] == ["alpha", "beta", "unknown", "unknown", "unknown"]
+    assert [by[(a_new, h)] for h in range(1, 6)] == ["alpha", "beta", "newguys", "newguys", "newguys"]
+    assert warehouse.meta["registry_version"] == v_new and warehouse.attribution_version == a_new
+    assert warehouse.meta["attribution_settings"] == {"cross_network": True}
     defs = warehouse.read("pool_definitions")
     assert set(defs["registry_version"].to_pylist()) == {v_old, v_new}
     # diff by stored version ids: registry changes and the blocks that move.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from datetime import UTC, datetime, timedelta
 
 import duckdb
@@ -326,7 +327,7 @@ def test_refresh_on_an_empty_warehouse(tmp_path):
     from pipeline.warehouse import Warehouse
 
     wh = Warehouse(tmp_path / "empty")
-    assert m.refresh_metrics(wh) == {"centralization": 0, "pool_share": 0}
+    assert m.refresh_metrics(wh).rows == {"centralization": 0, "pool_share": 0}
 
 
 def test_last_windows_only():
@@ -344,6 +345,7 @@ def test_arrow_conformance_and_views():
     con = duckdb.connect()
     con.register("centralization", cent.set_column(0, "window_kind", pa.array(["epoch"] * cent.num_rows)))
     con.register("pool_share", share.set_column(0, "window_kind", pa.array(["epoch"] * share.num_rows)))
+    con.execute("CREATE VIEW freshness AS SELECT false AS stale")
     names = m.register_views(con)
     assert "centralization_family_epoch" in names and "pool_share_day" in names
     n = con.execute("SELECT count(*) FROM centralization_epoch").fetchone()[0]
@@ -403,7 +405,7 @@ def test_refresh_metrics_materializes_tables_and_views(tmp_path):
     from pipeline.warehouse import Warehouse
 
     wh = build_warehouse(tmp_path / "wh", demo_pools(600))
-    counts = m.refresh_metrics(wh, draws=200)
+    counts = m.refresh_metrics(wh, draws=200).rows
     assert counts["centralization"] > 0 and counts["pool_share"] > 0
     con = Warehouse(wh.root, views_dir=m.METRIC_VIEWS_DIR).connect()
     kinds = {r[0] for r in con.execute("SELECT DISTINCT window_kind FROM centralization").fetchall()}
@@ -412,8 +414,81 @@ def test_refresh_metrics_materializes_tables_and_views(tmp_path):
     assert days == 5  # 600 blocks every 10 minutes from midnight: 4 days and a sixth
     total = con.execute("SELECT sum(blocks) FROM pool_share_family_epoch").fetchone()[0]
     assert total == 600
-    # a second refresh replaces the rows instead of adding to them
-    m.refresh_metrics(wh, windows=("day",), draws=200)
+    # a second (full) refresh replaces the rows instead of adding to them
+    m.refresh_metrics(wh, draws=200, full=True)
     con = wh.connect()
     assert con.execute("SELECT count(*) FROM centralization WHERE window_kind = 'day'").fetchone()[0] == \
         5 * len(m.LEVELS) * len(m.TREATMENTS)
+
+
+# ------------------------------------------------------------------ freshness and incremental refresh
+
+
+def _stored_metrics(wh) -> dict:
+    """Every stored metric row, as comparable Python values (bytes of the files are compared too)."""
+    return {t: wh.read(t).to_pylist() for t in ("centralization", "pool_share")}
+
+
+def _data_files(root) -> dict:
+    import hashlib
+
+    out = {}
+    for table in ("centralization", "pool_share"):
+        for path in sorted((root / "data" / table).rglob("part.parquet")):
+            out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def _append(wh, pools, start_height, **kw):
+    blocks, attributions = synthetic_tables(pools, start_height=start_height,
+                                            start=T0 + timedelta(seconds=600 * start_height), **kw)
+    with wh.writer():
+        wh.commit({"blocks": conformed(blocks, "blocks"), "attributions": conformed(attributions, "attributions")})
+
+
+def test_stored_metrics_are_marked_stale_when_data_changes_and_views_say_so(tmp_path):
+    wh = build_warehouse(tmp_path / "wh", demo_pools(600))
+    assert wh.freshness()["stale"] and wh.freshness()["reason"] == "never computed"
+    m.refresh_metrics(wh, draws=50)
+    assert not wh.freshness()["stale"]
+    con = wh.connect()
+    assert con.execute("SELECT bool_or(stale) FROM centralization_day").fetchone()[0] is False
+    _append(wh, demo_pools(30, seed=9), 600)
+    fresh = wh.freshness()
+    assert fresh["stale"] and fresh["dirty"] == [600, 629] and "600..629" in fresh["reason"]
+    con = wh.connect()  # the views read meta.json live: no catalog refresh needed to see it
+    assert con.execute("SELECT stale, dirty_from, dirty_to FROM freshness").fetchone() == (True, 600, 629)
+    assert con.execute("SELECT bool_and(stale) FROM pool_share_week").fetchone()[0] is True
+    assert m.refresh_metrics(wh, draws=50).mode == "incremental"
+    assert not wh.freshness()["stale"]
+    assert m.refresh_metrics(wh, draws=50).mode == "up to date"
+
+
+def test_incremental_refresh_gives_the_rows_of_a_full_refresh(tmp_path):
+    """New blocks at the tip (touching the last day/week/month/epoch and the completeness of the one
+    before), a rewrite in the middle, and a rollback: after each, the incrementally refreshed tables
+    equal those of a full refresh of the same data, to the byte."""
+    inc = build_warehouse(tmp_path / "inc", demo_pools(2100, seed=1))
+    m.refresh_metrics(inc, draws=50)
+    steps = [lambda wh: _append(wh, demo_pools(250, seed=2), 2100),
+             lambda wh: _append(wh, demo_pools(40, seed=3), 1000),        # rewrites heights 1000..1039
+             lambda wh: _rollback(wh, 2200)]
+    for i, step in enumerate(steps):
+        step(inc)
+        done = m.refresh_metrics(inc, draws=50)
+        assert done.mode == "incremental" and 0 < done.windows_recomputed < 30, done
+        full = tmp_path / f"full{i}"
+        shutil.copytree(inc.root, full, ignore=shutil.ignore_patterns("centralization", "pool_share"))
+        from pipeline.warehouse import Warehouse
+
+        reference = Warehouse(full)
+        with reference.writer():
+            reference.set_meta(derived=None, dirty=None)
+        m.refresh_metrics(reference, draws=50, full=True)
+        assert _stored_metrics(inc) == _stored_metrics(reference), f"step {i}"
+        assert _data_files(inc.root) == _data_files(full), f"step {i}"
+
+
+def _rollback(wh, height):
+    with wh.writer():
+        wh.delete_heights_from(height)

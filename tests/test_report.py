@@ -104,10 +104,63 @@ def test_area_chart_breaks_between_windows_that_are_not_adjacent():
     from pipeline.report import _break_at_gaps
 
     rows = pd.DataFrame({"window_start": pd.to_datetime(["2011-02-01", "2026-11-02", "2026-11-09"], utc=True),
-                         "window_end": pd.to_datetime(["2011-02-08", "2026-11-09", "2026-11-16"], utc=True)})
+                         "window_end": pd.to_datetime(["2011-02-08", "2026-11-09", "2026-11-16"], utc=True),
+                         "first_height": [0, 1, 1001], "last_height": [0, 1000, 2000]})
     x = rows["window_start"].to_numpy()
     x2, (y2,) = _break_at_gaps(x, [np.array([1.0, 0.5, 0.25])], rows, m.parse_window("week"))
     assert len(x2) == 4 and np.isnan(y2[1]) and list(y2[[0, 2, 3]]) == [1.0, 0.5, 0.25]
     heights = pd.DataFrame({"first_height": [0, 10, 20], "last_height": [9, 19, 29]})
     same, _ = _break_at_gaps(np.array([5.0, 15.0, 25.0]), [np.ones(3)], heights, m.parse_window("blocks:10"))
     assert len(same) == 3  # adjacent block windows: nothing inserted
+
+
+def _frame_with_gaps():
+    """Five day windows: day 3 is empty (a gap in time) and heights 400..499 are missing between
+    days 4 and 5 (a gap in the data although the days are adjacent)."""
+    import pandas as pd
+
+    starts = pd.to_datetime(["2026-11-01", "2026-11-02", "2026-11-04", "2026-11-05"], utc=True)
+    return pd.DataFrame({
+        "window_start": starts, "window_end": starts + pd.Timedelta(days=1),
+        "first_height": [0, 144, 288, 500], "last_height": [143, 287, 399, 643],
+        "value": [3.0, 4.0, 2.0, 5.0], "low_sample": [False, False, True, False]})
+
+
+def test_step_lines_break_at_every_gap_and_never_span_one():
+    import numpy as np
+
+    from pipeline import metrics as m
+    from pipeline.report import _steps
+
+    rows = _frame_with_gaps()
+    x, (y,) = _steps(rows, m.parse_window("day"), rows["value"])
+    segments = [(x[i], x[i + 1]) for i in range(len(x) - 1) if not (np.isnan(y[i]) or np.isnan(y[i + 1]))]
+    day = np.timedelta64(1, "D")
+    for a, b in segments:
+        assert b - a <= day  # a step or a jump inside one day's span: never across the empty day
+    assert int(np.isnan(y).sum()) == 2  # broken at the empty day and at the missing heights
+    blocks = rows.assign(first_height=[0, 100, 200, 400], last_height=[99, 199, 299, 499])
+    xb, (yb,) = _steps(blocks, m.parse_window("blocks:100"), blocks["value"])
+    assert int(np.isnan(yb).sum()) == 1  # heights 300..399 missing
+
+
+def test_low_sample_shading_covers_exactly_the_step_it_flags():
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from pipeline import metrics as m
+    from pipeline.report import _mark_low_sample, _steps
+
+    rows = _frame_with_gaps()
+    window = m.parse_window("day")
+    ax = Figure().subplots()
+    _mark_low_sample(ax, rows, window)
+    spans = [p for p in ax.patches]
+    assert len(spans) == 1
+    left, right = spans[0].get_x(), spans[0].get_x() + spans[0].get_width()
+    x, (y,) = _steps(rows, window, rows["value"])
+    import matplotlib.dates as mdates
+
+    flagged = [i for i in range(len(y) - 1) if y[i] == 2.0 and y[i + 1] == 2.0]  # the flagged window's step
+    step_left, step_right = mdates.date2num(x[flagged[0]]), mdates.date2num(x[flagged[0] + 1])
+    assert (left, right) == (step_left, step_right)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import shutil
 import sys
 import time
@@ -19,6 +20,12 @@ from pipeline.cli.progress import progress_bar
 out = Console()
 err = Console(stderr=True)
 log = logging.getLogger("pipeline.cli")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def node_options(fn: Callable) -> Callable:
@@ -80,6 +87,9 @@ def friendly_errors(fn: Callable) -> Callable:
             from pipeline.validation import BatchRejected
 
             handled += (BatchRejected,)
+            from pipeline.sync import SettingsChangeError
+
+            handled += (SettingsChangeError,)
         except ImportError:
             pass
         try:
@@ -98,15 +108,18 @@ def _load_registry(path: Path | None):
 
 
 def run_sync(client, warehouse_root: Path, start: int | None, end: int | None, *, registry_path: Path | None,
-             cross_network: bool, validate: bool, batch_size: int, wait: float, label: str = "sync",
-             workers: int = 1, source: str = "node", datadir: Path | None = None):
+             cross_network: bool | None, validate: bool, batch_size: int, wait: float, label: str = "sync",
+             workers: int = 1, source: str = "node", datadir: Path | None = None, change_settings: bool = False):
+    """``registry_path`` None: the warehouse's current registry (the shipped one for a new warehouse);
+    ``cross_network`` None: the warehouse's recorded setting (off for a new warehouse)."""
     from pipeline.sync import sync_range
     from pipeline.warehouse import Warehouse
 
     warehouse = Warehouse(warehouse_root)
-    registry = _load_registry(registry_path)
+    registry = _load_registry(registry_path) if registry_path is not None else None
     with progress_bar(label, total=None) as advance:
         result = sync_range(client, warehouse, start, end, registry=registry, allow_cross_network=cross_network,
+                            default_registry=lambda: _load_registry(None), change_settings=change_settings,
                             validate=validate, batch_size=batch_size, progress=advance, writer_wait=wait,
                             workers=workers, source=source, datadir=datadir,
                             on_plan=lambda lo, hi: advance.set_total(max(0, hi - lo + 1)))
@@ -117,7 +130,8 @@ def print_sync_result(result) -> None:
     if result.reorg_fork_height is not None:
         out.print(f"[yellow]reorg repaired:[/] rolled back from height {result.reorg_fork_height} and reloaded")
     if result.reattributed:
-        out.print(f"re-attributed {result.reattributed:,} stored blocks with the new registry version")
+        out.print(f"re-attributed {result.reattributed:,} stored blocks: attribution version is now "
+                  f"{result.registry_version}")
     if result.blocks_loaded:
         out.print(f"loaded {result.blocks_loaded:,} blocks ({result.start}..{result.end}) from the {result.chain} "
                   f"node in {result.seconds:.1f} s ({result.blocks_per_second:,.0f} blocks/s)")
@@ -129,9 +143,16 @@ def print_sync_result(result) -> None:
 @click.option("--from", "start", type=int, default=None, help="First height (default: the stored tip + 1).")
 @click.option("--to", "end", type=int, default=None, help="Last height (default: the node's tip).")
 @click.option("--registry", "registry_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Pool registry file (default: the shipped registry).")
-@click.option("--cross-network-registry", is_flag=True,
-              help="Let a registry's mainnet addresses match on this chain (regtest demos and tests).")
+              default=None, help="Pool registry file to apply; a new version re-attributes the stored blocks first "
+                                 "(default: the warehouse's current registry; the shipped one for a new warehouse).")
+@click.option("--cross-network-registry/--no-cross-network-registry", "cross_network_registry", default=None,
+              help="Let a registry's mainnet addresses match on this chain (regtest demos and tests). Default: the "
+                   "warehouse's recorded setting (off for a new warehouse).")
+@click.option("--change-settings", is_flag=True,
+              help="Confirm a change of a recorded attribution setting (it re-attributes every stored block).")
+@click.option("--no-metrics", is_flag=True,
+              help="Leave the stored metric tables as they are (they are marked stale) instead of updating the "
+                   "windows the new blocks touch.")
 @click.option("--no-validate", is_flag=True, help="Skip the Great Expectations gate (not recommended).")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True,
               help="Blocks per atomic, validated batch (memory stays bounded: raw blocks are decoded 16 at a time).")
@@ -149,16 +170,32 @@ def print_sync_result(result) -> None:
 @node_options
 @click.pass_context
 @friendly_errors
-def sync(ctx, start, end, registry_path, cross_network_registry, no_validate, batch_size, wait, workers, source,
-         datadir, rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest):
-    """Load blocks from the node: from the last stored height (or --from) to the tip (or --to)."""
+def sync(ctx, start, end, registry_path, cross_network_registry, change_settings, no_metrics, no_validate,
+         batch_size, wait, workers, source, datadir, rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest):
+    """Load blocks from the node: from the last stored height (or --from) to the tip (or --to).
+
+    The stored metric tables are then brought up to date (only the windows the new blocks touch)."""
     if source == "blkfiles" and datadir is None:
         raise click.UsageError("--source blkfiles needs --datadir (the node's data directory)")
     client = make_client(rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest)
-    _, result = run_sync(client, ctx.obj["warehouse"], start, end, registry_path=registry_path,
-                         cross_network=cross_network_registry, validate=not no_validate,
-                         batch_size=batch_size, wait=wait, workers=workers, source=source, datadir=datadir)
+    warehouse, result = run_sync(client, ctx.obj["warehouse"], start, end, registry_path=registry_path,
+                                 cross_network=cross_network_registry, validate=not no_validate,
+                                 batch_size=batch_size, wait=wait, workers=workers, source=source, datadir=datadir,
+                                 change_settings=change_settings)
     print_sync_result(result)
+    if not no_metrics:
+        update_metrics(warehouse, wait=wait)
+
+
+def update_metrics(warehouse, wait: float = 0.0) -> None:
+    """Refresh the stored metric tables after a change (incremental: only touched windows)."""
+    from pipeline.metrics import refresh_metrics
+
+    with err.status("updating the stored metric tables"):
+        done = refresh_metrics(warehouse, wait=wait)
+    if done.mode in ("full", "incremental"):
+        out.print(f"metric tables updated ({done.mode}: {done.windows_recomputed:,} windows recomputed in "
+                  f"{done.seconds:.1f} s)")
 
 
 @click.command()
@@ -181,7 +218,14 @@ def status(ctx, rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, offline):
     gaps = warehouse.gaps() if stored else []
     table.add_row("gaps", ", ".join(f"{a}..{b}" for a, b in gaps[:20]) + (" ..." if len(gaps) > 20 else "")
                   if gaps else "none")
-    table.add_row("registry version", str(meta.get("registry_version", "-")))
+    from pipeline.attribution import recorded_settings
+
+    settings = recorded_settings(meta)
+    table.add_row("attribution version", str(warehouse.attribution_version or "-"))
+    table.add_row("attribution settings", settings.describe() if settings else "-")
+    fresh = warehouse.freshness()
+    table.add_row("metric tables", "[yellow]STALE[/]: " + _escape(str(fresh["reason"])) +
+                  " (`poolwatch metrics --refresh`)" if fresh["stale"] else "fresh")
     from pipeline import native
 
     table.add_row("block decoder", "C transaction walk" if native.AVAILABLE else
@@ -224,6 +268,10 @@ def sql(ctx, query, as_csv, limit):
     if rel is None:
         return
     result = rel.fetch_arrow_table()
+    if re.search(r"\b(pool_share|centralization)\w*\b", query, re.IGNORECASE):
+        from pipeline.cli.metrics import warn_if_stale
+
+        warn_if_stale(Warehouse(ctx.obj["warehouse"]))
     shown = result if not limit else result.slice(0, limit)
     if as_csv:
         import pyarrow.csv as pacsv
@@ -292,11 +340,7 @@ def demo(ctx, n_blocks, demo_dir, seed):
 
 
 def _refresh_metrics(warehouse) -> None:
-    try:
-        from pipeline.metrics import refresh_metrics
-    except ImportError:
-        return
-    refresh_metrics(warehouse)
+    update_metrics(warehouse)
 
 
 def _reset_demo_warehouse(demo_dir: Path) -> None:

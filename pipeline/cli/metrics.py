@@ -32,7 +32,18 @@ def _open(ctx: click.Context):
     if not root.exists():
         _fail(f"no warehouse at {root} (run `poolwatch sync` first, or pass --warehouse)")
     wh = Warehouse(root)
-    return wh, wh.meta.get("registry_version")
+    return wh, wh.attribution_version
+
+
+def warn_if_stale(wh) -> bool:
+    """Say on stderr when the stored metric tables do not follow from the current data."""
+    fresh = wh.freshness()
+    if fresh["stale"] and wh.file_count("centralization"):
+        err.print(f"warning: the stored metric tables (pool_share, centralization and their views) are stale: "
+                  f"{fresh['reason']}. They show older numbers until `poolwatch metrics --refresh`; numbers "
+                  "computed on request (like these) use the current data.", markup=False, highlight=False)
+        return True
+    return False
 
 
 def _fmt_share(value) -> str:
@@ -151,20 +162,24 @@ def register(main: click.Group) -> None:
         wh, version = _open(ctx)
         if refresh:
             with err.status("recomputing the materialized metric tables"):
-                counts = m.refresh_metrics(wh, draws=draws)
-            err.print(f"refreshed: {counts['centralization']:,} centralization rows, "
-                      f"{counts['pool_share']:,} pool_share rows (registry {version})")
+                done = m.refresh_metrics(wh, full=True)
+            err.print(f"refreshed ({done.mode}): {done.rows['centralization']:,} centralization rows, "
+                      f"{done.rows['pool_share']:,} pool_share rows (attribution version {version})")
         con = wh.connect()
         try:
             result = m.compute_metrics(con, window, registry_version=version, rng=rng,
                                        last=last or None, bootstrap=not no_bootstrap, draws=draws)
+            notes = m.data_notes(con, rng)
         except m.MetricsError as exc:
             _fail(str(exc))
         finally:
             con.close()
         if result.centralization.empty:
             _fail("no blocks in the selected range")
-        title = (f"{window.name} windows, {level} level, registry {version}; "
+        for note in notes:
+            err.print(f"note: {note}", markup=False, highlight=False)
+        warn_if_stale(wh)
+        title = (f"{window.name} windows, {level} level, attribution version {version}; "
                  f"HHI with unknown = one miner; 95% bootstrap intervals")
         out = _out()
         out.print(centralization_table(result.centralization, level, title))
@@ -202,6 +217,8 @@ def register(main: click.Group) -> None:
             _fail(str(exc))
         finally:
             con.close()
+        for note in data.notes:
+            err.print(f"note: {note}", markup=False, highlight=False)
         target = out_dir or (wh.root / "reports")
         paths = r.write_report(data, target)
         out = _out()

@@ -169,8 +169,10 @@ def diff(old, new, limit) -> None:
         return
     from pipeline.attribution import block_changes
 
+    from pipeline.attribution import AttributionSettings, recorded_settings
+
     chain = warehouse.meta.get("chain", "main")
-    cross = bool(warehouse.meta.get("registry_cross_network", False))
+    cross = (recorded_settings(warehouse.meta) or AttributionSettings()).cross_network
     changed = block_changes(warehouse, a, b, chain, allow_cross_network=cross)
     out.print(f"{changed.num_rows:,} stored blocks change pool")
     if changed.num_rows:
@@ -219,32 +221,49 @@ def suggest(registry_path, min_blocks, as_json) -> None:
 
 @click.command()
 @click.option("--registry", "registry_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Registry file (default: the shipped registry).")
-@click.option("--cross-network-registry", is_flag=True,
-              help="On a regtest warehouse, let the registry's mainnet addresses match (demo and tests).")
+              help="Registry file (default: the warehouse's current registry; the shipped one for a new warehouse).")
+@click.option("--cross-network-registry/--no-cross-network-registry", "cross_network_registry", default=None,
+              help="On a regtest warehouse, let the registry's mainnet addresses match (demo and tests). Default: "
+                   "the warehouse's recorded setting.")
+@click.option("--change-settings", is_flag=True,
+              help="Confirm a change of a recorded attribution setting (results change).")
 @click.option("--no-validate", is_flag=True, help="Skip the Great Expectations gate.")
 @click.option("--wait", type=float, default=0.0, show_default=True, help="Seconds to wait for another writer.")
+@click.option("--no-metrics", is_flag=True, help="Do not recompute the stored metric tables (they are marked stale).")
 @click.pass_context
-def attribute(ctx, registry_path, cross_network_registry, no_validate, wait) -> None:
+def attribute(ctx, registry_path, cross_network_registry, change_settings, no_validate, wait, no_metrics) -> None:
     """Re-attribute all stored blocks from their stored coinbases (no node needed).
 
-    Results are kept per registry version; the warehouse's current version becomes this registry's."""
+    Results are kept per attribution version (registry version + settings); the warehouse's current
+    version becomes this one. Settings the warehouse recorded are kept unless changed explicitly."""
+    from pipeline.attribution import attribution_version
     from pipeline.cli.progress import progress_bar
-    from pipeline.sync import reattribute
+    from pipeline.sync import RegistryChoice, reattribute
 
-    registry = _load(registry_path)
+    explicit = _load(registry_path) if registry_path is not None else None
     warehouse = _warehouse(ctx)
     stored = warehouse.stored_range() if warehouse.table_dir("blocks").is_dir() else None
     if stored is None:
         _fail(f"no stored blocks in warehouse {warehouse.root}; run `poolwatch sync` first")
+    choice = RegistryChoice(explicit, cross_network_registry, default=lambda: _load(None),
+                            change_settings=change_settings)
     try:
-        with warehouse.writer(wait=wait), progress_bar("attribute", total=stored[1] - stored[0] + 1) as advance:
-            done = reattribute(warehouse, registry, allow_cross_network=cross_network_registry,
-                               validate=not no_validate, progress=advance)
+        with warehouse.writer(wait=wait):
+            before = warehouse.attribution_version
+            registry, cross = choice.resolve(warehouse)
+            with progress_bar("attribute", total=stored[1] - stored[0] + 1) as advance:
+                done = reattribute(warehouse, registry, allow_cross_network=cross, validate=not no_validate,
+                                   progress=advance)
             warehouse.refresh_catalog()
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
-    out.print(f"attributed {done:,} stored blocks with registry {registry.version}")
+    version = attribution_version(registry.version, cross)
+    change = "unchanged" if before == version else f"was {before}"
+    out.print(f"attributed {done:,} stored blocks: attribution version {version} ({change})")
+    if not no_metrics:
+        from pipeline.cli.core import update_metrics
+
+        update_metrics(warehouse, wait=wait)
 
 
 def register(main: click.Group) -> None:

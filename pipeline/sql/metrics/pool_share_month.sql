@@ -1,2 +1,2 @@
 -- Generated from pipeline.metrics.metric_views(); tests/test_metrics.py keeps it in sync.
-SELECT * EXCLUDE (window_kind, level) FROM pool_share WHERE window_kind = 'month' AND level = 'pool'
+SELECT t.* EXCLUDE (window_kind, level), f.stale FROM pool_share t CROSS JOIN (SELECT stale FROM freshness) f WHERE t.window_kind = 'month' AND t.level = 'pool'
