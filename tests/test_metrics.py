@@ -492,3 +492,75 @@ def test_incremental_refresh_gives_the_rows_of_a_full_refresh(tmp_path):
 def _rollback(wh, height):
     with wh.writer():
         wh.delete_heights_from(height)
+
+
+# ------------------------------------------------------------------ windows and rates never span a gap
+
+
+def _regtest_like(n: int = 3000) -> tuple[pa.Table, pa.Table]:
+    """A regtest chain as `poolwatch demo` makes it: the genesis block dated 2011 by the chain's
+    parameters, then n blocks ten minutes apart from 2026-11-09 (not a month boundary)."""
+    start = datetime(2026, 11, 9, 3, 0, tzinfo=UTC)
+    blocks, attributions = synthetic_tables(demo_pools(n, seed=4), start_height=1, start=start)
+    genesis_b, genesis_a = synthetic_tables([None], start_height=0, start=datetime(2011, 2, 2, 23, 16, 42, tzinfo=UTC))
+    genesis_b = genesis_b.set_column(1, "hash", pa.array([m.REGTEST_GENESIS_HASH]))
+    genesis_a = genesis_a.set_column(1, "block_hash", pa.array([m.REGTEST_GENESIS_HASH]))
+    return (pa.concat_tables([genesis_b, blocks]),
+            pa.concat_tables([genesis_a.cast(attributions.schema), attributions]))
+
+
+def test_the_regtest_genesis_gap_never_enters_a_window_or_a_rate():
+    blocks, attributions = _regtest_like()
+    con = connect(blocks, attributions)
+    month = m.compute_metrics(con, "month", registry_version="v1", bootstrap=False).centralization
+    month = month[(month.level == "pool") & (month.unknown_treatment == "excluded")]
+    assert list(month.window_id) == ["2026-11"]  # no 2011 window
+    nov = month.iloc[0]
+    # 3000 blocks 600 s apart from Nov 9: the elapsed time is the blocks' own (about 21 days, the
+    # November part), not the 5,779 days back to the genesis timestamp.
+    assert nov.elapsed_seconds == pytest.approx((nov.last_height - nov.first_height + 1) * 600, rel=0.01)
+    expected_rate = D * 2**32 / 600  # every block at difficulty D, one per 600 s
+    assert nov.network_hashrate == pytest.approx(expected_rate, rel=0.01)
+    # the same with --from 1: the default already leaves the genesis out
+    again = m.compute_metrics(con, "month", registry_version="v1", bootstrap=False, rng=m.Range(from_height=1))
+    assert again.centralization.equals(m.compute_metrics(con, "month", registry_version="v1",
+                                                          bootstrap=False).centralization)
+    notes = m.data_notes(con)
+    assert any("regtest genesis" in n for n in notes)
+
+
+def test_a_missing_height_range_breaks_windows_and_rates():
+    blocks, attributions = synthetic_tables(demo_pools(2000, seed=6))
+    keep = pa.compute.or_(pa.compute.less(blocks["height"], 600), pa.compute.greater(blocks["height"], 649))
+    con = connect(blocks.filter(keep), attributions.filter(keep))
+    day = m.compute_metrics(con, "day", registry_version="v1", bootstrap=False).centralization
+    day = day[(day.level == "pool") & (day.unknown_treatment == "excluded")].set_index("window_id")
+    # Heights 600..649 (inside 2024-01-05, which holds heights 576..719) are missing: that day is
+    # partial and gets no rate (the missing blocks' work and times are unknown); the days around it
+    # are complete, with their fixed-time rate.
+    gapped = day.loc["2024-01-05"]
+    assert not gapped.complete and pd.isna(gapped.network_hashrate) and pd.isna(gapped.elapsed_seconds)
+    assert gapped.hashrate_method == "none: missing heights" and gapped.blocks_total == 144 - 50
+    for whole in ("2024-01-04", "2024-01-06"):
+        assert day.loc[whole].complete and day.loc[whole].hashrate_method == "fixed_time"
+        assert day.loc[whole].network_hashrate == pytest.approx(D * 2**32 / 600)
+    assert any("600..649" in n for n in m.data_notes(con))
+    # a window that merely ends at the missing range (the data stop there, like at the tip) keeps a
+    # rate from its own consecutive blocks, and is partial
+    edge = m.compute_metrics(con, "blocks:600", registry_version="v1", bootstrap=False).centralization
+    first = edge[(edge.level == "pool") & (edge.unknown_treatment == "excluded")].iloc[0]
+    assert first.complete and first.hashrate_method == "block_intervals"
+
+
+def test_the_default_report_covers_the_stored_data_not_the_calendar_since_genesis():
+    from pipeline import report as r
+
+    blocks, attributions = _regtest_like(1200)
+    data = r.load_report_data(connect(blocks, attributions), "week", registry_version="v1", draws=50)
+    starts = pd.to_datetime(data.series.centralization["window_start"])
+    assert starts.min().year == 2026 and starts.max().year == 2026
+    fig = r.hhi_figure(data)
+    import matplotlib.dates as mdates
+
+    left, right = fig.axes[0].get_xlim()
+    assert mdates.num2date(left).year == 2026  # the axis starts at the data, not in 2011
