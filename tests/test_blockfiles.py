@@ -291,18 +291,25 @@ def test_regtest_node_blk_files_give_the_rpc_tables(regtest_node, tmp_path: Path
     assert set(hashes[95:]) <= indexed  # the stale blocks are in the files ...
     assert not set(hashes[95:]) & set(got["blocks"].column("hash").to_pylist())  # ... and never returned
 
-    # The same files as Core 28+ would write them: XORed with xor.dat.
-    key = bytes.fromhex("0123456789abcdef")
+    # The same files XORed as Core 28+ writes them, with the node's own key (Bitcoin Core 28+ has
+    # one in blocks/xor.dat; Bitcoin SV and older Core have none, i.e. a zero key) and with a second
+    # key: each copy is made from the plain bytes (the node's files with its own key undone).
     src = find_blocks_dir(regtest_node.datadir, REGTEST)
-    copy = tmp_path / "xored" / "blocks"
-    copy.mkdir(parents=True)
-    for path in src.glob("blk*.dat"):
-        (copy / path.name).write_bytes(xor_at(path.read_bytes(), key, 0))
-    (copy / "xor.dat").write_bytes(key)
-    with BlockFileSource(tmp_path / "xored", REGTEST) as source:
-        _tables_equal(expected, blocks_to_tables(source.fetch_blocks(client, heights)))
+    own_key = read_xor_key(src)
+    if regtest_node.flavor == "core":
+        assert own_key != bytes(8), "Bitcoin Core 28+ obfuscates its block files"
+    plain = {path.name: xor_at(path.read_bytes(), own_key, 0) for path in src.glob("blk*.dat")}
+    assert any(data[:4] == REGTEST.magic for data in plain.values())
+    for name, key in (("own-key", own_key), ("other-key", bytes.fromhex("0123456789abcdef"))):
+        copy = tmp_path / name / "blocks"
+        copy.mkdir(parents=True)
+        for file_name, data in plain.items():
+            (copy / file_name).write_bytes(xor_at(data, key, 0))
+        (copy / "xor.dat").write_bytes(key)
+        with BlockFileSource(tmp_path / name, REGTEST) as source:
+            _tables_equal(expected, blocks_to_tables(source.fetch_blocks(client, heights)))
+        shutil.rmtree(tmp_path / name)
     client.close()
-    shutil.rmtree(tmp_path / "xored")
 
 
 @pytest.mark.parametrize("key", [None, bytes.fromhex("a1b2c3d4e5f60718")], ids=["plain", "xor"])
