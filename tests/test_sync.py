@@ -114,9 +114,10 @@ def test_a_load_follows_a_reattribution_made_while_it_runs(regtest_node, tmp_pat
                         default_registry=lambda: registry_a, allow_cross_network=True, batch_size=30,
                         progress=after_batch)
     warehouse = Warehouse(root)
-    assert result.blocks_loaded == 91 and result.registry_version == registry_b.version
-    assert warehouse.meta["registry_version"] == registry_b.version
-    current = warehouse.read("attributions", where=f"registry_version = '{registry_b.version}'")
+    version_b = registry_b.version + "+cross-network"  # the attribution version: registry + setting
+    assert result.blocks_loaded == 91 and result.registry_version == version_b
+    assert warehouse.meta["registry_version"] == registry_b.version and warehouse.attribution_version == version_b
+    current = warehouse.read("attributions", where=f"registry_version = '{version_b}'")
     assert current["height"].to_pylist() == list(range(0, 91))
 
 
@@ -138,7 +139,7 @@ def test_an_explicit_registry_is_not_silently_replaced(regtest_node, tmp_path):
             if other.meta.get("registry_version") != registry_b.version:
                 reattribute(other, registry_b, allow_cross_network=True)
 
-    with pytest.raises(RegistryChangedError, match=f"changed to version {registry_b.version}"):
+    with pytest.raises(RegistryChangedError, match=f"changed to version {registry_b.version}"):  # (+cross-network)
         sync_range(NodeClient(regtest_node.client_config()), Warehouse(root), 0, 60, registry=registry_a,
                    allow_cross_network=True, batch_size=30, progress=after_batch)
     assert Warehouse(root).meta["registry_version"] == registry_b.version
