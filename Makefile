@@ -27,7 +27,7 @@ bench: install
 
 # Re-pin every dependency (run after editing pyproject.toml's dependencies).
 lock:
-	$(UV) pip compile pyproject.toml --extra test --extra celery --python-version 3.11 -o requirements.lock
+	$(UV) pip compile pyproject.toml --extra test --extra celery --extra explore --python-version 3.11 -o requirements.lock
 
 clean-venv:
 	rm -rf $(VENV)
