@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
+# Where `make demo` builds its regtest warehouse and `make notebook` reads it.
+DEMO_WAREHOUSE ?= warehouse/demo
+DEMO_BLOCKS ?= 3000
 
-.PHONY: install demo test bench lock clean-venv
+.PHONY: install demo notebook test bench lock clean-venv
 
 $(VENV)/.installed: pyproject.toml requirements.lock hatch_build.py pipeline/native/txscan.c
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +20,13 @@ $(VENV)/.installed: pyproject.toml requirements.lock hatch_build.py pipeline/nat
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/poolwatch demo
+	$(VENV)/bin/poolwatch demo --out $(DEMO_WAREHOUSE) --blocks $(DEMO_BLOCKS)
+
+# notebooks/analysis.ipynb executed headless on the demo warehouse (built first if absent) into
+# $(DEMO_WAREHOUSE)/reports/analysis.html. Day windows from height 1: the regtest genesis is dated 2011.
+notebook: install
+	test -f $(DEMO_WAREHOUSE)/poolwatch.duckdb || $(VENV)/bin/poolwatch demo --out $(DEMO_WAREHOUSE) --blocks $(DEMO_BLOCKS)
+	$(VENV)/bin/poolwatch --warehouse $(DEMO_WAREHOUSE) notebook --window day --from 1
 
 test: install
 	$(PY) -m pytest
