@@ -7,8 +7,11 @@ export POOLWATCH_BITCOIND ?= $(wildcard $(CURDIR)/../shared/bitcoin-core/bin/bit
 VENV ?= .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
+# Where `make demo` builds its regtest warehouse and `make notebook` reads it.
+DEMO_WAREHOUSE ?= warehouse/demo
+DEMO_BLOCKS ?= 3000
 
-.PHONY: install demo test bench lock clean-venv
+.PHONY: install demo notebook test bench lock clean-venv
 
 $(VENV)/.installed: pyproject.toml requirements.lock hatch_build.py pipeline/native/txscan.c
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +23,13 @@ $(VENV)/.installed: pyproject.toml requirements.lock hatch_build.py pipeline/nat
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/poolwatch demo
+	$(VENV)/bin/poolwatch demo --out $(DEMO_WAREHOUSE) --blocks $(DEMO_BLOCKS)
+
+# notebooks/analysis.ipynb executed headless on the demo warehouse (built first if absent) into
+# $(DEMO_WAREHOUSE)/reports/analysis.html. Day windows from height 1: the regtest genesis is dated 2011.
+notebook: install
+	test -f $(DEMO_WAREHOUSE)/poolwatch.duckdb || $(VENV)/bin/poolwatch demo --out $(DEMO_WAREHOUSE) --blocks $(DEMO_BLOCKS)
+	$(VENV)/bin/poolwatch --warehouse $(DEMO_WAREHOUSE) notebook --window day
 
 test: install
 	$(PY) -m pytest
@@ -30,7 +39,7 @@ bench: install
 
 # Re-pin every dependency (run after editing pyproject.toml's dependencies).
 lock:
-	$(UV) pip compile pyproject.toml --extra test --extra celery --python-version 3.11 -o requirements.lock
+	$(UV) pip compile pyproject.toml --extra test --extra celery --extra explore --python-version 3.11 -o requirements.lock
 
 clean-venv:
 	rm -rf $(VENV)

@@ -310,7 +310,7 @@ def merge_sources(sources: list[SourceList], rules: dict[str, Any] | None = None
         all_names = {n for k in keys for n in names[k].values()}
         name = _pool_display_name(pid, keys, names, rules, priority)
         pool: dict[str, Any] = {"id": pid, "name": name,
-                                "slug": _best_merged(slugs, keys, priority) or pid,
+                                "slug": _pool_slug(pid, keys, slugs, priority, disagreements),
                                 "link": _best_merged(links, keys, priority)}
         former = sorted(n for n in all_names if n != name)
         if former:
@@ -369,6 +369,29 @@ def _best_merged(values: dict[str, dict[str, str]], keys: list[str], priority: d
         for src, value in values.get(key, {}).items():
             merged.setdefault(src, value)
     return _best(merged, priority) if merged else None
+
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # schemas/registry.schema.json, pools[].slug
+
+
+def _pool_slug(pid: str, keys: list[str], slugs: dict[str, dict[str, str]], priority: dict[str, int],
+               disagreements: list[Disagreement]) -> str:
+    """The best-ranked list's slug; one a registry cannot hold (mempool's v1 list has 'exx&bw') gives
+    way to the next list's valid slug, else the pool id, and the replacement is reported."""
+    merged: dict[str, str] = {}
+    for key in sorted(keys):
+        for src, value in slugs.get(key, {}).items():
+            merged.setdefault(src, value)
+    ranked = sorted(merged, key=lambda s: priority.get(s, 99))
+    valid = [src for src in ranked if SLUG_RE.match(merged[src])]
+    chosen = merged[valid[0]] if valid else pid
+    if ranked and ranked[0] not in valid:
+        bad = merged[ranked[0]]
+        disagreements.append(Disagreement(
+            "invalid-slug", f"slug {bad!r}", {pid: [src for src in ranked if merged[src] == bad]},
+            f"slug {chosen!r}" + (f" from {valid[0]}" if valid else " (the pool id)"), "invalid-slug",
+            "a slug must match ^[a-z0-9][a-z0-9._-]*$ (registry schema)"))
+    return chosen
 
 
 def _pool_display_name(pid: str, keys: list[str], names, rules, priority) -> str:

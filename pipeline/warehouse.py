@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 CATALOG_NAME = "poolwatch.duckdb"
+# The catalog file is written in DuckDB's v1.0.0 storage format, not the library's own (duckdb 2.0
+# writes storage version 69, which no 1.x release opens): it holds only views, so nothing is lost,
+# and every DuckDB from 0.10 on, the CLIs on PyPI (duckdb-cli 1.4.x/1.5.x) included, opens it.
+# Measured and tested: docs/warehouse.md, tests/test_duckdb_cli.py.
+CATALOG_STORAGE_VERSION = "v1.0.0"
 LOCK_NAME = ".writer.lock"
 SCHEMA_FILE = "_schema.parquet"
 PART_FILE = "part.parquet"
@@ -780,7 +785,7 @@ class Warehouse:
         self._require_writer("refresh_catalog")
         tmp = self.root / f".{CATALOG_NAME}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
         try:
-            con = duckdb.connect(str(tmp))
+            con = duckdb.connect(str(tmp), config={"storage_compatibility_version": CATALOG_STORAGE_VERSION})
             try:
                 self._create_views(con, strict=strict)
                 con.execute("CHECKPOINT")

@@ -67,3 +67,55 @@ def regtest_node(regtest_binary, tmp_path_factory):
 
     with RegtestNode(binary=regtest_binary, datadir=tmp_path_factory.mktemp("regtest")) as node:
         yield node
+
+
+def pinned_duckdb_cli_version() -> str:
+    """The duckdb-cli version the project installs (pyproject.toml, extra ``explore``)."""
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for requirement in extras["explore"]:
+        name, _, version = requirement.partition("==")
+        if name.strip() == "duckdb-cli":
+            return version.strip()
+    raise AssertionError("pyproject.toml's explore extra pins no duckdb-cli")
+
+
+def duckdb_cli(version: str) -> Path:
+    """The DuckDB shell of PyPI's ``duckdb-cli`` at ``version``: the one ``make install`` put next to
+    this interpreter if it is that version, else installed once into ~/.cache/poolwatch (as a user
+    would: ``pip install duckdb-cli==VERSION``). Skips only when it cannot be installed."""
+    import shutil
+    import subprocess
+    import sys
+
+    def version_of(binary: Path) -> str:
+        run = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60)
+        return run.stdout.split()[0].lstrip("v") if run.returncode == 0 and run.stdout.strip() else ""
+
+    beside = Path(sys.executable).parent / "duckdb"
+    if beside.exists() and version_of(beside) == version:
+        return beside
+    target = Path.home() / ".cache" / "poolwatch" / f"duckdb-cli-{version}"
+
+    def installed() -> Path | None:
+        # the shell is package data in 1.5 (duckdb_cli/duckdb) and a wheel script in 1.4 (bin/duckdb)
+        return next((b for b in (target / "duckdb_cli" / "duckdb", target / "bin" / "duckdb")
+                     if b.exists() and version_of(b) == version), None)
+
+    if installed() is None:
+        uv = shutil.which("uv", path=str(Path(sys.executable).parent))
+        command = ([uv, "pip", "install", "--python", sys.executable] if uv else
+                   [sys.executable, "-m", "pip", "install", "-q"])
+        tmp = target.with_name(target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        run = subprocess.run(command + ["--target", str(tmp), f"duckdb-cli=={version}"],
+                             capture_output=True, text=True, timeout=600)
+        if run.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            pytest.skip(f"cannot install duckdb-cli=={version}: {(run.stderr or run.stdout).strip()[-300:]}")
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    binary = installed()
+    assert binary is not None, f"duckdb-cli=={version} installed into {target}, but no shell of that version there"
+    return binary

@@ -192,3 +192,70 @@ def test_docs_list_every_resolution_of_the_shipped_registry():
     assert section == render_resolutions_markdown(shipped), \
         "docs/registry.md is out of date: python -m pipeline.importers --default --docs docs/registry.md"
     assert len(shipped["resolutions"]) == section.count("\n") - 1
+
+
+def test_a_list_slug_the_registry_cannot_hold_gives_way_and_is_reported(lists, tmp_path):
+    """mempool's v1 pools.json has the slug 'exx&bw': the merge used to write it and then refuse its
+    own output ('invalid registry ... slug'), so the README's import example failed."""
+    v1 = json.loads(lists["v1"].read_text())
+    v1["slugs"] = {"Delta": "d&lta", "Alpha": "Alpha!"}
+    lists["v1"].write_text(json.dumps(v1))
+    bd_delta = lists["bd"] / "pools" / "delta.json"
+    bd_delta.write_text(json.dumps({"id": 9, "name": "Delta", "addresses": [addr(4)], "tags": [], "link": None}))
+    doc, disagreements = merge_sources([read_v1(lists["v1"], "old"), read_bitcoin_data(lists["bd"], "bd")],
+                                       {"source_priority": ["old", "bd"]})
+    reg = parse_registry(doc)  # loads: every slug is valid
+    assert reg.by_id["delta"].slug == "delta"  # bitcoin-data's valid slug (its file name)
+    assert reg.by_id["alpha"].slug == "alpha"  # bitcoin-data's alpha.json
+    slugs = {d.subject: d for d in disagreements if d.kind == "invalid-slug"}
+    assert set(slugs) == {"slug 'd&lta'", "slug 'Alpha!'"}
+    assert slugs["slug 'd&lta'"].claims == {"delta": ["old"]} and slugs["slug 'd&lta'"].decision == "slug 'delta' from bd"
+    # no valid slug anywhere: the pool id, said so
+    doc, disagreements = merge_sources([read_v1(lists["v1"], "old")])
+    assert parse_registry(doc).by_id["delta"].slug == "delta"
+    assert any(d.kind == "invalid-slug" and d.decision == "slug 'delta' (the pool id)" for d in disagreements)
+
+
+def test_registry_errors_show_the_pattern_they_quote(tmp_path):
+    """The error quoted the schema pattern '^[a-z0-9][a-z0-9._-]*$' through rich markup, which ate
+    the bracketed parts and printed '^*$'."""
+    from pipeline.cli import main
+
+    shipped = json.loads((Path(__file__).resolve().parent.parent / "pipeline" / "data" / "registry.json").read_text())
+    shipped["pools"][0]["slug"] = "exx&bw"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(shipped))
+    result = CliRunner().invoke(main, ["pools", "validate", str(bad)])
+    assert result.exit_code == 1
+    assert "'exx&bw' does not match '^[a-z0-9][a-z0-9._-]*$'" in result.output
+
+
+DOCUMENTED_IMPORT = "poolwatch pools import --from mempool-v2 pools-v2.json --from v1 pools.json -o merged.json"
+
+
+def test_documented_import_command_on_the_real_lists(pool_lists_dir, tmp_path):
+    """The documented command line, run as a newcomer would: in a folder holding mempool's two files
+    (symlinks to ../shared, read in place), with the installed `poolwatch` program."""
+    import shlex
+    import subprocess
+    import sys
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "registry.md").read_text(encoding="utf-8")
+    assert DOCUMENTED_IMPORT in docs.split("<!-- pools-import:example -->", 1)[1].split("```", 2)[1]
+    mempool = pool_lists_dir / "mining-pools-mempool"
+    for name in ("pools-v2.json", "pools.json"):
+        (tmp_path / name).symlink_to(mempool / name)
+    argv = shlex.split(DOCUMENTED_IMPORT)
+    argv[0] = str(Path(sys.executable).parent / "poolwatch")
+    run = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    registry = load_registry(tmp_path / "merged.json")
+    assert f"wrote merged.json: {len(registry.pools)} pools" in run.stdout
+    v2 = json.loads((mempool / "pools-v2.json").read_text(encoding="utf-8"))
+    # every mempool pool is in (two spellings of one name fold into one pool), with both lists as provenance
+    assert len(v2) - 2 <= len(registry.pools) <= len(v2)
+    assert "invalid-slug: slug 'exx&bw'" in run.stdout
+    assert registry.by_id["exx-bw"].slug == "exx-bw"
+    foundry = registry.by_id["foundry-usa"]
+    assert {s for t in foundry.tags for s in t.sources} >= {"mempool-v2"}
+    assert {s for a in foundry.addresses for s in a.sources} == {"mempool-v2", "v1"}

@@ -94,3 +94,82 @@ def test_notebook_runs_on_a_regtest_built_warehouse(regtest_node, tmp_path, monk
     assert snapshot(wh.root) == before
     text = _text(nb)
     assert "regtest genesis block (height 0) is left out" in text and "stale" not in text
+
+
+# --- one command: `make notebook` (-> `poolwatch notebook` -> pipeline.notebook.run_notebook) ------------
+
+REPO = NOTEBOOK.parent.parent
+
+
+def make_notebook(demo_warehouse: Path, *extra: str, timeout: int = 900):
+    """`make notebook` as the README gives it, with this test's interpreter as the project's venv
+    (its install step counted as done: -o) and the demo warehouse pointed elsewhere."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("make") is None:
+        pytest.skip("no make on this machine")
+    venv = Path(sys.executable).parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POOLWATCH_")}
+    return subprocess.run(["make", "-C", str(REPO), "-o", f"{venv}/.installed", "notebook", f"VENV={venv}",
+                           f"DEMO_WAREHOUSE={demo_warehouse}", *extra],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def check_html(page: Path, warehouse_root: Path) -> None:
+    html = page.read_text(encoding="utf-8")
+    assert html.count('src="data:image/png;base64,') == 5  # shares, Nakamoto, HHI, top pools, family Nakamoto
+    assert f"warehouse {warehouse_root.resolve()}" in html
+    assert "Traceback" not in html and 'data-mime-type="application/vnd.jupyter.stderr"' not in html
+
+
+def test_make_notebook_writes_html_from_an_existing_warehouse(tmp_path):
+    wh = build_warehouse(tmp_path / "wh", demo_pools(1500))
+    before = snapshot(wh.root)
+    run = make_notebook(wh.root)
+    assert run.returncode == 0, run.stdout + run.stderr
+    page = wh.root / "reports" / "analysis.html"
+    assert f"wrote {page}" in run.stdout
+    check_html(page, wh.root)
+    after = {k: v for k, v in snapshot(wh.root).items() if not k.startswith("reports/")}
+    assert after == before, "only the page is written; the warehouse is opened read-only"
+    assert "demo" not in run.stdout.split("notebook", 1)[0], "an existing warehouse is not rebuilt"
+
+
+def test_notebook_command_refuses_a_missing_warehouse_and_a_bad_window(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    result = CliRunner().invoke(main, ["--warehouse", str(tmp_path / "absent"), "notebook"])
+    assert result.exit_code == 1 and f"no warehouse at {tmp_path / 'absent'}" in result.output
+    wh = build_warehouse(tmp_path / "wh", demo_pools(50))
+    result = CliRunner().invoke(main, ["--warehouse", str(wh.root), "notebook", "--window", "fortnight"])
+    assert result.exit_code == 2 and "fortnight" in result.output
+
+
+def test_a_failing_cell_names_itself_and_keeps_the_output(tmp_path):
+    from pipeline.notebook import NotebookError, run_notebook
+
+    wh = build_warehouse(tmp_path / "wh", demo_pools(50))
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nprint(os.environ['POOLWATCH_WAREHOUSE'])"),
+                                         nbformat.v4.new_code_cell("raise RuntimeError('cell two broke')")])
+    source = tmp_path / "broken.ipynb"
+    nbformat.write(nb, source)
+    with pytest.raises(NotebookError, match=r"broken.ipynb: cell 1 failed: .*cell two broke.*out.ipynb"):
+        run_notebook(wh.root, tmp_path / "out.ipynb", notebook=source)
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"].strip() == str(wh.root.resolve())
+    assert executed.cells[1].outputs[0]["ename"] == "RuntimeError"
+
+
+@pytest.mark.node
+@pytest.mark.slow
+def test_make_notebook_builds_the_demo_warehouse_when_absent(regtest_binary, tmp_path):
+    """A fresh clone has no warehouse: `make notebook` runs the demo first (small here)."""
+    demo = tmp_path / "demo"
+    run = make_notebook(demo, "DEMO_BLOCKS=200")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "built 200 regtest blocks" in run.stdout
+    check_html(demo / "reports" / "analysis.html", demo)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-_AREAS = ("core", "pools", "metrics", "devnode")
+_AREAS = ("core", "pools", "metrics", "devnode", "notebook")
 
 
 def default_warehouse() -> Path:

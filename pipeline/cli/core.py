@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli.progress import progress_bar
@@ -95,7 +98,7 @@ def friendly_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except handled as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
             sys.exit(1)
 
     return wrapper
@@ -331,12 +334,64 @@ def demo(ctx, n_blocks, demo_dir, seed):
     out.print(table)
     n_out = con.execute("SELECT count(*) FROM coinbase_outputs").fetchone()[0]
     out.print(f"warehouse: {demo_dir.resolve()}  ({result.blocks_loaded:,} blocks, {n_out:,} coinbase outputs)")
-    out.print(f"try:  poolwatch --warehouse {demo_dir} sql \"SELECT * FROM centralization_week\"")
-    out.print(f"      poolwatch --warehouse {demo_dir} metrics --window day --from 1")
-    out.print(f"      poolwatch --warehouse {demo_dir} report --window day --from 1   "
-              "(height 1: the regtest genesis block is dated 2011)")
-    out.print(f"      duckdb -readonly {demo_dir / 'poolwatch.duckdb'}")
+    # Plain lines, never wrapped: they are meant to be copied into a shell as they are.
+    out.print(f"\nNext, from {Path.cwd()} (copy the lines as they are):", soft_wrap=True, highlight=False)
+    for comment, command in demo_next_steps(demo_dir):
+        out.print(f"  # {comment}\n  {command}", soft_wrap=True, markup=False, highlight=False)
     out.rule("[bold yellow]regtest chain, not mainnet: node stopped")
+
+
+def demo_next_steps(demo_dir: Path) -> list[tuple[str, str]]:
+    """(what it does, shell line) for the demo warehouse, each runnable as written from the current
+    directory, after the previous ones (the first may put this installation on PATH)."""
+    wh = shlex.quote(_shell_path(demo_dir))
+    catalog = shlex.quote(_shell_path(demo_dir / "poolwatch.duckdb"))
+    steps: list[tuple[str, str]] = []
+    activate = _activation()
+    if activate:
+        steps.append(("put this installation's poolwatch and duckdb on PATH", activate))
+    steps += [
+        (f"charts (PNG + one HTML page) into {_shell_path(demo_dir / 'reports')}/",
+         f"poolwatch --warehouse {wh} report --window day"),
+        ("SQL over the warehouse's views",
+         f'poolwatch --warehouse {wh} sql "SELECT pool_name, count(*) AS blocks FROM attributions_current '
+         'GROUP BY 1 ORDER BY 2 DESC"'),
+        ("centralization metrics per day in the terminal",
+         f"poolwatch --warehouse {wh} metrics --window day"),
+        (f"notebooks/analysis.ipynb run headless into {_shell_path(demo_dir / 'reports' / 'analysis.html')}",
+         f"poolwatch --warehouse {wh} notebook --window day"),
+        ("the DuckDB shell on the catalog (try: SELECT * FROM centralization_week; leave with .quit)"
+         + ("" if _has_duckdb_shell() else "; needs the DuckDB shell: pip install duckdb-cli"),
+         f"duckdb -readonly {catalog}"),
+    ]
+    return steps
+
+
+def _shell_path(path: Path) -> str:
+    """Relative to the current directory when inside it (as the user typed it), else absolute."""
+    if not path.is_absolute():
+        return str(path)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _activation() -> str | None:
+    """`source <venv>/bin/activate` when the `poolwatch` on PATH is not the one running (make demo
+    runs .venv/bin/poolwatch without activating .venv)."""
+    running = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    on_path = shutil.which("poolwatch")
+    if running is not None and on_path and Path(on_path).resolve() == running:
+        return None
+    activate = Path(sys.prefix) / "bin" / "activate"
+    if sys.prefix != sys.base_prefix and activate.is_file():
+        return f"source {shlex.quote(_shell_path(Path(os.path.abspath(activate))))}"
+    return f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"'
+
+
+def _has_duckdb_shell() -> bool:
+    return (Path(sys.executable).parent / "duckdb").exists() or shutil.which("duckdb") is not None
 
 
 def _refresh_metrics(warehouse) -> None:
