@@ -311,6 +311,8 @@ def test_sql_fits_80_columns_and_prints_csv_and_json(wh) -> None:
     assert_fits(small)
     header = next(line for line in lines_of(small) if "height" in line)
     assert "pool_id" in header  # two narrow columns: a plain table
+    empty = run([*base, "SELECT * FROM blocks WHERE height < 0"])
+    assert empty.exit_code == 0 and "(no rows)" in empty.output, empty.output
     as_csv = parse_csv(run([*base, "--csv", query]).output)
     assert [r["hash"] for r in as_csv] == [r["hash"] for r in rows]
     assert run([*base, "--csv", "--json", query]).exit_code == 2

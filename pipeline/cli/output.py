@@ -297,16 +297,26 @@ def _print_records(console: Console, columns: Sequence[Column], rows: list[list[
     label_width = min(max(cell_len(c.label) for c in columns), max(8, console.width // 2))
     beside = console.width - label_width - 2
     order = [key] + [i for i in range(len(columns)) if i != key]
+    grid: Table | None = None  # consecutive short fields share one grid (rendering is the slow part)
+
+    def flush() -> None:
+        nonlocal grid
+        if grid is not None:
+            console.print(grid)
+            grid = None
+
     for n, row in enumerate(rows):
-        if n:
-            console.print()
-        grid: Table | None = None
         for i in order:
             value = _text(row[i], separator="\n")
             if i == key:
                 value = value.copy()
                 value.stylize("bold")
             label = Text(columns[i].label, style="dim")
+            if n and i == key:
+                if grid is None:
+                    console.print()
+                else:
+                    grid.add_row("", "")
             if _width(value) <= beside:
                 if grid is None:
                     grid = Table.grid(padding=(0, 2))
@@ -314,13 +324,10 @@ def _print_records(console: Console, columns: Sequence[Column], rows: list[list[
                     grid.add_column(overflow="fold")
                 grid.add_row(label, value)
                 continue
-            if grid is not None:
-                console.print(grid)
-                grid = None
+            flush()
             console.print(label)
             console.print(Padding(value, (0, 0, 0, 2)), overflow="fold")
-        if grid is not None:
-            console.print(grid)
+    flush()
 
 
 def print_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *, title: str | Text | None = None,
@@ -351,6 +358,9 @@ def print_table(columns: Sequence[Column], rows: Sequence[Sequence[Any]], *, tit
                 hint(f"({left_out} of {len(columns)} columns left out to fit {width} characters: "
                      "--csv or --json show all)")
             return "narrow table"
+    if not rows:
+        console.print(Text("(no rows)"))
+        return "fields"
     _print_records(console, columns, [list(row) for row in rows], key)
     if machine_hint:
         hint(f"({len(columns)} columns, too wide for {width}: one field per line; see --csv and --json)")
