@@ -75,6 +75,12 @@ class NodeUnreachableError(NodeError):
     """Connection refused / DNS failure / timeout, after the configured retries."""
 
 
+class NodeHostNotFoundError(NodeConfigError, NodeUnreachableError):
+    """The node's host name does not resolve (no such name): raised at once, since no retry can fix
+    a typo. Still a NodeUnreachableError for callers that catch that; a NodeConfigError because the
+    configuration is what has to change."""
+
+
 class NodeWarmingUpError(NodeError):
     """RPC -28: the node is loading (block index, wallet, ...)."""
 
@@ -403,14 +409,21 @@ _DEAD_CONNECTION = (BrokenPipeError, ConnectionResetError, ConnectionAbortedErro
                     http.client.IncompleteRead)
 
 
+# getaddrinfo answers that mean "this name does not exist" (as opposed to EAI_AGAIN: no DNS server
+# answered, which may pass).
+_NO_SUCH_NAME = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY", "EAI_FAIL")
+                 if hasattr(socket, name)}
+
+
 class _Transient(Exception):
     """Internal: a failure worth retrying. .unreachable marks network-level failures."""
 
-    def __init__(self, reason: str, unreachable: bool, immediate: bool = False) -> None:
+    def __init__(self, reason: str, unreachable: bool, immediate: bool = False, dns: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.unreachable = unreachable
         self.immediate = immediate  # first reconnect after an idle close needs no backoff
+        self.dns = dns  # the host name could not be resolved (temporarily)
 
 
 class NodeClient:
@@ -447,9 +460,13 @@ class NodeClient:
         return text
 
     def _port_open(self) -> bool:
+        """Whether something listens on the node's port. A host name that does not resolve raises
+        socket.gaierror (the callers name it), instead of passing for a stopped node."""
         try:
             with socket.create_connection((self.config.host, self.config.port), timeout=min(self.config.timeout, 5)):
                 return True
+        except socket.gaierror:
+            raise
         except OSError:
             return False
 
@@ -489,7 +506,19 @@ class NodeClient:
 
     @property
     def _where(self) -> str:
-        return f"{self.config.host}:{self.config.port}"
+        return f"{_bracket(self.config.host)}:{self.config.port}"
+
+    def _name_failure(self, exc: socket.gaierror) -> NodeHostNotFoundError | _Transient:
+        """A failed host-name lookup: a name that does not exist fails at once (no retry fixes a
+        typo); a lookup that failed for now (EAI_AGAIN: no DNS answer) is retried."""
+        host = self.config.host
+        detail = self._scrub(str(exc.strerror or exc))
+        if exc.errno in _NO_SUCH_NAME:
+            return NodeHostNotFoundError(
+                f"the node's host name {host!r} does not resolve (DNS: {detail}): check the host in the node "
+                f"URL (--rpc-url, BITCOIN_RPC_URL or the Airflow connection); not retried, since a name that "
+                f"does not exist will not appear (config: {self.config.redacted()})")
+        return _Transient(f"could not resolve the host name {host!r}: {detail}", unreachable=True, dns=True)
 
     def _unreachable_message(self, reason: str, attempts: int) -> str:
         return (f"cannot reach the Bitcoin node at {self._where} after {attempts} attempt(s) ({reason}). "
@@ -531,6 +560,11 @@ class NodeClient:
                         attempt + 1, attempts - 1, delay)
             time.sleep(delay)
         assert last is not None
+        if last.dns:
+            raise NodeUnreachableError(
+                f"cannot reach the Bitcoin node at {self._where} after {attempts} attempt(s): {last.reason}. "
+                "No DNS server answered: check this machine's DNS settings (/etc/resolv.conf) and network, "
+                f"or put the node's IP address in the URL (config: {self.config.redacted()})")
         if last.unreachable:
             raise NodeUnreachableError(self._unreachable_message(last.reason, attempts))
         if "warming up" in last.reason:
@@ -593,7 +627,10 @@ class NodeClient:
             except (TimeoutError, socket.timeout):
                 self._drop_proxy()
                 failure = _Transient(f"no answer within {self.config.timeout:g} s (timeout)", unreachable=True)
-            except (ConnectionRefusedError, socket.gaierror, OSError) as exc:
+            except socket.gaierror as exc:
+                self._drop_proxy()
+                failure = self._name_failure(exc)
+            except (ConnectionRefusedError, OSError) as exc:
                 self._drop_proxy()
                 failure = _Transient(self._scrub(f"{type(exc).__name__}: {exc}"), unreachable=True)
             except ValueError as exc:  # JSON decode of a garbled reply
@@ -649,6 +686,8 @@ class NodeClient:
             status, reply = self._post(body)
         except (TimeoutError, socket.timeout):
             failure = _Transient(f"no answer within {self.config.timeout:g} s (timeout)", unreachable=True)
+        except socket.gaierror as exc:
+            failure = self._name_failure(exc)
         except (OSError, http.client.HTTPException) as exc:
             failure = _Transient(self._scrub(f"{type(exc).__name__}: {exc}"), unreachable=True)
         if failure is not None:
@@ -796,7 +835,7 @@ class NodeClient:
 
         def attempt(h: str) -> tuple[int, bytes]:
             nonlocal conn
-            failure: _Transient | None = None
+            failure: _Transient | NodeHostNotFoundError | None = None
             try:
                 if not https:
                     return _http_get(self.config.host, self.config.port, f"/rest/block/{h}.bin", self.config.timeout)
@@ -812,6 +851,8 @@ class NodeClient:
                 return status_body
             except (TimeoutError, socket.timeout):
                 failure = _Transient(f"no answer within {self.config.timeout:g} s (timeout)", True)
+            except socket.gaierror as exc:
+                failure = self._name_failure(exc)
             except _DEAD_CONNECTION as exc:
                 failure = _Transient(f"connection lost: {type(exc).__name__}", True, immediate=True)
             except (OSError, http.client.HTTPException) as exc:
@@ -897,6 +938,6 @@ def _check_block_hash(expected: str, raw: bytes) -> None:
 
 __all__ = [
     "HeightAboveTipError", "NodeAuthError", "NodeClient", "NodeConfig", "NodeConfigError", "NodeError",
-    "NodeInInitialDownloadError", "NodePrunedError", "NodeRPCError", "NodeUnreachableError",
+    "NodeHostNotFoundError", "NodeInInitialDownloadError", "NodePrunedError", "NodeRPCError", "NodeUnreachableError",
     "NodeWarmingUpError", "read_cookie",
 ]

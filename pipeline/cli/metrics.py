@@ -1,28 +1,25 @@
-"""Metrics commands: ``poolwatch metrics`` (a table in the terminal) and ``poolwatch report`` (charts)."""
+"""Metrics commands: ``poolwatch metrics`` (tables in the terminal, or CSV / JSON) and ``poolwatch report``
+(charts)."""
 
 from __future__ import annotations
 
 import csv
-import sys
+import re
 from pathlib import Path
 
 import click
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
+
+from pipeline.cli import output
+from pipeline.cli.output import Column, fmt_number, is_missing, no_negative_zero, signless_zero
 
 err = Console(stderr=True)
 
 
-def _out() -> Console:
-    """stdout console; piped or captured output gets a wide page instead of truncated columns."""
-    probe = Console()
-    return probe if probe.is_terminal else Console(width=220)
-
-
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
-    sys.exit(1)
+    output.fail(message)
 
 
 def _open(ctx: click.Context):
@@ -47,88 +44,114 @@ def warn_if_stale(wh) -> bool:
 
 
 def _fmt_share(value) -> str:
-    return "-" if pd.isna(value) else f"{value:.1%}"
+    return fmt_number(value, ".1%")
 
 
 def _fmt_interval(point, lo, hi, spec: str) -> str:
-    if pd.isna(point):
+    if is_missing(point):
         return "-"
-    text = format(point, spec)
-    if pd.isna(lo) or pd.isna(hi):
+    text = fmt_number(point, spec)
+    if is_missing(lo) or is_missing(hi):
         return text
-    return f"{text} [{format(lo, spec)}-{format(hi, spec)}]"
+    return f"{text} [{fmt_number(lo, spec)}-{fmt_number(hi, spec)}]"
 
 
 def _fmt_hashrate(value) -> str:
-    if pd.isna(value):
+    if is_missing(value):
         return "-"
+    value = no_negative_zero(float(value))
     for unit, scale in (("EH/s", 1e18), ("PH/s", 1e15), ("TH/s", 1e12), ("GH/s", 1e9), ("MH/s", 1e6)):
         if value >= scale:
             return f"{value / scale:.2f} {unit}"
-    return f"{value:.3g} H/s"
+    return signless_zero(f"{value:.3g} H/s")
 
 
-def centralization_table(cent: pd.DataFrame, level: str, title: str) -> Table:
-    """One line per window; the unknown treatments side by side where they differ."""
-    cent = cent[cent.level == level]
-    table = Table(title=title, title_justify="left")
+def centralization_table(cent: pd.DataFrame, level: str) -> tuple[list[Column], list[list]]:
+    """Columns and rows of the centralization table: one row per window, the unknown treatments side
+    by side where they differ. Labels come from ``metrics.column_label`` (the HTML report's and the
+    notebook's names); the window and blocks columns and the composite HHI / Nakamoto cells use the
+    HTML report's wording. Optional columns are left out first in a narrow terminal."""
     from pipeline.metrics import column_label
 
-    for name, justify in (("window", "left"), ("blocks", "right"), ("unknown", "right"),
-                          (column_label("known_entities", level), "right"),
-                          (column_label("top1_share_of_known"), "right"), (column_label("top3_share_of_known"), "right"),
-                          (column_label("top5_share_of_known"), "right"), ("HHI [95% CI]", "right"),
-                          ("Nakamoto excl/one/each [95% CI]", "right"), ("entropy", "right"),
-                          ("Gini", "right"), ("hashrate", "right"), ("", "left")):
-        table.add_column(name, justify=justify, no_wrap=True)
-    for (_, window_id), rows in cent.groupby(["first_height", "window_id"], sort=True):
-        by = {r.unknown_treatment: r for r in rows.itertuples(index=False)}
+    columns = [
+        Column("window"), Column("blocks", "right"), Column(column_label("unknown_share", level), "right"),
+        Column(column_label("known_entities", level), "right"),
+        Column(column_label("top1_share_of_known", level), "right"),
+        Column(column_label("top3_share_of_known", level), "right", optional=True),
+        Column(column_label("top5_share_of_known", level), "right", optional=True),
+        Column("HHI [95% CI]", "right"), Column("Nakamoto excl. / one / each [95% CI]", "right"),
+        Column(column_label("entropy_normalized", level), "right", optional=True),
+        Column(column_label("gini", level), "right", optional=True),
+        Column(column_label("network_hashrate", level), "right", optional=True),
+        Column("flags"),
+    ]
+    cent = cent[cent.level == level]
+    rows = []
+    for (_, window_id), group in cent.groupby(["first_height", "window_id"], sort=True):
+        by = {r.unknown_treatment: r for r in group.itertuples(index=False)}
         one = by["one_entity"]
         naks = []
         for t in ("excluded", "one_entity", "each_own"):
             r = by[t]
-            naks.append(_fmt_interval(r.nakamoto, r.nakamoto_lo, r.nakamoto_hi, "d") if not pd.isna(r.nakamoto)
-                        else "-")
+            naks.append(_fmt_interval(r.nakamoto, r.nakamoto_lo, r.nakamoto_hi, "d"))
         flags = []
         if one.low_sample:
-            flags.append("[yellow]low sample[/]")
+            flags.append(Text("low sample", style="yellow"))
         if not one.complete:
-            flags.append("[dim]partial[/]")
-        table.add_row(str(window_id), f"{int(one.blocks_total):,}", _fmt_share(one.unknown_share),
-                      str(int(one.known_entities)), _fmt_share(one.top1_share_of_known),
-                      _fmt_share(one.top3_share_of_known), _fmt_share(one.top5_share_of_known),
-                      _fmt_interval(one.hhi, one.hhi_lo, one.hhi_hi, ".3f"), " / ".join(naks),
-                      "-" if pd.isna(one.entropy_normalized) else f"{one.entropy_normalized:.2f}",
-                      "-" if pd.isna(one.gini) else f"{one.gini:.2f}", _fmt_hashrate(one.network_hashrate),
-                      " ".join(flags))
-    return table
+            flags.append(Text("partial", style="dim"))
+        rows.append([str(window_id), f"{int(one.blocks_total):,}", _fmt_share(one.unknown_share),
+                     str(int(one.known_entities)), _fmt_share(one.top1_share_of_known),
+                     _fmt_share(one.top3_share_of_known), _fmt_share(one.top5_share_of_known),
+                     _fmt_interval(one.hhi, one.hhi_lo, one.hhi_hi, ".3f"), " / ".join(naks),
+                     fmt_number(one.entropy_normalized, ".2f"), fmt_number(one.gini, ".2f"),
+                     _fmt_hashrate(one.network_hashrate), Text(" ").join(flags)])
+    return columns, rows
 
 
-def pool_table(share: pd.DataFrame, level: str, window_id: str, limit: int) -> Table:
-    rows = share[(share.level == level) & (share.window_id == window_id)].sort_values("rank").head(limit)
-    table = Table(title=f"{'Families' if level == 'family' else 'Pools'} in {window_id}", title_justify="left")
-    for name in ("#", "pool" if level == "pool" else "family", "blocks", "share [95% Wilson]", "of known",
-                 "hashrate"):
-        table.add_column(name, justify="left" if name in ("pool", "family") else "right", no_wrap=True)
-    for r in rows.itertuples(index=False):
-        table.add_row(str(r.rank), str(r.entity_name), f"{int(r.blocks):,}",
-                      _fmt_interval(r.share, r.share_lo, r.share_hi, ".1%"), _fmt_share(r.share_of_known),
-                      _fmt_hashrate(r.hashrate))
-    return table
+def top_pools(share: pd.DataFrame, level: str, limit: int) -> pd.DataFrame:
+    """The ``limit`` largest entities of the latest window (all columns), or an empty frame."""
+    if not limit or share.empty:
+        return share.iloc[0:0]
+    latest = share.sort_values("first_height")["window_id"].iloc[-1]
+    return share[(share.level == level) & (share.window_id == latest)].sort_values("rank").head(limit)
+
+
+def pool_table(rows: pd.DataFrame, level: str) -> tuple[list[Column], list[list]]:
+    from pipeline.metrics import column_label
+
+    columns = [Column("#", "right"), Column("pool" if level == "pool" else "family"), Column("blocks", "right"),
+               Column("share [95% Wilson]", "right"), Column(column_label("share_of_known", level), "right"),
+               Column(column_label("hashrate", level), "right", optional=True)]
+    body = [[str(r.rank), str(r.entity_name), f"{int(r.blocks):,}", _fmt_interval(r.share, r.share_lo, r.share_hi, ".1%"),
+             _fmt_share(r.share_of_known), _fmt_hashrate(r.hashrate)] for r in rows.itertuples(index=False)]
+    return columns, body
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    frame = frame.copy()
+    for name in frame.columns:
+        if pd.api.types.is_float_dtype(frame[name]):
+            frame[name] = frame[name] + 0.0  # -0.0 + 0.0 == +0.0: no "-0.0" in the file
     frame.to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
 
 
 def _window_and_range(window_text: str, start: str | None, end: str | None):
-    """--window and --from/--to, parsed; a bad value is a usage error naming the option's problem."""
+    """--window and --from/--to, parsed and checked before the warehouse is opened; a bad value is a
+    usage error naming the option's problem."""
     from pipeline import metrics as m
 
+    for name, text in (("--from", start), ("--to", end)):
+        if text is not None and re.fullmatch(r"\s*-\d+\s*", text):
+            raise click.BadParameter(f"{text.strip()} is not a height: heights start at 0", param_hint=f"'{name}'")
     try:
-        return m.parse_window(window_text), m.make_range(start, end)
+        window, rng = m.parse_window(window_text), m.make_range(start, end)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    if rng.from_height is not None and rng.to_height is not None and rng.from_height > rng.to_height:
+        raise click.UsageError(f"--from {rng.from_height} is above --to {rng.to_height}: the range is empty")
+    if rng.from_time is not None and rng.to_time is not None and rng.from_time > rng.to_time:
+        raise click.UsageError(f"--from {start.strip()} is after --to {end.strip()}: the range is empty")
+    return window, rng
 
 
 def register(main: click.Group) -> None:
@@ -139,32 +162,43 @@ def register(main: click.Group) -> None:
     @click.option("--to", "end", default=None, help="Last height, or a UTC date/time (a date includes the day).")
     @click.option("--level", type=click.Choice(["pool", "family"]), default="pool", show_default=True,
                   help="Count registry pools, or registry families (proxy pooling merged).")
-    @click.option("--last", type=int, default=12, show_default=True,
+    @click.option("--last", type=click.IntRange(min=0), default=12, show_default=True,
                   help="Show the most recent N windows (0: all windows in the range).")
-    @click.option("--pools", "show_pools", type=int, default=10, show_default=True,
+    @click.option("--pools", "show_pools", type=click.IntRange(min=0), default=10, show_default=True,
                   help="Also list the top N pools of the latest window (0: none).")
-    @click.option("--draws", type=int, default=1000, show_default=True, help="Bootstrap replicates.")
+    @click.option("--draws", type=click.IntRange(min=1), default=1000, show_default=True,
+                  help="Bootstrap replicates.")
     @click.option("--no-bootstrap", is_flag=True, help="Skip the HHI / Nakamoto intervals (faster).")
-    @click.option("--csv", "csv_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                  help="Also write centralization.csv and pool_share.csv into this folder.")
+    @output.output_options(
+        csv_help="Print the centralization rows of the shown windows and level as CSV (every column, one "
+                 "row per unknown treatment) instead of tables; the pool shares: --json or --csv-dir.",
+        json_help="Print {window, level, registry_version, centralization: [...], pool_share: [...]} as JSON "
+                  "(every column of the shown windows and pools) instead of tables.")
+    @click.option("--csv-dir", "csv_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Also write centralization.csv and pool_share.csv (both levels, every window computed) "
+                       "into this folder.")
     @click.option("--refresh", is_flag=True,
                   help="Recompute the materialized tables (centralization, pool_share: day/week/month/epoch).")
     @click.pass_context
-    def metrics_cmd(ctx, window_text, start, end, level, last, show_pools, draws, no_bootstrap, csv_dir, refresh):
+    def metrics_cmd(ctx, window_text, start, end, level, last, show_pools, draws, no_bootstrap, as_csv, as_json,
+                    csv_dir, refresh):
         """Centralization metrics per window: shares, HHI, Nakamoto coefficient, entropy, Gini.
 
         Unknown blocks are counted three ways (excluded / one miner / each its own miner), so the
-        Nakamoto coefficient is shown as a range. Definitions: docs/metrics.md.
+        Nakamoto coefficient is shown as a range. Definitions: docs/metrics.md. In a terminal too
+        narrow for the table, some columns are left out or each window is printed one field per
+        line; --csv and --json print everything.
         """
         from pipeline import metrics as m
 
+        fmt = output.output_format(as_csv, as_json)
         window, rng = _window_and_range(window_text, start, end)
         wh, version = _open(ctx)
         if refresh:
             with err.status("recomputing the materialized metric tables"):
                 done = m.refresh_metrics(wh, full=True)
-            err.print(f"refreshed ({done.mode}): {done.rows['centralization']:,} centralization rows, "
-                      f"{done.rows['pool_share']:,} pool_share rows (attribution version {version})")
+            err.print(Text(f"refreshed ({done.mode}): {done.rows['centralization']:,} centralization rows, "
+                           f"{done.rows['pool_share']:,} pool_share rows (attribution version {version})"))
         con = wh.connect()
         try:
             result = m.compute_metrics(con, window, registry_version=version, rng=rng,
@@ -177,20 +211,29 @@ def register(main: click.Group) -> None:
         if result.centralization.empty:
             _fail("no blocks in the selected range")
         for note in notes:
-            err.print(f"note: {note}", markup=False, highlight=False)
+            err.print(Text(f"note: {note}"), highlight=False)
         warn_if_stale(wh)
-        title = (f"{window.name} windows, {level} level, attribution version {version}; "
-                 f"HHI with unknown = one miner; 95% bootstrap intervals")
-        out = _out()
-        out.print(centralization_table(result.centralization, level, title))
-        if show_pools:
-            latest = result.pool_share.sort_values("first_height")["window_id"].iloc[-1]
-            out.print(pool_table(result.pool_share, level, latest, show_pools))
+        cent = result.centralization[result.centralization.level == level]
+        pools = top_pools(result.pool_share, level, show_pools)
+        if fmt == "json":
+            output.print_json({"window": window.name, "level": level, "registry_version": version,
+                               "notes": notes, "centralization": output.records(cent),
+                               "pool_share": output.records(pools)})
+        elif fmt == "csv":
+            output.print_csv(list(cent.columns), output.records(cent))
+        else:
+            title = (f"{window.name} windows, {level} level, attribution version {version}; "
+                     f"HHI with unknown = one miner; 95% bootstrap intervals")
+            output.print_table(*centralization_table(cent, level), title=title)
+            if not pools.empty:
+                output.stdout().print()
+                output.print_table(*pool_table(pools, level),
+                                   title=f"{'Families' if level == 'family' else 'Pools'} in {pools.window_id.iloc[0]}")
         if csv_dir is not None:
             csv_dir.mkdir(parents=True, exist_ok=True)
             _write_csv(result.centralization, csv_dir / "centralization.csv")
             _write_csv(result.pool_share, csv_dir / "pool_share.csv")
-            err.print(f"wrote {csv_dir / 'centralization.csv'} and {csv_dir / 'pool_share.csv'}")
+            err.print(Text(f"wrote {csv_dir / 'centralization.csv'} and {csv_dir / 'pool_share.csv'}"))
 
     @main.command("report")
     @click.option("--window", "window_text", default="week", show_default=True,
@@ -198,7 +241,8 @@ def register(main: click.Group) -> None:
     @click.option("--from", "start", default=None, help="First height, or a UTC date/time.")
     @click.option("--to", "end", default=None, help="Last height, or a UTC date/time.")
     @click.option("--level", type=click.Choice(["pool", "family"]), default="pool", show_default=True)
-    @click.option("--draws", type=int, default=1000, show_default=True, help="Bootstrap replicates.")
+    @click.option("--draws", type=click.IntRange(min=1), default=1000, show_default=True,
+                  help="Bootstrap replicates.")
     @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                   help="Output folder (default: <warehouse>/reports).")
     @click.pass_context
@@ -220,7 +264,5 @@ def register(main: click.Group) -> None:
         for note in data.notes:
             err.print(f"note: {note}", markup=False, highlight=False)
         target = out_dir or (wh.root / "reports")
-        paths = r.write_report(data, target)
-        out = _out()
-        for path in paths:
-            out.print(str(path))
+        for path in r.write_report(data, target):
+            click.echo(str(path))

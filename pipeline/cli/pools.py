@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
+
+from pipeline.cli.output import (Column, fail, output_format, output_options, print_csv, print_json, print_table,
+                                 stdout)
 
 out = Console()
 err = Console(stderr=True)
 
 
 def _fail(message: str) -> None:
-    # escape: messages quote patterns and data ('[a-z0-9]...') that rich would take for markup and drop
-    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
-    sys.exit(1)
+    fail(message)  # verbatim: messages name files and JSON paths like pools[3]
 
 
 def _load(path: Path | None):
@@ -100,9 +99,9 @@ def import_(sources, default_sources, rules, output) -> None:
     importers.write_registry(document, output)
     _print_disagreements(disagreements)
     registry = parse_registry(document)
-    out.print(f"wrote {output}: {len(registry.pools)} pools, {sum(len(p.tags) for p in registry.pools)} tags, "
-              f"{sum(len(p.addresses) for p in registry.pools)} addresses, {len(disagreements)} disagreements "
-              f"resolved (listed in the file's 'resolutions'); version {registry.version}")
+    out.print(Text(f"wrote {output}: {len(registry.pools)} pools, {sum(len(p.tags) for p in registry.pools)} tags, "
+                   f"{sum(len(p.addresses) for p in registry.pools)} addresses, {len(disagreements)} disagreements "
+                   f"resolved (listed in the file's 'resolutions'); version {registry.version}"))
 
 
 def _print_disagreements(disagreements) -> None:
@@ -120,72 +119,92 @@ def _print_disagreements(disagreements) -> None:
 def validate(file) -> None:
     """Check a registry file; errors name the entry and the field, and exit non-zero."""
     registry = _load(file)
-    out.print(f"{file}: valid, {len(registry.pools)} pools, version {registry.version}")
+    out.print(Text(f"{file}: valid, {len(registry.pools)} pools, version {registry.version}"))
 
 
 @pools.command("list")
 @click.option("--registry", "registry_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Registry file (default: the shipped registry).")
 @click.option("--search", default=None, help="Only pools whose id, name, tag or address contains this text.")
-def list_(registry_path, search) -> None:
-    """Show the pools of a registry."""
+@output_options(csv_help="Print one CSV line per pool (tags, address counts and families as JSON) instead of a table.",
+                json_help="Print the pools as a JSON list instead of a table.")
+def list_(registry_path, search, as_csv, as_json) -> None:
+    """Show the pools of a registry: every tag, the number of payout addresses per network, families.
+
+    In a terminal too narrow for the table, one field per line."""
     registry = _load(registry_path)
-    table = Table(title=f"registry {registry.version}")
-    for col in ("id", "name", "tags", "addresses", "family", "link"):
-        table.add_column(col, overflow="fold")
     needle = (search or "").lower()
-    shown = 0
+    rows = []
     for p in sorted(registry.pools, key=lambda p: p.id):
         texts = [p.id, p.name] + [t.text for t in p.tags] + [a.address for a in p.addresses]
         if needle and not any(needle in t.lower() for t in texts):
             continue
-        shown += 1
-        nets = Counter(a.network for a in p.addresses)
-        table.add_row(p.id, p.name, ", ".join(t.text for t in p.tags[:4]) + (" ..." if len(p.tags) > 4 else ""),
-                      " ".join(f"{n} {k}" for k, n in sorted(nets.items())),
-                      ", ".join(m.family for m in p.family), p.link or "")
-    out.print(table)
-    out.print(f"{shown} of {len(registry.pools)} pools")
+        rows.append({"id": p.id, "name": p.name, "tags": [t.text for t in p.tags],
+                     "addresses": dict(sorted(Counter(a.network for a in p.addresses).items())),
+                     "family": [m.family for m in p.family], "link": p.link or ""})
+    fmt = output_format(as_csv, as_json)
+    if fmt == "json":
+        print_json(rows)
+        return
+    if fmt == "csv":
+        print_csv(["id", "name", "tags", "addresses", "family", "link"], rows)
+        return
+    columns = [Column("id"), Column("name"), Column("tags", wrap=True), Column("addresses"), Column("family"),
+               Column("link", optional=True)]
+    print_table(columns, [[r["id"], r["name"], r["tags"], " ".join(f"{n} {k}" for k, n in r["addresses"].items()),
+                           r["family"], r["link"]] for r in rows], title=f"registry {registry.version}")
+    out.print(f"{len(rows)} of {len(registry.pools)} pools")
 
 
 @pools.command()
 @click.argument("old")
 @click.argument("new")
-@click.option("--limit", type=int, default=20, show_default=True, help="Changed blocks to list individually.")
-def diff(old, new, limit) -> None:
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Changed blocks to list individually.")
+@output_options(csv_help="Print the pool changes (from,to,blocks) as CSV instead of the report.",
+                json_help="Print the whole comparison as JSON: versions, rule changes, pool changes and the first "
+                          "--limit changed blocks.")
+def diff(old, new, limit, as_csv, as_json) -> None:
     """Compare two registries (files or stored versions): rule changes, and with a warehouse, which
     stored blocks change pool."""
     from pipeline.registry import diff_registries
 
     ctx = click.get_current_context()
+    fmt = output_format(as_csv, as_json)
     a, b = _resolve_registry(ctx, old), _resolve_registry(ctx, new)
     changes = diff_registries(a, b)
-    out.print(f"registry {a.version} -> {b.version}")
+    warehouse = _warehouse(ctx)
+    changed = None
+    if _has_data(warehouse):
+        from pipeline.attribution import AttributionSettings, block_changes, recorded_settings
+
+        chain = warehouse.meta.get("chain", "main")
+        cross = (recorded_settings(warehouse.meta) or AttributionSettings()).cross_network
+        changed = block_changes(warehouse, a, b, chain, allow_cross_network=cross)
+    pairs = Counter(zip(changed["old_pool_id"].to_pylist(), changed["new_pool_id"].to_pylist())) if changed else Counter()
+    pair_rows = [{"from": x, "to": y, "blocks": n} for (x, y), n in pairs.most_common()]
+    blocks = changed.slice(0, limit).to_pylist() if changed is not None else []
+    if fmt == "json":
+        print_json({"old_version": a.version, "new_version": b.version, "pools": changes["pools"],
+                    "rules": changes["rules"], "blocks_changed": None if changed is None else changed.num_rows,
+                    "pool_changes": pair_rows, "changed_blocks": blocks})
+        return
+    if fmt == "csv":
+        print_csv(["from", "to", "blocks"], pair_rows)
+        return
+    out.print(Text(f"registry {a.version} -> {b.version}"))
     for line in changes["pools"] + changes["rules"]:
         out.print("  " + line, highlight=False, markup=False)
     if not changes["pools"] and not changes["rules"]:
         out.print("  no rule changes")
-    warehouse = _warehouse(ctx)
-    if not _has_data(warehouse):
+    if changed is None:
         out.print("(no stored blocks: block-level changes need a warehouse, see --warehouse)")
         return
-    from pipeline.attribution import block_changes
-
-    from pipeline.attribution import AttributionSettings, recorded_settings
-
-    chain = warehouse.meta.get("chain", "main")
-    cross = (recorded_settings(warehouse.meta) or AttributionSettings()).cross_network
-    changed = block_changes(warehouse, a, b, chain, allow_cross_network=cross)
     out.print(f"{changed.num_rows:,} stored blocks change pool")
     if changed.num_rows:
-        pairs = Counter(zip(changed["old_pool_id"].to_pylist(), changed["new_pool_id"].to_pylist()))
-        table = Table(title="pool changes")
-        for col in ("from", "to", "blocks"):
-            table.add_column(col)
-        for (x, y), n in pairs.most_common():
-            table.add_row(x, y, f"{n:,}")
-        out.print(table)
-        for row in changed.slice(0, limit).to_pylist():
+        print_table([Column("from"), Column("to"), Column("blocks", "right")],
+                    [[r["from"], r["to"], f"{r['blocks']:,}"] for r in pair_rows], title="pool changes", console=stdout())
+        for row in blocks:
             out.print(f"  {row['height']}: {row['old_pool_id']} -> {row['new_pool_id']} ({row['new_rule']})",
                       highlight=False, markup=False)
 
@@ -193,9 +212,11 @@ def diff(old, new, limit) -> None:
 @pools.command()
 @click.option("--registry", "registry_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Registry whose unknown blocks to study (default: the shipped registry).")
-@click.option("--min-blocks", type=int, default=3, show_default=True, help="Evidence needed for a proposal.")
-@click.option("--json", "as_json", is_flag=True, help="Print the proposals as registry entries (JSON).")
-def suggest(registry_path, min_blocks, as_json) -> None:
+@click.option("--min-blocks", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Evidence needed for a proposal.")
+@output_options(csv_help="Print one CSV line per proposal (tags and addresses as JSON lists) instead of a table.",
+                json_help="Print the proposals as registry entries (JSON), with their evidence.")
+def suggest(registry_path, min_blocks, as_csv, as_json) -> None:
     """Propose registry entries from recurring tags and payout addresses of unknown blocks."""
     from pipeline.attribution import suggest_from_warehouse
 
@@ -208,17 +229,20 @@ def suggest(registry_path, min_blocks, as_json) -> None:
     if as_json:
         click.echo(json.dumps(proposals, indent=1, ensure_ascii=False))
         return
+    rows = [{"id": p["id"], "tags": [t["tag"] for t in p["tags"]], "addresses": [a["address"] for a in p["addresses"]],
+             "blocks": p["evidence"]["blocks"], "first_height": p["evidence"]["first_height"],
+             "last_height": p["evidence"]["last_height"]} for p in proposals]
+    if as_csv:
+        print_csv(["id", "tags", "addresses", "blocks", "first_height", "last_height"], rows)
+        return
     if not proposals:
         out.print(f"no recurring tag or address among unknown blocks (min {min_blocks} blocks)")
         return
-    table = Table(title=f"proposed entries (registry {registry.version})")
-    for col in ("proposed id", "tags", "addresses", "blocks", "first", "last"):
-        table.add_column(col, overflow="fold")
-    for p in proposals:
-        ev = p["evidence"]
-        table.add_row(p["id"], ", ".join(t["tag"] for t in p["tags"]), ", ".join(a["address"] for a in p["addresses"]),
-                      str(ev["blocks"]), str(ev["first_height"]), str(ev["last_height"]))
-    out.print(table)
+    columns = [Column("proposed id"), Column("tags", wrap=True), Column("addresses", wrap=True),
+               Column("blocks", "right"), Column("first", "right"), Column("last", "right")]
+    print_table(columns, [[r["id"], r["tags"], r["addresses"], f"{r['blocks']:,}", str(r["first_height"]),
+                           str(r["last_height"])] for r in rows],
+                title=f"proposed entries (registry {registry.version})")
 
 
 @click.command()
@@ -230,7 +254,8 @@ def suggest(registry_path, min_blocks, as_json) -> None:
 @click.option("--change-settings", is_flag=True,
               help="Confirm a change of a recorded attribution setting (results change).")
 @click.option("--no-validate", is_flag=True, help="Skip the Great Expectations gate.")
-@click.option("--wait", type=float, default=0.0, show_default=True, help="Seconds to wait for another writer.")
+@click.option("--wait", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds to wait for another writer.")
 @click.option("--no-metrics", is_flag=True, help="Do not recompute the stored metric tables (they are marked stale).")
 @click.pass_context
 def attribute(ctx, registry_path, cross_network_registry, change_settings, no_validate, wait, no_metrics) -> None:
@@ -261,7 +286,7 @@ def attribute(ctx, registry_path, cross_network_registry, change_settings, no_va
         _fail(str(exc))
     version = attribution_version(registry.version, cross)
     change = "unchanged" if before == version else f"was {before}"
-    out.print(f"attributed {done:,} stored blocks: attribution version {version} ({change})")
+    out.print(Text(f"attributed {done:,} stored blocks: attribution version {version} ({change})"))
     if not no_metrics:
         from pipeline.cli.core import update_metrics
 
