@@ -675,6 +675,10 @@ COLUMN_LABELS = {
     "top3_share_of_all": "top-3 of all",
     "top5_share_of_all": "top-5 of all",
     "unknown_share": "unknown",
+    "entropy_normalized": "entropy (normalised)",
+    "gini": "Gini",
+    "network_hashrate": "hashrate",
+    "share_of_known": "share of known",
 }
 
 
