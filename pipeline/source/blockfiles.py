@@ -38,13 +38,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.decode import DecodedBlock, DecodeError, decode_block, decode_block_head, sha256d
-from pipeline.networks import Network
+from pipeline.chain.decode import sha256d
+from pipeline.chain.networks import Network
+from pipeline.source.base import BlockSource, Located, RawBlock, SourceRecipe
 
 if TYPE_CHECKING:
-    from pipeline.node import NodeClient
+    from pipeline.source.client import NodeClient
 
-log = logging.getLogger("pipeline.blockfiles")
+log = logging.getLogger("pipeline.source.blockfiles")
 
 XOR_KEY_FILE = "xor.dat"
 XOR_KEY_SIZE = 8
@@ -310,67 +311,54 @@ class BlockFileReader:
         yield from self._index.items()
 
 
-def decode_located(reader: BlockFileReader, heights: Sequence[int], hashes: Sequence[str],
-                   median_times: Sequence[int | None], locations: Sequence[BlockLocation],
-                   network: Network) -> list[DecodedBlock]:
-    """Read and decode already-located blocks; the part a worker process runs.
+class BlockFileSource(BlockSource):
+    """Blocks of the node's active chain (located over RPC), bytes from its block files.
 
-    Reads only the first HEAD_READ bytes (header and coinbase) of a block whose coinbase has no
-    witness commitment (``decode_block_head``: consensus says it has no witness bytes, so its
-    weight is 4 x size); the whole block otherwise, or when the coinbase is longer than that.
-    """
-    blocks = []
-    for height, block_hash, mtp, loc in zip(heights, hashes, median_times, locations, strict=True):
-        try:
-            block = None
-            if loc.length > HEAD_READ:
-                head = reader.read_raw(loc, block_hash, limit=HEAD_READ)
-                block = decode_block_head(head, loc.length, network, height=height, median_time=mtp)
-            if block is None:
-                block = decode_block(reader.read_raw(loc, block_hash), network, height=height, median_time=mtp)
-        except DecodeError as exc:
-            raise DecodeError(f"block {block_hash} at height {height} "
-                              f"(blk{loc.file_number:05d}.dat offset {loc.offset}): {exc}") from exc
-        blocks.append(block)
-    return blocks
-
-
-class BlockFileSource:
-    """Blocks of the node's active chain, bytes from its block files: the ``fetch_blocks`` shape.
-
-    ``fetch(heights, hashes, median_times)`` decodes the given active-chain blocks; ``fetch_blocks``
-    first asks the node (two batched RPC calls) for the hashes and median times of ``heights``.
+    A block longer than ``HEAD_READ`` is first read as its first ``HEAD_READ`` bytes (header and
+    coinbase); the decoder reads the rest (``read_whole``) only when the coinbase commits to witness
+    data, the one case where the stripped size and weight need every transaction's bytes.
     """
 
-    def __init__(self, datadir: Path | str, network: Network, *, blocks_dir: Path | str | None = None) -> None:
-        self.network = network
-        directory = Path(blocks_dir) if blocks_dir is not None else find_blocks_dir(datadir, network)
+    kind = "blkfiles"
+
+    def __init__(self, client: NodeClient, network: Network, *, datadir: Path | str | None = None,
+                 blocks_dir: Path | str | None = None) -> None:
+        super().__init__(client, network)
+        if blocks_dir is None and datadir is None:
+            raise ValueError("the blkfiles source needs the node's data directory (--datadir)")
+        directory = Path(blocks_dir) if blocks_dir is not None else find_blocks_dir(datadir or "", network)
         self.reader = BlockFileReader(directory, network.magic)
+
+    def read(self, located: Located, start: int = 0, stop: int | None = None) -> list[RawBlock]:
+        hashes = located.hashes[start:stop]
+        out = []
+        for height, block_hash, mtp, loc in zip(located.heights[start:stop], hashes, located.median_times[start:stop],
+                                                self.reader.locate(hashes), strict=True):
+            limit = HEAD_READ if loc.length > HEAD_READ else None
+            data = self.reader.read_raw(loc, block_hash, limit=limit)
+            out.append(RawBlock(height, block_hash, mtp, data, loc.length, _where(loc)))
+        return out
+
+    def read_whole(self, raw: RawBlock) -> RawBlock:
+        if raw.whole:
+            return raw
+        loc = self.reader.locate([raw.hash])[0]
+        return RawBlock(raw.height, raw.hash, raw.median_time, self.reader.read_raw(loc, raw.hash), loc.length,
+                        raw.where)
+
+    def recipe(self) -> SourceRecipe:
+        return SourceRecipe(self.kind, self.client.config, self.network.name, str(self.reader.blocks_dir))
 
     def close(self) -> None:
         self.reader.close()
+        super().close()
 
-    def __enter__(self) -> BlockFileSource:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def locate(self, hashes: Sequence[str]) -> list[BlockLocation]:
-        return self.reader.locate(hashes)
-
-    def fetch(self, heights: Sequence[int], hashes: Sequence[str],
-              median_times: Sequence[int | None]) -> list[DecodedBlock]:
-        locations = self.reader.locate(hashes)
-        return decode_located(self.reader, heights, hashes, median_times, locations, self.network)
-
-    def fetch_blocks(self, client: NodeClient, heights: Sequence[int]) -> list[DecodedBlock]:
-        """Drop-in for ``pipeline.sync.fetch_blocks(client, heights, network)``."""
-        hashes = client.block_hashes(heights)
-        return self.fetch(heights, hashes, client.median_times(hashes))
+def _where(loc: BlockLocation) -> str:
+    return f"blk{loc.file_number:05d}.dat offset {loc.offset}"
 
 
 __all__ = [
-    "BlockFileError", "BlockFileReader", "BlockFileSource", "BlockLocation", "decode_located",
-    "find_blocks_dir", "list_blk_files", "read_xor_key", "scan_file", "xor_at",
+    "BlockFileError", "BlockFileReader", "BlockFileSource", "BlockLocation", "find_blocks_dir", "list_blk_files",
+    "read_xor_key", "scan_file", "xor_at",
 ]

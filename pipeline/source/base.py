@@ -1,0 +1,137 @@
+"""``BlockSource``: where a batch's raw blocks come from.
+
+A source locates heights on the node's active chain (hashes and median times, over JSON-RPC: the
+node alone knows which blocks are active) and reads their bytes: over REST (``rest.py``), JSON-RPC
+``getblock <hash> 0`` (``rpc.py``) or straight from the node's block files (``blockfiles.py``). It
+returns bytes only; decoding is the loop's (``pipeline.load.loop``). A source may return just the
+first bytes of a block (its header and coinbase) when that is all the decoder needs; the decoder
+says when it needs the rest (``read_whole``).
+
+Each source can be cloned (own connections and file handles, for another thread) and described by a
+picklable ``SourceRecipe`` from which a worker process builds its own (``open_source``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.chain.networks import Network, network_for_chain
+
+if TYPE_CHECKING:
+    from pipeline.source.client import NodeClient
+    from pipeline.source.config import NodeConfig
+
+KINDS = ("rest", "rpc", "blkfiles")
+
+
+@dataclass(frozen=True)
+class Located:
+    """A height range's place on the node's active chain."""
+
+    heights: list[int]
+    hashes: list[str]
+    median_times: list[int | None]
+    previous: tuple[str | None, int | None]  # the node's (hash, median time) at heights[0] - 1, if asked
+
+
+@dataclass(frozen=True)
+class RawBlock:
+    """A block's bytes as a source read them: the whole block, or its first bytes when ``size`` is
+    larger (a block-file read of header and coinbase)."""
+
+    height: int
+    hash: str
+    median_time: int | None
+    data: bytes
+    size: int
+    where: str = ""  # for messages: which file and offset, when it came from one
+
+    @property
+    def whole(self) -> bool:
+        return len(self.data) >= self.size
+
+
+@dataclass(frozen=True)
+class SourceRecipe:
+    """How to build a source in another process (nothing open, nothing secret beyond NodeConfig's)."""
+
+    kind: str
+    node: NodeConfig
+    network: str
+    blocks_dir: str | None = None
+
+
+class BlockSource(ABC):
+    """Locate heights, read raw (or head) bytes. Not thread-safe: ``clone`` for another thread."""
+
+    kind: str
+
+    def __init__(self, client: NodeClient, network: Network) -> None:
+        self.client = client
+        self.network = network
+
+    def locate(self, lo: int, hi: int, with_previous: bool = False) -> Located:
+        return self.client.locate(lo, hi, with_previous)
+
+    @abstractmethod
+    def read(self, located: Located, start: int = 0, stop: int | None = None) -> list[RawBlock]:
+        """The blocks ``located.heights[start:stop]``, in order."""
+
+    def read_whole(self, raw: RawBlock) -> RawBlock:
+        """The whole block when ``raw`` holds only its first bytes."""
+        return raw
+
+    def recipe(self) -> SourceRecipe:
+        return SourceRecipe(self.kind, self.client.config, self.network.name)
+
+    def clone(self) -> BlockSource:
+        return open_source(self.recipe())
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> BlockSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_source(recipe: SourceRecipe) -> BlockSource:
+    """A source from its recipe (in a worker process, or a clone for a thread)."""
+    from pipeline.source.client import NodeClient
+
+    client = NodeClient(recipe.node)
+    network = network_for_chain(recipe.network)
+    if recipe.kind == "rest":
+        from pipeline.source.rest import RestSource
+
+        return RestSource(client, network)
+    if recipe.kind == "rpc":
+        from pipeline.source.rpc import RpcSource
+
+        return RpcSource(client, network)
+    if recipe.kind == "blkfiles":
+        from pipeline.source.blockfiles import BlockFileSource
+
+        return BlockFileSource(client, network, blocks_dir=Path(recipe.blocks_dir or ""))
+    raise ValueError(f"unknown block source {recipe.kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def node_source(client: NodeClient, network: Network | None = None) -> BlockSource:
+    """REST when the node serves it (the connection's ``use_rest``, else probed once: ~10x faster
+    than ``getblock``), JSON-RPC otherwise."""
+    from pipeline.source.rest import RestSource, rest_available
+    from pipeline.source.rpc import RpcSource
+
+    network = network or client.network()
+    use_rest = client.config.use_rest
+    if use_rest is None:
+        use_rest = rest_available(client)
+    return RestSource(client, network) if use_rest else RpcSource(client, network)
+
+
+__all__ = ["BlockSource", "KINDS", "Located", "RawBlock", "SourceRecipe", "node_source", "open_source"]
