@@ -38,7 +38,7 @@ def log(message: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from pipeline.parallel import default_workers
+    from pipeline.load.loop import default_workers
 
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--blocks", type=int, default=3000,
@@ -100,8 +100,8 @@ def node_benchmarks(args: argparse.Namespace, results: dict[str, Any]) -> None:
     from benchmarks import backfill as bf
     from benchmarks import etl
     from benchmarks.chain import build_chain
-    from pipeline.registry import load_registry
-    from pipeline.regtest import RegtestNode
+    from pipeline.attribution.registry import load_registry
+    from pipeline.devnode.regtest import RegtestNode
 
     node_dir = args.out / "node"
     reused = load_kept_chain(node_dir, args) if args.reuse_chain else None
@@ -242,7 +242,7 @@ def backfill_rounds(args: argparse.Namespace, results: dict[str, Any], node: Any
 
 def _check_same_tables(out: Path, runs: list[dict[str, Any]]) -> None:
     """Every read path must have stored the same blocks table (a benchmark of wrong output is void)."""
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
 
     reference = None
     for run in runs:

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.node import NodeClient, NodeConfig
+from pipeline.source.client import NodeClient
+from pipeline.source.config import NodeConfig
 
 
 def node_config(rpc_url: str, cookie_file: str, source: str) -> NodeConfig:
@@ -61,7 +62,7 @@ def bare_rest_in_flight(config: NodeConfig, hashes: list[str], in_flight: int) -
     clients at once, the fair yardstick for N worker processes (each keeps one request in flight)."""
     import threading
 
-    from pipeline.node import _http_get
+    from pipeline.source.transport import http_get as _http_get
 
     todo = iter(hashes)
     lock = threading.Lock()
@@ -155,11 +156,11 @@ def _rate(blocks: int, nbytes: int, seconds: float) -> dict[str, float]:
 def run_backfill(rpc_url: str, cookie_file: str, warehouse_root: str, start: int, end: int, *, source: str,
                  workers: int, datadir: str | None, batch_size: int = 1000, validate: bool = True) -> dict[str, Any]:
     """One backfill of [start, end] into a fresh warehouse; the same steps as ``sync_range``."""
-    from pipeline.attribution import pool_definitions_table
-    from pipeline.parallel import BatchPlan, ChunkFetcher, load_chunks
-    from pipeline.registry import load_registry
-    from pipeline.sync import plan_chunks
-    from pipeline.warehouse import Warehouse
+    from pipeline.attribution.engine import pool_definitions_table
+    from pipeline.load.loop import BatchPlan, ChunkFetcher, load_chunks
+    from pipeline.attribution.registry import load_registry
+    from pipeline.load.loop import plan_chunks
+    from pipeline.store.warehouse import Warehouse
 
     shutil.rmtree(warehouse_root, ignore_errors=True)
     registry = load_registry()
@@ -193,12 +194,12 @@ def run_backfill(rpc_url: str, cookie_file: str, warehouse_root: str, start: int
 def stage_breakdown(rpc_url: str, cookie_file: str, heights: list[int], warehouse_root: str,
                     batch_size: int = 1000) -> dict[str, float]:
     """Seconds per stage for one sequential pass over ``heights`` via REST (each stage timed alone)."""
-    from pipeline.attribution import attribute_tables
-    from pipeline.decode import blocks_to_tables, decode_block
-    from pipeline.parallel import BatchPlan, batch_context, locate_chunk
-    from pipeline.registry import load_registry
-    from pipeline.validation import validate_batch
-    from pipeline.warehouse import Warehouse
+    from pipeline.attribution.engine import attribute_tables
+    from pipeline.chain.decode import blocks_to_tables, decode_block
+    from pipeline.load.loop import BatchPlan, batch_context, locate_chunk
+    from pipeline.attribution.registry import load_registry
+    from pipeline.store.validation import validate_batch
+    from pipeline.store.warehouse import Warehouse
 
     shutil.rmtree(warehouse_root, ignore_errors=True)
     registry = load_registry()
@@ -242,8 +243,8 @@ def stage_breakdown(rpc_url: str, cookie_file: str, heights: list[int], warehous
 def run_read(rpc_url: str, cookie_file: str, start: int, end: int, *, source: str, workers: int,
              datadir: str | None, batch_size: int) -> dict[str, Any]:
     """Read path alone: fetch and decode [start, end] (no attribution, validation or commit)."""
-    from pipeline.parallel import ChunkFetcher
-    from pipeline.sync import plan_chunks
+    from pipeline.load.loop import ChunkFetcher
+    from pipeline.load.loop import plan_chunks
 
     client = NodeClient(node_config(rpc_url, cookie_file, source))
     network = client.network()

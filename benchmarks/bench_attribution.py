@@ -24,8 +24,8 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.attribution import attribute_with, compiled_matcher  # noqa: E402
-from pipeline.registry import load_registry  # noqa: E402
+from pipeline.attribution.engine import attribute_with, compiled_matcher  # noqa: E402
+from pipeline.attribution.registry import load_registry  # noqa: E402
 
 
 def bip34(height: int) -> bytes:

@@ -32,8 +32,8 @@ def _load(path: Path) -> bytes:
 
 
 def _time_decode(raws: list[bytes], repeat: int) -> float:
-    from pipeline.decode import decode_block
-    from pipeline.networks import MAIN
+    from pipeline.chain.decode import decode_block
+    from pipeline.chain.networks import MAIN
 
     best = float("inf")
     for _ in range(repeat):

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.node import read_cookie
+from pipeline.source.config import read_cookie
 
 
 def ensure_venv(out_dir: Path) -> tuple[Path | None, str]:

@@ -22,7 +22,7 @@ N_POOLS = 25
 
 
 def synthetic_batch(lo: int, hi: int, rng: np.random.Generator, registry_version: str) -> dict[str, pa.Table]:
-    from pipeline.schemas import table_spec
+    from pipeline.store.schemas import table_spec
 
     heights = np.arange(lo, hi, dtype=np.int64)
     n = len(heights)
@@ -74,7 +74,7 @@ def synthetic_batch(lo: int, hi: int, rng: np.random.Generator, registry_version
 
 
 def build_warehouse(root: Path, n_blocks: int, batch: int = 50_000, seed: int = 5) -> dict[str, float]:
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
 
     shutil.rmtree(root, ignore_errors=True)
     rng = np.random.default_rng(seed)
@@ -92,8 +92,8 @@ def build_warehouse(root: Path, n_blocks: int, batch: int = 50_000, seed: int = 
 
 def time_metrics(root: Path) -> dict[str, Any]:
     """refresh_metrics (all materialized windows) and one on-request full-history query."""
-    from pipeline import metrics
-    from pipeline.warehouse import Warehouse
+    from pipeline.metrics import compute as metrics
+    from pipeline.store.warehouse import Warehouse
 
     warehouse = Warehouse(root)
     out: dict[str, Any] = {}

@@ -2,7 +2,7 @@
 
 Each function takes and returns small JSON-able values (they travel as XCom), opens the warehouse
 and the node itself, and calls the same ``pipeline`` functions as the CLI (``pipeline.sync``,
-``pipeline.metrics``). Keeping this layer out of ``dags/`` keeps the DAG files to wiring only and
+``pipeline.metrics.compute``). Keeping this layer out of ``dags/`` keeps the DAG files to wiring only and
 lets these functions be tested without a scheduler.
 
 Settings (first found wins):
@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from pipeline.node import NodeClient, NodeConfig
-    from pipeline.registry import Registry
-    from pipeline.warehouse import Warehouse
+    from pipeline.source.client import NodeClient
+    from pipeline.source.config import NodeConfig
+    from pipeline.attribution.registry import Registry
+    from pipeline.store.warehouse import Warehouse
 
 log = logging.getLogger("pipeline.orchestration")
 
@@ -107,9 +108,9 @@ def permanent_error(exc: BaseException) -> bool:
     incl. a bad registry), a rejected batch, a missing connection, refused credentials, a pruned
     node, a height above the tip, a warehouse of another chain. An unreachable, busy or warming-up
     node and a busy writer lock are not: waiting can fix those."""
-    from pipeline.node import HeightAboveTipError, NodeAuthError, NodeConfigError, NodePrunedError
-    from pipeline.validation import BatchRejected
-    from pipeline.warehouse import ChainMismatchError
+    from pipeline.source.errors import HeightAboveTipError, NodeAuthError, NodeConfigError, NodePrunedError
+    from pipeline.store.validation import BatchRejected
+    from pipeline.store.warehouse import ChainMismatchError
 
     return isinstance(exc, (BatchRejected, ValueError, NodeAuthError, NodeConfigError, NodePrunedError,
                             HeightAboveTipError, ChainMismatchError))
@@ -172,13 +173,13 @@ def registry_path() -> Path | None:
 
 def load_registry() -> Registry:
     """The configured registry (RegistryError, a ValueError, when it is malformed)."""
-    from pipeline.registry import load_registry as _load
+    from pipeline.attribution.registry import load_registry as _load
 
     return _load(registry_path())
 
 
 def open_warehouse() -> Warehouse:
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
 
     return Warehouse(warehouse_root())
 
@@ -192,7 +193,8 @@ def node_config(conn_id: str = DEFAULT_CONN_ID) -> NodeConfig:
     connection does not exist, with the command that creates it."""
     from airflow.sdk import BaseHook  # lazy: importing Airflow costs seconds and needs its config
 
-    from pipeline.node import NodeConfig, NodeConfigError
+    from pipeline.source.config import NodeConfig
+    from pipeline.source.errors import NodeConfigError
 
     try:
         conn = BaseHook.get_connection(conn_id)
@@ -210,7 +212,7 @@ def node_config(conn_id: str = DEFAULT_CONN_ID) -> NodeConfig:
 
 
 def node_client(conn_id: str = DEFAULT_CONN_ID) -> NodeClient:
-    from pipeline.node import NodeClient
+    from pipeline.source.client import NodeClient
 
     return NodeClient(node_config(conn_id))
 
@@ -227,8 +229,8 @@ def registry_change(previous_fingerprint: str | None) -> dict[str, Any] | None:
     loads keep attributing with the last valid registry. Without an earlier event, a change is a
     registry whose version differs from the warehouse's current one.
     """
-    from pipeline.registry import RegistryError, default_registry_path
-    from pipeline.sync import current_registry
+    from pipeline.attribution.registry import RegistryError, default_registry_path
+    from pipeline.load.jobs import current_registry
 
     path = registry_path()
     source = str(path) if path is not None else str(default_registry_path())
@@ -275,7 +277,7 @@ def check_node(conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
 
 def repair_reorg(conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
     """Compare stored hashes with the node's chain; roll back above a fork (the load task reloads)."""
-    from pipeline.sync import check_and_repair_reorg
+    from pipeline.load.jobs import check_and_repair_reorg
 
     warehouse = open_warehouse()
     if warehouse.stored_range() is None:
@@ -300,7 +302,7 @@ def _load(client: NodeClient, warehouse: Warehouse, start: int | None, end: int 
     """``sync_range`` as loads run under Airflow: attribute with the warehouse's current registry
     (the last valid one applied: a changed or broken registry file is poolwatch_reattribute's
     business), or the configured one for a warehouse's first load."""
-    from pipeline.sync import sync_range
+    from pipeline.load.jobs import sync_range
 
     return sync_range(client, warehouse, start, end, registry=None, default_registry=load_registry,
                       allow_cross_network=None, default_cross_network=cross_network_registry(),
@@ -325,7 +327,7 @@ def load_new_blocks(conn_id: str = DEFAULT_CONN_ID,
 
 def refresh_views(build_docs: bool = True) -> dict[str, Any]:
     """Rebuild the DuckDB catalog (views over the Parquet files) and the Data Docs site."""
-    from pipeline.validation import build_data_docs
+    from pipeline.store.validation import build_data_docs
 
     warehouse = open_warehouse()
     with warehouse.writer(wait=writer_wait()):
@@ -340,8 +342,8 @@ def plan_backfill(start: int, end: int | None, chunk_size: int = DEFAULT_BACKFIL
                   conn_id: str = DEFAULT_CONN_ID) -> list[dict[str, int]]:
     """Chunks of the inclusive range, one mapped task each (each idempotent, retryable alone).
     ``end`` None means the node's tip; an ``end`` above the tip fails here, once, before any chunk."""
-    from pipeline.node import HeightAboveTipError
-    from pipeline.sync import plan_chunks
+    from pipeline.source.errors import HeightAboveTipError
+    from pipeline.load.loop import plan_chunks
 
     tip = check_node(conn_id)["tip"]
     if end is None:
@@ -385,8 +387,8 @@ def reattribute_history() -> dict[str, Any]:
 
     A malformed registry fails here (``RegistryError``: permanent) with the problem named; the
     warehouse keeps its current registry, which loads go on using."""
-    from pipeline.registry import RegistryError
-    from pipeline.sync import current_registry, reattribute
+    from pipeline.attribution.registry import RegistryError
+    from pipeline.load.jobs import current_registry, reattribute
 
     warehouse = open_warehouse()
     current = current_registry(warehouse)
@@ -400,7 +402,7 @@ def reattribute_history() -> dict[str, Any]:
     if warehouse.stored_range() is None:
         return {"reattributed": 0, "registry_version": registry.version, "previous_registry_version": previous,
                 "note": "empty warehouse"}
-    from pipeline.attribution import recorded_settings
+    from pipeline.attribution.engine import recorded_settings
 
     with warehouse.writer(wait=writer_wait()):
         recorded = recorded_settings(warehouse.meta)
@@ -413,7 +415,7 @@ def reattribute_history() -> dict[str, Any]:
 
 def recompute_metrics() -> dict[str, Any]:
     """Recompute the centralization metrics tables from the current attributions."""
-    from pipeline.metrics import MATERIALIZED_WINDOWS, refresh_metrics
+    from pipeline.metrics.compute import MATERIALIZED_WINDOWS, refresh_metrics
 
     warehouse = open_warehouse()
     if warehouse.stored_range() is None:

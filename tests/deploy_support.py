@@ -13,8 +13,8 @@ ALL_DAGS = ("poolwatch_incremental", "poolwatch_backfill", "poolwatch_metrics", 
 
 def mine(node, n: int) -> list[str]:
     """``n`` more regtest blocks with coinbases of the shipped registry's pools."""
-    from pipeline.registry import load_registry
-    from pipeline.regtest import demo_specs, mine_chain
+    from pipeline.attribution.registry import load_registry
+    from pipeline.devnode.regtest import demo_specs, mine_chain
 
     specs = demo_specs(load_registry(), n, seed=node.tip().height + 1, allow_p2sh=node.flavor == "core")
     return mine_chain(node, specs)
@@ -32,7 +32,7 @@ def chain_env(node, warehouse: Path) -> dict[str, str]:
 
 def warehouse_tables(root: Path) -> dict:
     """What the warehouse holds, for comparisons: heights, hashes, attributions, coinbase outputs."""
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
 
     con = Warehouse(root).connect()
     try:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from pipeline.schemas import table_spec
+from pipeline.store.schemas import table_spec
 
 GENESIS_TIME = 1_231_006_505
 SUBSIDY = 50 * 100_000_000

@@ -25,7 +25,7 @@ CHAIN_BLOCKS = 3000
 
 @pytest.fixture(scope="module")
 def node(regtest_binary, tmp_path_factory):
-    from pipeline.regtest import RegtestNode
+    from pipeline.devnode.regtest import RegtestNode
 
     with RegtestNode(binary=regtest_binary, datadir=tmp_path_factory.mktemp("deploy-node")) as node:
         mine(node, CHAIN_BLOCKS)
@@ -147,7 +147,7 @@ def test_what_no_retry_can_fix_fails_at_once(deployment, node, tmp_path):
 def test_registry_changes_reattribute_and_a_broken_registry_never_stops_ingestion(deployment, node, tmp_path):
     """A malformed registry file: the change is noticed, poolwatch_reattribute fails naming the problem,
     and new blocks keep loading with the last valid registry. A fixed file is then applied."""
-    from pipeline.registry import load_registry
+    from pipeline.attribution.registry import load_registry
 
     shipped = load_registry()
     old_version = json.loads((deployment.warehouse / "meta.json").read_text())["registry_version"]

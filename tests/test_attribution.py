@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.attribution import Candidate, Matcher, attribute_tables, changed_blocks, decide, suggest_entries
-from pipeline.networks import MAIN, TEST
-from pipeline.registry import parse_registry
-from pipeline.scripts import address_to_script, script_to_address
+from pipeline.attribution.engine import Candidate, Matcher, attribute_tables, changed_blocks, decide, suggest_entries
+from pipeline.chain.networks import MAIN, TEST
+from pipeline.attribution.registry import parse_registry
+from pipeline.chain.scripts import address_to_script, script_to_address
 
 P2TR = b"\x51\x20" + bytes(range(32))
 P2WSH = b"\x00\x20" + bytes(range(32, 64))
@@ -162,7 +162,7 @@ def test_candidates_table_records_every_match():
 
 
 def test_output_tables_conform_to_the_declared_schemas():
-    from pipeline.schemas import table_spec
+    from pipeline.store.schemas import table_spec
 
     tb, to = tables([(1, b"x", [])])
     out = attribute_tables(tb, to, registry(), "main")
@@ -233,10 +233,10 @@ def test_suggest_groups_recurring_tags_and_addresses():
 
 def _regtest_warehouse(root: Path, specs) -> None:
     """Store real serialized blocks (built with chosen coinbases) the way sync would."""
-    from pipeline.decode import blocks_to_tables, decode_block
-    from pipeline.networks import REGTEST
-    from pipeline.regtest import build_block
-    from pipeline.warehouse import Warehouse
+    from pipeline.chain.decode import blocks_to_tables, decode_block
+    from pipeline.chain.networks import REGTEST
+    from pipeline.devnode.regtest import build_block
+    from pipeline.store.warehouse import Warehouse
 
     prev, decoded = REGTEST.genesis_hash, []
     for i, spec in enumerate(specs, start=1):
@@ -252,7 +252,7 @@ def _regtest_warehouse(root: Path, specs) -> None:
 
 @pytest.fixture()
 def regtest_wh(tmp_path: Path) -> tuple[Path, Path, Path]:
-    from pipeline.regtest import CoinbaseSpec
+    from pipeline.devnode.regtest import CoinbaseSpec
 
     old = tmp_path / "old.json"
     old.write_text(json.dumps(registry().document))
@@ -273,7 +273,7 @@ def regtest_wh(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 def test_cli_attribute_keeps_each_version_and_diff_and_suggest(regtest_wh):
     from pipeline.cli import main
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
 
     wh, old, new = regtest_wh
     runner = CliRunner()

@@ -13,11 +13,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.attribution import attribute_tables
-from pipeline.decode import blocks_to_tables, decode_block, parse_coinbase
-from pipeline.networks import MAIN
-from pipeline.registry import load_registry
-from pipeline.scripts import address_to_script, classify
+from pipeline.attribution.engine import attribute_tables
+from pipeline.chain.decode import blocks_to_tables, decode_block, parse_coinbase
+from pipeline.chain.networks import MAIN
+from pipeline.attribution.registry import load_registry
+from pipeline.chain.scripts import address_to_script, classify
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def registry():
 
 def _pool_id_for_name(registry, name: str) -> str:
     """Map another labeller's pool name to our id by name or former name (case/punctuation-free)."""
-    from pipeline.importers import normalize_name
+    from pipeline.attribution.importers import normalize_name
 
     wanted = normalize_name(name)
     for pool in registry.pools:

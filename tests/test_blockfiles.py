@@ -2,8 +2,8 @@
 
 The mainnet streams in ../shared/fixtures are re-laid out in a temporary blocks directory the way a
 node leaves them (several files, out-of-order blocks, stale blocks, zero padding, a half-written
-newest record, optionally XORed with an xor.dat key); the expected tables come from
-``pipeline.sync.fetch_blocks`` given the same blocks through a node-shaped object.
+newest record, optionally XORed with an xor.dat key); the expected tables come from the loop's read
+and decode stages over the same blocks served whole by a node-shaped object (``tests/fake_node.py``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.blockfiles import (BlockFileError, BlockFileReader, BlockFileSource, find_blocks_dir, read_xor_key,
-                                 scan_file, xor_at)
-from pipeline.decode import blocks_to_tables, sha256d
-from pipeline.networks import MAIN, REGTEST
-from pipeline.sync import fetch_blocks
+from fake_node import FakeNode, decoded, fake_source
+from pipeline.chain.decode import sha256d
+from pipeline.chain.networks import MAIN, REGTEST
+from pipeline.load.tables import blocks_to_tables
+from pipeline.source.blockfiles import (BlockFileError, BlockFileReader, BlockFileSource, find_blocks_dir,
+                                        read_xor_key, scan_file, xor_at)
 
 
 def _hash(raw: bytes) -> str:
@@ -34,31 +35,6 @@ def _records(stream: bytes) -> list[bytes]:
         out.append(stream[pos + 8:pos + 8 + length])
         pos += 8 + length
     return out
-
-
-class FakeNode:
-    """The three NodeClient calls fetch_blocks makes, served from a list of blocks by height."""
-
-    def __init__(self, chain: dict[int, bytes]) -> None:
-        self.by_height = chain
-        self.by_hash = {_hash(raw): raw for raw in chain.values()}
-        self.height_of = {_hash(raw): h for h, raw in chain.items()}
-
-    def block_hashes(self, heights):
-        return [_hash(self.by_height[h]) for h in heights]
-
-    def median_times(self, hashes):
-        # Median of the header times of the block and up to 10 before it, as Core's mediantime.
-        out = []
-        for h in hashes:
-            height = self.height_of[h]
-            times = [struct.unpack_from("<I", self.by_height[x], 68)[0]
-                     for x in range(max(min(self.by_height), height - 10), height + 1)]
-            out.append(sorted(times)[len(times) // 2])
-        return out
-
-    def raw_blocks(self, hashes):
-        return [self.by_hash[h] for h in hashes]
 
 
 def _stale_copy(raw: bytes) -> bytes:
@@ -120,11 +96,10 @@ def test_mainnet_blk_files_give_the_rpc_tables(mainnet_chain, tmp_path: Path, ke
     stale = [_stale_copy(chain[h]) for h in (5, 77, 300)]
     _write_blocks_dir(tmp_path / "blocks", list(chain.values()) + stale, MAIN.magic, key=key,
                       torn_tail=stale[0])
-    node = FakeNode(chain)
     heights = sorted(chain)
-    expected = blocks_to_tables(fetch_blocks(node, heights, MAIN))
-    with BlockFileSource(tmp_path, MAIN) as source:
-        got = blocks_to_tables(source.fetch_blocks(node, heights))
+    expected = blocks_to_tables(decoded(fake_source(chain, MAIN), heights))
+    with BlockFileSource(FakeNode(chain), MAIN, datadir=tmp_path) as source:
+        got = blocks_to_tables(decoded(source, heights))
         assert len(source.reader) == len(chain) + len(stale)  # stale blocks indexed, never returned
     _tables_equal(expected, got)
     assert got["blocks"].column("height").to_pylist() == heights
@@ -133,10 +108,10 @@ def test_mainnet_blk_files_give_the_rpc_tables(mainnet_chain, tmp_path: Path, ke
 def test_block_277647_stream_and_padding(fixtures_dir: Path, tmp_path: Path) -> None:
     raw = _records(bz2.decompress((fixtures_dir / "btcsuite+btcd" / "277647.dat.bz2").read_bytes()))[0]
     _write_blocks_dir(tmp_path / "blocks", [raw], MAIN.magic)
-    node = FakeNode({277647: raw})
-    with BlockFileSource(tmp_path / "blocks", MAIN) as source:
-        got = source.fetch_blocks(node, [277647])
-    assert got == fetch_blocks(node, [277647], MAIN)
+    chain = {277647: raw}
+    with BlockFileSource(FakeNode(chain), MAIN, blocks_dir=tmp_path / "blocks") as source:
+        got = decoded(source, [277647])
+    assert got == decoded(fake_source(chain, MAIN), [277647])
     assert got[0].size == len(raw) and got[0].tx_count > 1
 
 
@@ -183,8 +158,8 @@ def test_garbage_between_records_is_skipped(mainnet_chain, tmp_path: Path) -> No
 def test_wrong_node_or_pruned_names_the_problem(mainnet_chain, tmp_path: Path) -> None:
     _write_blocks_dir(tmp_path / "blocks", [mainnet_chain[h] for h in range(5)], MAIN.magic)
     node = FakeNode({h: mainnet_chain[h] for h in range(10)})
-    with BlockFileSource(tmp_path, MAIN) as source, pytest.raises(BlockFileError, match="same node"):
-        source.fetch_blocks(node, list(range(10)))
+    with BlockFileSource(node, MAIN, datadir=tmp_path) as source, pytest.raises(BlockFileError, match="same node"):
+        decoded(source, list(range(10)))
 
 
 def test_changed_file_is_detected(mainnet_chain, tmp_path: Path) -> None:
@@ -268,9 +243,9 @@ def test_scan_file_stops_at_padding_and_truncation(mainnet_chain, tmp_path: Path
 
 @pytest.mark.node
 def test_regtest_node_blk_files_give_the_rpc_tables(regtest_node, tmp_path: Path) -> None:
-    from pipeline.node import NodeClient
-    from pipeline.regtest import demo_specs, mine_chain
-    from pipeline.registry import load_registry
+    from pipeline.source.client import NodeClient
+    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.attribution.registry import load_registry
 
     specs = demo_specs(load_registry(), 120, allow_p2sh=regtest_node.flavor == "core")
     hashes = mine_chain(regtest_node, specs[:100], start_time=1_700_000_000)
@@ -281,11 +256,13 @@ def test_regtest_node_blk_files_give_the_rpc_tables(regtest_node, tmp_path: Path
     tip = client.tip_height()
     assert tip == 115
     heights = list(range(0, tip + 1))
-    expected = blocks_to_tables(fetch_blocks(client, heights, REGTEST))
+    from pipeline.source.rest import RestSource
+
+    expected = blocks_to_tables(decoded(RestSource(client, REGTEST), heights))
 
     # Read while the node runs, from its own data directory.
-    with BlockFileSource(regtest_node.datadir, REGTEST) as source:
-        got = blocks_to_tables(source.fetch_blocks(client, heights))
+    with BlockFileSource(client, REGTEST, datadir=regtest_node.datadir) as source:
+        got = blocks_to_tables(decoded(source, heights))
         indexed = {h for h, _ in source.reader.iter_records()}
     _tables_equal(expected, got)
     assert set(hashes[95:]) <= indexed  # the stale blocks are in the files ...
@@ -306,8 +283,8 @@ def test_regtest_node_blk_files_give_the_rpc_tables(regtest_node, tmp_path: Path
         for file_name, data in plain.items():
             (copy / file_name).write_bytes(xor_at(data, key, 0))
         (copy / "xor.dat").write_bytes(key)
-        with BlockFileSource(tmp_path / name, REGTEST) as source:
-            _tables_equal(expected, blocks_to_tables(source.fetch_blocks(client, heights)))
+        with BlockFileSource(client, REGTEST, datadir=tmp_path / name) as source:
+            _tables_equal(expected, blocks_to_tables(decoded(source, heights)))
         shutil.rmtree(tmp_path / name)
     client.close()
 
@@ -317,15 +294,14 @@ def test_header_and_coinbase_reads_give_the_rpc_tables(fixtures_dir: Path, tmp_p
     # Every single-block mainnet fixture (2009..2024, up to 2.26 MB, legacy and segwit) as a blocks
     # directory. Blocks without a witness commitment are read as header + coinbase only; the rest
     # whole. Either way the tables equal the RPC path's (which decodes every byte).
-    import pipeline.blockfiles as blockfiles
+    import pipeline.source.blockfiles as blockfiles
     from test_decode import load_block, manifest
 
     raws = [load_block(fixtures_dir / row["file"]) for row in manifest(fixtures_dir)]
     chain = dict(enumerate(sorted({_hash(r): r for r in raws}.values(), key=lambda r: struct.unpack_from("<I", r, 68)[0])))
     _write_blocks_dir(tmp_path / "blocks", list(chain.values())[::-1], MAIN.magic, key=key)
-    node = FakeNode(chain)
     heights = sorted(chain)
-    expected = blocks_to_tables(fetch_blocks(node, heights, MAIN))
+    expected = blocks_to_tables(decoded(fake_source(chain, MAIN), heights))
     reads: list[int | None] = []
     real_read = blockfiles.BlockFileReader.read_raw
 
@@ -334,8 +310,8 @@ def test_header_and_coinbase_reads_give_the_rpc_tables(fixtures_dir: Path, tmp_p
         return real_read(self, location, expected_hash, limit)
 
     monkeypatch.setattr(blockfiles.BlockFileReader, "read_raw", spy)
-    with BlockFileSource(tmp_path, MAIN) as source:
-        got = blocks_to_tables(source.fetch_blocks(node, heights))
+    with BlockFileSource(FakeNode(chain), MAIN, datadir=tmp_path) as source:
+        got = blocks_to_tables(decoded(source, heights))
     _tables_equal(expected, got)
     witness_blocks = sum(1 for s, st in zip(expected["blocks"].column("size").to_pylist(),
                                             expected["blocks"].column("stripped_size").to_pylist()) if s != st)

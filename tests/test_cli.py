@@ -23,10 +23,10 @@ from test_metrics import build_warehouse, demo_pools
 from test_node import PASSWORD, USER, FakeCore
 from test_node_faults import BAD_HOST, Resolver
 
-from pipeline import metrics as m
+from pipeline.metrics import compute as m
 from pipeline.cli import main
-from pipeline.networks import REGTEST
-from pipeline.scripts import script_to_address
+from pipeline.chain.networks import REGTEST
+from pipeline.chain.scripts import script_to_address
 
 # Node settings of the developer's shell must not leak into these runs.
 CLEAN_ENV = {"BITCOIN_RPC_URL": None, "BITCOIN_RPC_USER": None, "BITCOIN_RPC_PASSWORD": None,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.warehouse import Warehouse, WarehouseBusyError
+from pipeline.store.warehouse import Warehouse, WarehouseBusyError
 from tests.synthetic import synthetic_tables
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,7 +90,7 @@ def test_readers_while_writer_commits_and_refreshes(warehouse_dir: Path, catalog
 def test_second_writer_gets_busy_error_naming_the_holder(warehouse_dir: Path) -> None:
     holder = textwrap.dedent("""
         import sys, time
-        from pipeline.warehouse import Warehouse
+        from pipeline.store.warehouse import Warehouse
         with Warehouse(sys.argv[1]).writer():
             print("locked", flush=True)
             sys.stdin.readline()

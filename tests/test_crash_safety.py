@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.warehouse as warehouse_module
-from pipeline.warehouse import Warehouse
+import pipeline.store.warehouse as warehouse_module
+from pipeline.store.warehouse import Warehouse
 from tests.synthetic import synthetic_tables
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ STEP = 40
 # per run would spend most of the time budget importing); the test SIGKILLs the child.
 ZYGOTE = textwrap.dedent(f"""
     import os, sys
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
     from tests.synthetic import synthetic_tables
 
     def work(root):

@@ -71,7 +71,7 @@ def test_load_concurrency_and_pool_come_from_the_environment(monkeypatch):
 
 def test_plan_backfill_rejects_bad_ranges(monkeypatch):
     from pipeline import orchestration
-    from pipeline.node import HeightAboveTipError
+    from pipeline.source.errors import HeightAboveTipError
 
     monkeypatch.setattr(orchestration, "check_node", lambda conn_id: {"tip": 30, "chain": "regtest"})
     assert orchestration.plan_backfill(0, 24, 10) == [{"start": 0, "end": 9}, {"start": 10, "end": 19},
@@ -122,8 +122,8 @@ def airflow_env(airflow_db, regtest_node, tmp_path, monkeypatch):
 
 
 def _mine(node, n: int) -> list[str]:
-    from pipeline.registry import load_registry
-    from pipeline.regtest import demo_specs, mine_chain
+    from pipeline.attribution.registry import load_registry
+    from pipeline.devnode.regtest import demo_specs, mine_chain
 
     specs = demo_specs(load_registry(), n, allow_p2sh=node.flavor == "core")
     return mine_chain(node, specs)
@@ -137,7 +137,7 @@ def _task_states(run) -> dict[str, str]:
 @pytest.mark.node
 @pytest.mark.slow
 def test_incremental_dag_end_to_end(dagbag, regtest_node, airflow_env):
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
 
     hashes = _mine(regtest_node, 40)
     dag = dagbag.dags["poolwatch_incremental"]
@@ -167,7 +167,7 @@ def test_incremental_dag_end_to_end(dagbag, regtest_node, airflow_env):
 @pytest.mark.node
 @pytest.mark.slow
 def test_backfill_dag_end_to_end(dagbag, regtest_node, airflow_env):
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
 
     hashes = _mine(regtest_node, 30)
     dag = dagbag.dags["poolwatch_backfill"]
@@ -199,11 +199,11 @@ def _raiser(exc):
 def test_unfixable_errors_fail_without_retry_and_others_propagate():
     from airflow.sdk.exceptions import AirflowFailException
 
-    from pipeline import node
+    from pipeline.source import errors as node
     from pipeline.orchestration import run_task
-    from pipeline.registry import RegistryError
-    from pipeline.validation import BatchRejected
-    from pipeline.warehouse import ChainMismatchError, WarehouseBusyError
+    from pipeline.attribution.registry import RegistryError
+    from pipeline.store.validation import BatchRejected
+    from pipeline.store.warehouse import ChainMismatchError, WarehouseBusyError
 
     rejected = BatchRejected("blocks: expect_column_values_to_be_unique(height) failed", Path("/wh/quarantine/x"))
     with pytest.raises(AirflowFailException, match=r"(?s)unique\(height\).*/wh/quarantine/x"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.decode import (
+from pipeline.chain.decode import (
     DecodeError,
     DecodedBlock,
     bip34_height,
@@ -24,9 +24,9 @@ from pipeline.decode import (
     iter_blk_records,
     parse_coinbase,
 )
-from pipeline.networks import MAIN, REGTEST, block_subsidy
-from pipeline.schemas import table_spec
-from pipeline.scripts import address_to_script, classify, script_to_address
+from pipeline.chain.networks import MAIN, REGTEST, block_subsidy
+from pipeline.store.schemas import table_spec
+from pipeline.chain.scripts import address_to_script, classify, script_to_address
 
 # Bitcoin Core's scriptPubKey.type -> ours. Core's "nulldata" is op_return or witness_commitment.
 CORE_TYPES = {
@@ -451,7 +451,7 @@ def _coinbase_tx(script_sig: bytes, outputs: list[tuple[int, bytes]], witness: b
 
 
 def test_synthetic_regtest_block() -> None:
-    """A regtest block as pipeline.regtest will build them: OP_n height, bcrt payout, 150-block halvings."""
+    """A regtest block as pipeline.devnode.regtest will build them: OP_n height, bcrt payout, 150-block halvings."""
     payout, network = address_to_script(script_to_address(b"\x00\x14" + bytes(20), REGTEST))
     assert network is REGTEST
     header = header_bytes(0x20000000, "11" * 32, "22" * 32, 1_700_000_000, "207fffff", 7)
@@ -471,7 +471,7 @@ def test_synthetic_regtest_block() -> None:
 def test_decode_block_head_equals_whole_block_decode(fixtures_dir: Path) -> None:
     # The block-file reader's shortcut: from header + coinbase only, a block whose coinbase has no
     # witness commitment decodes to exactly what the whole block gives; a committing one gives None.
-    from pipeline.decode import commits_to_witness, decode_block_head, parse_coinbase
+    from pipeline.chain.decode import commits_to_witness, decode_block_head, parse_coinbase
 
     shortcut = full_needed = 0
     for row in manifest(fixtures_dir):
@@ -494,13 +494,13 @@ def test_decode_block_head_equals_whole_block_decode(fixtures_dir: Path) -> None
 
 
 def _read_varint_for_test(raw: bytes) -> tuple[int, int]:
-    from pipeline.decode import _read_varint
+    from pipeline.chain.decode import _read_varint
 
     return _read_varint(raw, 80)
 
 
 def test_decode_block_head_needs_the_whole_coinbase(fixtures_dir: Path) -> None:
-    from pipeline.decode import decode_block_head
+    from pipeline.chain.decode import decode_block_head
 
     raw = load_block(fixtures_dir / "bcoin-org+bcoin/block1.raw")
     assert decode_block_head(raw[:150], len(raw) + 1000, MAIN, height=1) is None  # ends inside the coinbase

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.decode import DecodeError, blocks_to_tables, coinbase_tag, decode_block, iter_blk_records, parse_coinbase
-from pipeline.networks import MAIN
-from pipeline.scripts import SCRIPT_TYPES, address_to_script, classify, script_to_address
+from pipeline.chain.decode import DecodeError, blocks_to_tables, coinbase_tag, decode_block, iter_blk_records, parse_coinbase
+from pipeline.chain.networks import MAIN
+from pipeline.chain.scripts import SCRIPT_TYPES, address_to_script, classify, script_to_address
 from conftest import FIXTURES  # tests/ is on sys.path (pytest prepend import mode)
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -24,7 +24,7 @@ CLI_VERSIONS = sorted({"1.4.4", pinned_duckdb_cli_version()})
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory) -> Path:
     """A warehouse with blocks, attributions and metrics, and its catalog file."""
-    from pipeline import metrics
+    from pipeline.metrics import compute as metrics
 
     wh = build_warehouse(tmp_path_factory.mktemp("cli") / "wh", demo_pools(900))
     metrics.refresh_metrics(wh, draws=50)
@@ -54,7 +54,7 @@ def view_names(catalog: Path) -> list[str]:
 
 def test_catalog_file_is_in_the_v1_0_0_storage_format(catalog):
     """Header: 8-byte checksum, b'DUCK', then the storage version number (64 = v0.10/v1.0 format)."""
-    from pipeline.warehouse import CATALOG_STORAGE_VERSION
+    from pipeline.store.warehouse import CATALOG_STORAGE_VERSION
 
     header = catalog.read_bytes()[:20]
     assert header[8:12] == b"DUCK"

@@ -17,14 +17,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.attribution import attribute_tables, compiled_matcher
+from pipeline.attribution.engine import attribute_tables, compiled_matcher
 from pipeline.cli import main
-from pipeline.decode import DecodeError, blocks_to_tables, decode_block
-from pipeline.networks import MAIN, REGTEST
-from pipeline.registry import RegistryError, load_registry, parse_registry
-from pipeline.regtest import CoinbaseSpec, build_block, compact_size
-from pipeline.sync import fetch_blocks, reattribute
-from pipeline.warehouse import Warehouse
+from pipeline.chain.decode import DecodeError, blocks_to_tables, decode_block
+from pipeline.chain.networks import MAIN, REGTEST
+from pipeline.attribution.registry import RegistryError, load_registry, parse_registry
+from pipeline.devnode.regtest import CoinbaseSpec, build_block, compact_size
+from pipeline.load.jobs import reattribute
+from pipeline.load.loop import read_decoded
+from pipeline.source.base import BlockSource, Located, RawBlock
+from pipeline.store.warehouse import Warehouse
 from tests.synthetic import block_hash, synthetic_tables
 
 P2PKH = bytes.fromhex("76a914") + hashlib.new("ripemd160", b"hostile").digest() + bytes.fromhex("88ac")
@@ -310,22 +312,26 @@ def test_scriptsig_of_only_garbage_bytes_is_unknown_not_an_error():
 # ------------------------------------------------------------------------- garbage from the node
 
 
-class _LyingNode:
-    """Answers like a node but serves the given bytes as the block at each height."""
+class _LyingSource(BlockSource):
+    """Locates like a node but serves the given bytes as the block at each height."""
+
+    kind = "rest"
 
     def __init__(self, raws: dict[int, bytes], hashes: dict[int, str]):
+        super().__init__(None, REGTEST)
         self.raws, self.hashes = raws, hashes
-        self._heights: list[int] = []
 
-    def block_hashes(self, heights, require_blocks: bool = True):
-        self._heights = list(heights)
-        return [self.hashes[h] for h in heights]
+    def locate(self, lo: int, hi: int, with_previous: bool = False) -> Located:
+        heights = list(range(lo, hi + 1))
+        return Located(heights, [self.hashes[h] for h in heights], [None] * len(heights), (None, None))
 
-    def median_times(self, hashes):
-        return [None for _ in hashes]
+    def read(self, located: Located, start: int = 0, stop: int | None = None) -> list[RawBlock]:
+        return [RawBlock(h, x, None, self.raws[h], len(self.raws[h]))
+                for h, x in zip(located.heights[start:stop], located.hashes[start:stop], strict=True)]
 
-    def raw_blocks(self, hashes):
-        return [self.raws[h] for h in self._heights]
+
+def _read(source: BlockSource, lo: int, hi: int):
+    return read_decoded(source, source.locate(lo, hi))
 
 
 def _good_blocks(n: int) -> tuple[dict[int, bytes], dict[int, str]]:
@@ -344,7 +350,7 @@ def test_bad_block_bytes_raise_decode_error_naming_the_block(damage: str):
     raws[2] = {"truncated": good[:-7], "garbage": hashlib.sha256(b"x").digest() * 20, "empty": b"",
                "trailing": good + b"\x00"}[damage]
     with pytest.raises(DecodeError) as info:
-        fetch_blocks(_LyingNode(raws, hashes), [1, 2, 3], REGTEST)
+        _read(_LyingSource(raws, hashes), 1, 3)
     assert hashes[2] in str(info.value) and "height 2" in str(info.value)
 
 
@@ -352,15 +358,15 @@ def test_block_bytes_for_another_hash_are_refused():
     raws, hashes = _good_blocks(3)
     raws[2] = raws[3]  # valid bytes, but not the block the node named
     with pytest.raises(DecodeError, match=f"expected {hashes[2]}"):
-        fetch_blocks(_LyingNode(raws, hashes), [1, 2, 3], REGTEST)
+        _read(_LyingSource(raws, hashes), 1, 3)
 
 
 @pytest.mark.node
 def test_sync_with_garbage_block_stores_nothing(regtest_node, tmp_path: Path, monkeypatch):
     """Through sync_range against a real node: a batch with one undecodable block is not committed."""
-    from pipeline.node import NodeClient
-    from pipeline.regtest import demo_specs, mine_chain
-    from pipeline.sync import sync_range
+    from pipeline.source.client import NodeClient
+    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.load.jobs import sync_range
 
     signal.alarm(120)  # a node test: starting the node and two syncs take longer than the default
     registry = load_registry()
@@ -370,13 +376,15 @@ def test_sync_with_garbage_block_stores_nothing(regtest_node, tmp_path: Path, mo
                allow_cross_network=True)
     before = _snapshot(root)
 
-    real_raw_blocks = NodeClient.raw_blocks
+    from pipeline.source.rest import RestSource
 
-    def corrupt(self, block_hashes):
-        raws = real_raw_blocks(self, block_hashes)
-        return [raw[: len(raw) // 2] if h == hashes[8] else raw for h, raw in zip(block_hashes, raws)]
+    real_fetch = RestSource.fetch
 
-    monkeypatch.setattr(NodeClient, "raw_blocks", corrupt)
+    def corrupt(self, block_hash):  # the node's bytes for block 9 cut in half (its header still hashes right)
+        raw = real_fetch(self, block_hash)
+        return raw[: len(raw) // 2] if block_hash == hashes[8] else raw
+
+    monkeypatch.setattr(RestSource, "fetch", corrupt)
     with pytest.raises(DecodeError) as info:
         sync_range(NodeClient(regtest_node.client_config()), Warehouse(root), registry=registry,
                    allow_cross_network=True)

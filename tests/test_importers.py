@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.importers import (SourceListError, build_default, load_rules, merge_sources, read_bitcoin_data,
+from pipeline.attribution.importers import (SourceListError, build_default, load_rules, merge_sources, read_bitcoin_data,
                                 read_mempool_v2, read_v1, write_registry)
-from pipeline.networks import MAIN, TEST
-from pipeline.registry import load_registry, parse_registry
-from pipeline.scripts import script_to_address
+from pipeline.chain.networks import MAIN, TEST
+from pipeline.attribution.registry import load_registry, parse_registry
+from pipeline.chain.scripts import script_to_address
 
 
 def addr(n: int, network=MAIN) -> str:
@@ -183,14 +183,14 @@ def test_cli_import_refuses_a_broken_list(tmp_path):
 
 
 def test_docs_list_every_resolution_of_the_shipped_registry():
-    from pipeline.importers import DOCS_END, DOCS_START, render_resolutions_markdown
+    from pipeline.attribution.importers import DOCS_END, DOCS_START, render_resolutions_markdown
 
     repo = Path(__file__).resolve().parent.parent
     shipped = json.loads((repo / "pipeline" / "data" / "registry.json").read_text(encoding="utf-8"))
     docs = (repo / "docs" / "registry.md").read_text(encoding="utf-8")
     section = docs.split(DOCS_START, 1)[1].split(DOCS_END, 1)[0].strip()
     assert section == render_resolutions_markdown(shipped), \
-        "docs/registry.md is out of date: python -m pipeline.importers --default --docs docs/registry.md"
+        "docs/registry.md is out of date: python -m pipeline.attribution.importers --default --docs docs/registry.md"
     assert len(shipped["resolutions"]) == section.count("\n") - 1
 
 

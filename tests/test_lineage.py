@@ -28,7 +28,7 @@ def data_files(root: Path) -> dict[str, str]:
 
 
 def attributed(root: Path) -> list[tuple]:
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
 
     con = Warehouse(root).connect()
     return con.execute("SELECT height, pool_id FROM attributions_current ORDER BY height").fetchall()
@@ -38,8 +38,8 @@ def attributed(root: Path) -> list[tuple]:
 def chain(regtest_binary, tmp_path_factory):
     """A 240-block regtest chain whose coinbases pay mainnet pools' scripts (so cross-network matching
     changes attributions) and the CLI arguments that reach it."""
-    from pipeline.registry import load_registry
-    from pipeline.regtest import RegtestNode, demo_specs, mine_chain
+    from pipeline.attribution.registry import load_registry
+    from pipeline.devnode.regtest import RegtestNode, demo_specs, mine_chain
 
     with RegtestNode(binary=regtest_binary, datadir=tmp_path_factory.mktemp("lineage-node")) as node:
         mine_chain(node, demo_specs(load_registry(), 240, seed=11, allow_p2sh=node.flavor == "core"))
@@ -121,7 +121,7 @@ def test_a_recorded_setting_is_kept_and_changed_only_on_request(chain, tmp_path)
     out = cli(root, "attribute", "--no-cross-network-registry", "--change-settings")
     after = attributed(root)
     assert sum(1 for _, pool in after if pool == "unknown") > unknown
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
 
     wh = Warehouse(root)
     assert wh.meta["attribution_settings"] == {"cross_network": False}
@@ -134,8 +134,8 @@ def test_a_recorded_setting_is_kept_and_changed_only_on_request(chain, tmp_path)
 def test_stored_views_and_the_metrics_command_agree_after_every_change(chain, tmp_path):
     """After sync, re-attribution and a setting change, the stored views hold exactly what
     `poolwatch metrics` computes; between a change and a refresh they say they are stale."""
-    from pipeline import metrics as m
-    from pipeline.warehouse import Warehouse
+    from pipeline.metrics import compute as m
+    from pipeline.store.warehouse import Warehouse
 
     node, rpc = chain
     root = tmp_path / "wh"

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipeline import metrics as m
+from pipeline.metrics import compute as m
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday: ISO week 2024-W01 starts here
 D = 1000.0  # difficulty of the synthetic blocks
@@ -324,7 +324,7 @@ def test_empty_selection_gives_empty_frames():
 
 
 def test_refresh_on_an_empty_warehouse(tmp_path):
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
 
     wh = Warehouse(tmp_path / "empty")
     assert m.refresh_metrics(wh).rows == {"centralization": 0, "pool_share": 0}
@@ -365,7 +365,7 @@ def test_view_files_match_the_code():
 
 def conformed(table: pa.Table, name: str) -> pa.Table:
     """Fill the declared columns a synthetic table lacks with placeholder values of the right type."""
-    from pipeline.schemas import table_spec
+    from pipeline.store.schemas import table_spec
 
     spec = table_spec(name)
     n = table.num_rows
@@ -385,7 +385,7 @@ def conformed(table: pa.Table, name: str) -> pa.Table:
 
 def build_warehouse(root, pools: list[str | None], **kw):
     """A warehouse holding synthetic blocks + attributions (registry version v1)."""
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
 
     blocks, attributions = synthetic_tables(pools, **kw)
     wh = Warehouse(root)
@@ -402,7 +402,7 @@ def demo_pools(n: int, seed: int = 5) -> list[str | None]:
 
 
 def test_refresh_metrics_materializes_tables_and_views(tmp_path):
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
 
     wh = build_warehouse(tmp_path / "wh", demo_pools(600))
     counts = m.refresh_metrics(wh, draws=200).rows
@@ -479,7 +479,7 @@ def test_incremental_refresh_gives_the_rows_of_a_full_refresh(tmp_path):
         assert done.mode == "incremental" and 0 < done.windows_recomputed < 30, done
         full = tmp_path / f"full{i}"
         shutil.copytree(inc.root, full, ignore=shutil.ignore_patterns("centralization", "pool_share"))
-        from pipeline.warehouse import Warehouse
+        from pipeline.store.warehouse import Warehouse
 
         reference = Warehouse(full)
         with reference.writer():
@@ -553,7 +553,7 @@ def test_a_missing_height_range_breaks_windows_and_rates():
 
 
 def test_the_default_report_covers_the_stored_data_not_the_calendar_since_genesis():
-    from pipeline import report as r
+    from pipeline.metrics import report as r
 
     blocks, attributions = _regtest_like(1200)
     data = r.load_report_data(connect(blocks, attributions), "week", registry_version="v1", draws=50)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from airflow_deploy import can_use_uts_namespace
-from pipeline.warehouse import CATALOG_NAME, Warehouse, WarehouseBusyError
+from pipeline.store.warehouse import CATALOG_NAME, Warehouse, WarehouseBusyError
 
 REPO = Path(__file__).resolve().parent.parent
 OTHER_HOST = "poolwatch-other-host"
@@ -34,7 +34,7 @@ def _writer_on_other_host(root: Path, ready: Path) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         import os, time
         from pathlib import Path
-        from pipeline.warehouse import Warehouse, CATALOG_NAME
+        from pipeline.store.warehouse import Warehouse, CATALOG_NAME
         wh = Warehouse({str(root)!r})
         with wh.writer():
             tmp = Path({str(root)!r}) / f".{{CATALOG_NAME}}.{{os.uname().nodename}}.{{os.getpid()}}.abcd.tmp"
@@ -103,7 +103,7 @@ def test_leftover_temp_files_are_removed_by_the_next_writer_whatever_their_pid(t
 
 
 def test_catalog_refresh_needs_the_writer_lock(tmp_path):
-    from pipeline.warehouse import WriterLockRequiredError
+    from pipeline.store.warehouse import WriterLockRequiredError
 
     with pytest.raises(WriterLockRequiredError, match="refresh_catalog"):
         Warehouse(tmp_path / "wh").refresh_catalog()

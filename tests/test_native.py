@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import native
-from pipeline.decode import HEADER_SIZE, DecodeError, _read_varint, _scan_transactions, decode_block, parse_coinbase
-from pipeline.networks import MAIN
+from pipeline.chain.decode import HEADER_SIZE, DecodeError, _read_varint, _scan_transactions, decode_block, parse_coinbase
+from pipeline.chain.networks import MAIN
 from conftest import FIXTURES  # tests/ is on sys.path (pytest prepend import mode)
 from test_decode import load_block, manifest, varint
 

@@ -1,4 +1,5 @@
-"""pipeline.node against a fake Bitcoin Core 28 HTTP server replaying tests/data/core28/ exchanges."""
+"""Node access (pipeline.source: transport, client, REST/RPC block sources) against a fake Bitcoin
+Core 28 HTTP server replaying tests/data/core28/ exchanges."""
 
 from __future__ import annotations
 
@@ -16,19 +17,14 @@ from typing import Any
 
 import pytest
 
-from pipeline.networks import MAIN
-from pipeline.node import (
-    HeightAboveTipError,
-    NodeAuthError,
-    NodeClient,
-    NodeConfig,
-    NodeError,
-    NodeInInitialDownloadError,
-    NodePrunedError,
-    NodeRPCError,
-    NodeUnreachableError,
-    NodeWarmingUpError,
-)
+from pipeline.chain.networks import MAIN
+from pipeline.source.base import Located, node_source
+from pipeline.source.client import NodeClient
+from pipeline.source.config import NodeConfig
+from pipeline.source.errors import (HeightAboveTipError, NodeAuthError, NodeError, NodeInInitialDownloadError,
+                                    NodePrunedError, NodeRPCError, NodeUnreachableError, NodeWarmingUpError)
+from pipeline.source.rest import RestSource
+from pipeline.source.rpc import RpcSource
 
 CORE28 = Path(__file__).resolve().parent / "data" / "core28"
 H739990 = "000000000000000000056aa302bd92a1da4d6c996eee77ee790490c2d50c626e"
@@ -152,7 +148,9 @@ class FakeCore:
             def do_GET(self) -> None:
                 fake.requests.append(("GET", self.path))
                 m = re.fullmatch(r"/rest/block/([0-9a-f]{64})\.bin", self.path)
-                if not fake.rest or not m:
+                if fake.rest and self.path == "/rest/chaininfo.json":
+                    self._send(200, b'{"chain":"main","blocks":739990}\n')
+                elif not fake.rest or not m:
                     self._send(404, b"", "text/html; charset=ISO-8859-1")
                 elif m.group(1) in fake.blocks:
                     self._send(200, fake.blocks[m.group(1)], "application/octet-stream")
@@ -305,7 +303,7 @@ def test_airflow_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_BITCOIN_COOKIE", json.dumps(
         {"conn_type": "http", "host": "10.1.1.1", "extra": {"cookie_file": "/data/.cookie", "use_rest": True,
                                                              "timeout": 5}}))
-    from pipeline.node import NodeConfigError
+    from pipeline.source.errors import NodeConfigError
     from pipeline.orchestration import node_config
 
     cfg = node_config()
@@ -329,8 +327,18 @@ def test_single_calls_parse_core28_replies(core: FakeCore) -> None:
     assert info["difficulty"] == Decimal("30283293547736.68")  # exact, not a float
     assert client.network() is MAIN
     assert client.tip_height() == 739990
-    # python-bitcoinrpc sends no "jsonrpc":"2.0", so Core answers the legacy way: that path works too
-    assert all(req.get("jsonrpc") != "2.0" for kind, req in core.requests if kind == "POST")
+    # single calls are JSON-RPC 2.0 request objects (Core 28 answers with no "error" on success)
+    singles = [req for kind, req in core.requests if kind == "POST"]
+    assert singles and all(isinstance(req, dict) and req["jsonrpc"] == "2.0" for req in singles)
+
+
+@pytest.mark.parametrize("style", ["v28", "legacy"])
+def test_single_calls_parse_both_reply_styles_and_errors(core: FakeCore, style: str) -> None:
+    core.style = style  # legacy: "error": null on success, HTTP 500 with the error object on failure
+    client = NodeClient(core.config())
+    assert client.tip_height() == 739990
+    with pytest.raises(HeightAboveTipError):
+        client.call("getblockhash", 900000)
 
 
 @pytest.mark.parametrize("style", ["v28", "legacy"])
@@ -346,12 +354,12 @@ def test_batch_both_reply_styles_in_call_order(core: FakeCore, style: str) -> No
 def test_recorded_core28_batch_verbatim(core: FakeCore) -> None:
     core.verbatim = load_exchange("batch_getblockhash.json")
     client = NodeClient(core.config())
-    client._id = 6  # line our ids up with the recording (7, 8, 9)
+    client.transport._id = 6  # line our ids up with the recording (7, 8, 9)
     with pytest.raises(HeightAboveTipError) as err:
         client.batch([("getblockhash", [0]), ("getblockhash", [739990]), ("getblockhash", [900000])])
     assert (err.value.height, err.value.tip) == (900000, 739990)
     assert "900000" in str(err.value) and "739990" in str(err.value)
-    client._id = 6
+    client.transport._id = 6
     core.verbatim = {"request": core.verbatim["request"][:2],
                      "reply": '[{"jsonrpc":"2.0","result":"%s","id":7},{"jsonrpc":"2.0","result":"%s","id":8}]\n'
                               % (GENESIS, H739990)}
@@ -361,7 +369,7 @@ def test_recorded_core28_batch_verbatim(core: FakeCore) -> None:
 def test_recorded_legacy_batch_verbatim(core: FakeCore) -> None:
     core.verbatim = load_exchange("batch_getblockhash_legacy.json")
     client = NodeClient(core.config())
-    client._id = 6
+    client.transport._id = 6
     assert client.batch([("getblockhash", [0]), ("getblockhash", [739990])]) == [GENESIS, H739990]
 
 
@@ -390,19 +398,28 @@ def _serve_block(core: FakeCore, raw: bytes) -> None:
     core.blocks[H739990] = raw
 
 
+def raw_blocks(source, hashes: list[str]) -> list[bytes]:
+    """A block source's bytes for ``hashes`` (heights do not matter to the read)."""
+    located = Located([0] * len(hashes), list(hashes), [None] * len(hashes), (None, None))
+    return [raw.data for raw in source.read(located)]
+
+
 def test_raw_blocks_via_rest(core: FakeCore, block_739990: bytes) -> None:
     _serve_block(core, block_739990)
-    client = NodeClient(core.config())
-    assert client.raw_blocks([H739990]) == [block_739990]
-    assert [k for k, _ in core.requests] == ["GET"]
+    source = node_source(NodeClient(core.config()), MAIN)
+    assert isinstance(source, RestSource)
+    assert raw_blocks(source, [H739990]) == [block_739990]
+    assert [k for k, _ in core.requests] == ["GET", "GET"]  # the REST probe, then the block
+    assert core.requests[0][1] == "/rest/chaininfo.json"
 
 
 def test_raw_blocks_rpc_fallback_probes_rest_once(core: FakeCore, block_739990: bytes) -> None:
     _serve_block(core, block_739990)
     core.rest = False
-    client = NodeClient(core.config())
-    assert client.raw_blocks([H739990]) == [block_739990]
-    assert client.raw_blocks([H739990]) == [block_739990]
+    source = node_source(NodeClient(core.config()), MAIN)
+    assert isinstance(source, RpcSource)
+    assert raw_blocks(source, [H739990]) == [block_739990]
+    assert raw_blocks(source, [H739990]) == [block_739990]
     kinds = [k for k, _ in core.requests]
     assert kinds.count("GET") == 1 and kinds.count("POST") == 2
     getblocks = [req for k, req in core.requests if k == "POST"]
@@ -411,15 +428,15 @@ def test_raw_blocks_rpc_fallback_probes_rest_once(core: FakeCore, block_739990: 
 
 def test_raw_blocks_use_rest_false_never_probes(core: FakeCore, block_739990: bytes) -> None:
     _serve_block(core, block_739990)
-    client = NodeClient(core.config(use_rest=False))
-    assert client.raw_blocks([H739990]) == [block_739990]
+    source = node_source(NodeClient(core.config(use_rest=False)), MAIN)
+    assert raw_blocks(source, [H739990]) == [block_739990]
     assert "GET" not in [k for k, _ in core.requests]
 
 
 def test_raw_blocks_rejects_wrong_block(core: FakeCore, block_739990: bytes) -> None:
     core.blocks[H739990] = block_739990[:80].replace(block_739990[4:8], b"\0\0\0\0") + block_739990[80:]
     with pytest.raises(NodeError, match="not the asked"):
-        NodeClient(core.config()).raw_blocks([H739990])
+        raw_blocks(RestSource(NodeClient(core.config()), MAIN), [H739990])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -472,7 +489,7 @@ def test_pruned_node(core: FakeCore) -> None:
     assert err.value.prune_height == 739000
     assert client.block_hashes([0], require_blocks=False) == [GENESIS]
     with pytest.raises(NodePrunedError) as err:  # getblock's -1 "Block not available (pruned data)"
-        client.raw_blocks([PREV_739990])
+        raw_blocks(RpcSource(client, MAIN), [PREV_739990])
     assert err.value.prune_height == 739000
 
 
@@ -480,7 +497,7 @@ def test_pruned_block_via_rest(core: FakeCore) -> None:
     core.add("getblockchaininfo_pruned.json")
     core.pruned_rest.add(PREV_739990)
     with pytest.raises(NodePrunedError, match="pruned") as err:
-        NodeClient(core.config()).raw_blocks([PREV_739990])
+        raw_blocks(RestSource(NodeClient(core.config()), MAIN), [PREV_739990])
     assert err.value.prune_height == 739000
 
 
@@ -497,7 +514,7 @@ def test_height_above_tip(core: FakeCore) -> None:
 def test_block_not_found_and_other_rpc_errors(core: FakeCore) -> None:
     client = NodeClient(core.config(use_rest=False))
     with pytest.raises(NodeRPCError) as err:
-        client.raw_blocks(["00" * 32])
+        raw_blocks(RpcSource(client, MAIN), ["00" * 32])
     assert (err.value.code, err.value.rpc_message) == (-5, "Block not found")
     with pytest.raises(NodeRPCError) as err:
         client.call("nosuchmethod")
@@ -521,7 +538,7 @@ def test_warming_up(core: FakeCore) -> None:
 def test_client_repr_and_config_hide_password(core: FakeCore) -> None:
     client = NodeClient(core.config())
     client.tip_height()
-    for text in (repr(client), repr(client.config), client.config.redacted(), repr(client._proxy)):
+    for text in (repr(client), repr(client.config), client.config.redacted(), repr(client.transport)):
         assert PASSWORD not in text
     assert dataclasses.fields(NodeConfig)[2].repr is False
 
@@ -547,7 +564,7 @@ def test_config_refuses_credentials_in_url_field() -> None:
 
 
 def test_batches_split_by_request_bytes(core: FakeCore) -> None:
-    from pipeline.node import _chunks
+    from pipeline.source.transport import chunk_calls as _chunks
 
     calls = [("getblock", ["ab" * 40_000, 0])] * 10  # ~80 KB of params each
     sizes = [len(c) for c in _chunks(calls, 100, 256 * 1024)]

@@ -16,15 +16,11 @@ from typing import Any
 
 import pytest
 
-from pipeline.node import (
-    HeightAboveTipError,
-    NodeAuthError,
-    NodeClient,
-    NodeConfig,
-    NodeError,
-    NodeUnreachableError,
-    NodeWarmingUpError,
-)
+from pipeline.source.errors import HeightAboveTipError, NodeAuthError, NodeError, NodeUnreachableError, NodeWarmingUpError
+from pipeline.chain.networks import MAIN
+from pipeline.source.base import Located
+from pipeline.source.client import NodeClient
+from pipeline.source.config import NodeConfig
 from test_node import GENESIS, PASSWORD, FakeCore
 
 
@@ -47,13 +43,13 @@ def _posts(core: FakeCore) -> int:
 def test_busy_node_503_twice_then_ok(core: FakeCore, how: str, caplog: pytest.LogCaptureFixture) -> None:
     core.fail_503 = 2
     client = NodeClient(core.config(retries=3))
-    caplog.set_level(logging.WARNING, logger="pipeline.node")
+    caplog.set_level(logging.WARNING, logger="pipeline.source.transport")
     if how == "call":
         assert client.tip_height() == 739990
     else:
         assert client.batch([("getblockhash", [0])]) == [GENESIS]
     assert _posts(core) == 3
-    retries = [r for r in caplog.records if r.name == "pipeline.node" and "503" in r.getMessage()]
+    retries = [r for r in caplog.records if r.name == "pipeline.source.transport" and "503" in r.getMessage()]
     assert [("retry 1/3" in r.getMessage(), "retry 2/3" in r.getMessage()) for r in retries] == [
         (True, False), (False, True)]
 
@@ -69,7 +65,7 @@ def test_busy_node_gives_up_after_bounded_retries(core: FakeCore) -> None:
 def test_backoff_grows_and_is_jittered() -> None:
     client = NodeClient(NodeConfig(url="http://127.0.0.1:8332", user="u", password="p", backoff_base=1.0,
                                    backoff_max=5.0))
-    delays = [[client._backoff(a) for _ in range(50)] for a in range(5)]
+    delays = [[client.transport._backoff(a) for _ in range(50)] for a in range(5)]
     for attempt, ds in enumerate(delays):
         cap = min(5.0, 2.0 ** attempt)
         assert all(cap * 0.5 <= d <= cap for d in ds)
@@ -81,7 +77,7 @@ def test_reconnects_after_idle_close(core: FakeCore, caplog: pytest.LogCaptureFi
     """Core closes idle keep-alive connections; python-bitcoinrpc then fails on the next call."""
     core.drop_after_reply = True
     client = NodeClient(core.config(retries=2, backoff_base=5.0))  # a backoff would take seconds
-    caplog.set_level(logging.INFO, logger="pipeline.node")
+    caplog.set_level(logging.INFO, logger="pipeline.source.transport")
     started = time.monotonic()
     for _ in range(4):
         assert client.tip_height() == 739990
@@ -135,7 +131,7 @@ def test_secrets_never_leak(core: FakeCore, tmp_path: Path, caplog: pytest.LogCa
     cfg = NodeConfig.resolve(url=f"http://poolwatch:{quote(wrong, safe='')}@127.0.0.1:{core.port}", env={})
     cfg = dataclasses.replace(cfg, retries=1, backoff_base=0.01)
     client = NodeClient(cfg)
-    for action in (client.tip_height, lambda: client.batch([("getblockcount", [])]), lambda: client.raw_blocks([GENESIS])):
+    for action in (client.tip_height, lambda: client.batch([("getblockcount", [])]), lambda: _raw(client, [GENESIS])):
         with pytest.raises((NodeAuthError, NodeError)) as err:
             action()
         _assert_no_secret(err.value, secrets, caplog)
@@ -207,7 +203,7 @@ def _bad_host_client(how: str, tmp_path: Path, retries: int = 4) -> tuple[NodeCl
                                    backoff_max=0.02, use_rest=True if how == "rest" else None, **auth))
     actions = {"call": client.tip_height, "cookie": client.tip_height,
                "batch": lambda: client.batch([("getblockcount", [])]),
-               "rest": lambda: client.raw_blocks(["00" * 32])}
+               "rest": lambda: _raw(client, ["00" * 32])}
     return client, actions[how]
 
 
@@ -215,14 +211,14 @@ def _bad_host_client(how: str, tmp_path: Path, retries: int = 4) -> tuple[NodeCl
 def test_host_name_that_does_not_resolve_fails_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                         caplog: pytest.LogCaptureFixture, how: str) -> None:
     """A typo in the host name: said as such, after one lookup, without the retry/backoff loop."""
-    from pipeline import node as node_module
+    from pipeline.source import errors as node_module
     from pipeline.orchestration import permanent_error
 
     resolver = Resolver(monkeypatch, socket.EAI_NONAME)
     client, action = _bad_host_client(how, tmp_path)
     backoffs: list[int] = []
-    monkeypatch.setattr(client, "_backoff", lambda attempt: backoffs.append(attempt) or 0.0)
-    caplog.set_level(logging.INFO, logger="pipeline.node")
+    monkeypatch.setattr(client.transport, "_backoff", lambda attempt: backoffs.append(attempt) or 0.0)
+    caplog.set_level(logging.INFO, logger="pipeline.source.transport")
     with pytest.raises(NodeError) as err:
         action()
     message = str(err.value)
@@ -262,10 +258,15 @@ def test_real_node_cookie_auth_and_reads(regtest_node) -> None:
     assert client.block_hashes([0]) == [client.network().genesis_hash]
     mtp = client.median_times([client.network().genesis_hash])
     assert isinstance(mtp[0], int) and mtp[0] > 0
-    raw = client.raw_blocks([client.network().genesis_hash])[0]  # REST (the fixture starts -rest)
-    assert client._rest is True and len(raw) > 80
+    from pipeline.source.base import node_source
+    from pipeline.source.rest import RestSource
+
+    probing = NodeClient(dataclasses.replace(regtest_node.client_config(), use_rest=None))
+    assert isinstance(node_source(probing), RestSource)  # the fixture starts -rest: the probe finds it
+    raw = _raw(client, [client.network().genesis_hash])[0]
+    assert len(raw) > 80
     rpc = NodeClient(dataclasses.replace(regtest_node.client_config(), use_rest=False))
-    assert rpc.raw_blocks([client.network().genesis_hash]) == [raw]
+    assert _raw(rpc, [client.network().genesis_hash]) == [raw]
     with pytest.raises(HeightAboveTipError) as err:
         client.block_hashes([tip + 1])
     assert err.value.tip == tip
@@ -294,7 +295,7 @@ def test_real_node_stopped_mid_run(regtest_node) -> None:
     regtest_node.stop()
     started = time.monotonic()
     for action in (client.tip_height, lambda: client.batch([("getblockcount", [])]),
-                   lambda: client.raw_blocks(["00" * 32])):
+                   lambda: _raw(client, ["00" * 32])):
         with pytest.raises(NodeUnreachableError) as err:
             action()
         assert f"127.0.0.1:{port}" in str(err.value) and "4 attempt" in str(err.value)
@@ -310,7 +311,7 @@ def _free_port() -> int:
 @pytest.mark.node
 def test_real_node_warming_up(regtest_binary, tmp_path: Path) -> None:
     """Start bitcoind ourselves (RegtestNode waits for readiness) and talk to it while it loads."""
-    from pipeline.regtest import RegtestNode
+    from pipeline.devnode.regtest import RegtestNode
 
     node = RegtestNode(binary=regtest_binary, datadir=tmp_path / "node")
     node.port = _free_port()
@@ -346,3 +347,13 @@ def test_real_node_warming_up(regtest_binary, tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def _raw(client: NodeClient, hashes: list[str]) -> list[bytes]:
+    """Blocks as the loop reads them: over REST unless the connection says otherwise, else RPC."""
+    from pipeline.source.rest import RestSource
+    from pipeline.source.rpc import RpcSource
+
+    source = (RpcSource if client.config.use_rest is False else RestSource)(client, MAIN)
+    located = Located([0] * len(hashes), list(hashes), [None] * len(hashes), (None, None))
+    return [raw.data for raw in source.read(located)]

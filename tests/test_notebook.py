@@ -68,11 +68,11 @@ def test_notebook_names_a_missing_warehouse(tmp_path, monkeypatch):
 @pytest.mark.node
 def test_notebook_runs_on_a_regtest_built_warehouse(regtest_node, tmp_path, monkeypatch):
     """The issue's setting: blocks mined on a regtest node, synced and attributed by the pipeline."""
-    from pipeline.node import NodeClient
-    from pipeline.registry import load_registry
-    from pipeline.regtest import demo_specs, mine_chain
-    from pipeline.sync import sync_range
-    from pipeline.warehouse import Warehouse
+    from pipeline.source.client import NodeClient
+    from pipeline.attribution.registry import load_registry
+    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.load.jobs import sync_range
+    from pipeline.store.warehouse import Warehouse
 
     registry = load_registry()
     specs = demo_specs(registry, 300, seed=7, allow_p2sh=regtest_node.flavor == "core")
@@ -84,7 +84,7 @@ def test_notebook_runs_on_a_regtest_built_warehouse(regtest_node, tmp_path, monk
     assert con.execute("SELECT count(*) FROM blocks").fetchone()[0] == 301  # genesis + 300
     known = con.execute("SELECT count(*) FROM attributions WHERE method <> 'none'").fetchone()[0]
     assert known > 200, "the demo chain's coinbases should mostly be attributed"
-    from pipeline.metrics import refresh_metrics
+    from pipeline.metrics.compute import refresh_metrics
 
     refresh_metrics(wh, draws=50)
     before = snapshot(wh.root)
@@ -96,7 +96,7 @@ def test_notebook_runs_on_a_regtest_built_warehouse(regtest_node, tmp_path, monk
     assert "regtest genesis block (height 0) is left out" in text and "stale" not in text
 
 
-# --- one command: `make notebook` (-> `poolwatch notebook` -> pipeline.notebook.run_notebook) ------------
+# --- one command: `make notebook` (-> `poolwatch notebook` -> pipeline.metrics.notebook.run_notebook) ------------
 
 REPO = NOTEBOOK.parent.parent
 
@@ -150,7 +150,7 @@ def test_notebook_command_refuses_a_missing_warehouse_and_a_bad_window(tmp_path)
 
 
 def test_a_failing_cell_names_itself_and_keeps_the_output(tmp_path):
-    from pipeline.notebook import NotebookError, run_notebook
+    from pipeline.metrics.notebook import NotebookError, run_notebook
 
     wh = build_warehouse(tmp_path / "wh", demo_pools(50))
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nprint(os.environ['POOLWATCH_WAREHOUSE'])"),

@@ -1,4 +1,4 @@
-"""Helper processes (pipeline.processes): fresh interpreters that never re-import the parent's
+"""Helper processes (pipeline.load.processes): fresh interpreters that never re-import the parent's
 main module, so they work inside Airflow task processes (whose main module is the airflow script)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.processes import HelperDiedError, HelperPool, HelperStartError, RemoteError, ping
+from pipeline.load.processes import HelperDiedError, HelperPool, HelperStartError, RemoteError, ping
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,7 +98,7 @@ def test_helper_never_imports_the_parents_main_module(tmp_path):
         if __name__ != "__main__":
             open({str(marker)!r}, "w").write(__name__)
             raise SystemExit("main module re-imported in a child")
-        from pipeline.processes import HelperPool, ping
+        from pipeline.load.processes import HelperPool, ping
         with HelperPool(2) as pool:
             pids = {{pool.submit(ping).result(timeout=120) for _ in range(4)}}
         print("ok", len(pids) >= 1)

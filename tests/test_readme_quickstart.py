@@ -82,7 +82,7 @@ def test_readme_airflow_quickstart_runs_as_written(tmp_path, regtest_binary):
         assert state == "success", (work / ".airflow" / "scheduler.log").read_text()[-4000:]
         assert only_loopback(listening_addresses(components))
 
-        from pipeline.warehouse import Warehouse
+        from pipeline.store.warehouse import Warehouse
 
         con = Warehouse(work / "warehouse" / "airflow").connect()
         count, low, high = con.execute("SELECT count(*), min(height), max(height) FROM blocks").fetchone()

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.networks import MAIN, TEST
-from pipeline.registry import RegistryError, diff_registries, load_registry, parse_registry, registry_version
-from pipeline.scripts import script_to_address
+from pipeline.chain.networks import MAIN, TEST
+from pipeline.attribution.registry import RegistryError, diff_registries, load_registry, parse_registry, registry_version
+from pipeline.chain.scripts import script_to_address
 
 
 def p2pkh(n: int, network=MAIN) -> str:
@@ -129,7 +129,7 @@ def test_diff_registries():
 
 
 def test_pool_definitions_round_trip():
-    from pipeline.attribution import pool_definitions_table, registry_from_definitions
+    from pipeline.attribution.engine import pool_definitions_table, registry_from_definitions
 
     reg = parse_registry(small_doc())
     table = pool_definitions_table(reg)

@@ -1,4 +1,4 @@
-"""pipeline.regtest: block building (pure, no node) and a real regtest node (@pytest.mark.node)."""
+"""pipeline.devnode.regtest: block building (pure, no node) and a real regtest node (@pytest.mark.node)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.networks import REGTEST, block_subsidy
-from pipeline import regtest
-from pipeline.regtest import (
+from pipeline.chain.networks import REGTEST, block_subsidy
+from pipeline.devnode import regtest
+from pipeline.devnode.regtest import (
     DEMO_POOLS,
     BlockRejected,
     NodeBinaryNotFound,
@@ -317,8 +317,8 @@ def _fake_registry() -> FakeRegistry:
 
 
 def _address(rng: random.Random, kind: str) -> str:
-    from pipeline.networks import MAIN
-    from pipeline.scripts import script_to_address
+    from pipeline.chain.networks import MAIN
+    from pipeline.chain.scripts import script_to_address
 
     h = rng.randbytes(20)
     script = {"p2pkh": b"\x76\xa9\x14" + h + b"\x88\xac", "p2sh": b"\xa9\x14" + h + b"\x87",
@@ -488,7 +488,7 @@ def test_client_config_points_at_the_node(regtest_node):
 
 @pytest.mark.node
 def test_demo_chain_from_the_project_registry_is_accepted(regtest_node):
-    registry = pytest.importorskip("pipeline.registry").load_registry()
+    registry = pytest.importorskip("pipeline.attribution.registry").load_registry()
     specs = demo_specs(registry, 300, seed=11, allow_p2sh=regtest_node.flavor != "sv")
     hashes = mine_chain(regtest_node, specs)
     assert regtest_node.tip() == (300, hashes[-1])

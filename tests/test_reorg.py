@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.node import NodeClient
-from pipeline.registry import Registry, load_registry
-from pipeline.regtest import CoinbaseSpec, RegtestNode, demo_specs, mine_chain
-from pipeline.sync import check_and_repair_reorg, find_fork_height, sync_range
-from pipeline.warehouse import Warehouse
+from pipeline.source.client import NodeClient
+from pipeline.attribution.registry import Registry, load_registry
+from pipeline.devnode.regtest import CoinbaseSpec, RegtestNode, demo_specs, mine_chain
+from pipeline.load.jobs import check_and_repair_reorg, find_fork_height, sync_range
+from pipeline.store.warehouse import Warehouse
 
 pytestmark = [pytest.mark.node, pytest.mark.slow]
 
@@ -219,10 +219,10 @@ def test_reorg_in_the_middle_of_a_sync(regtest_node: RegtestNode, tmp_path: Path
 def test_first_broken_link_finds_where_a_batch_stops_linking():
     """The mid-run check on its own (no node needed): a batch from two branches, or one that does
     not continue the stored chain, is found at the first block that does not link."""
-    from pipeline.decode import decode_block
-    from pipeline.networks import REGTEST
-    from pipeline.regtest import build_block
-    from pipeline.sync import first_broken_link
+    from pipeline.chain.decode import decode_block
+    from pipeline.chain.networks import REGTEST
+    from pipeline.devnode.regtest import build_block
+    from pipeline.load.loop import first_broken_link
 
     spec = CoinbaseSpec(tag=b"/link/", payouts=[(b"\x00\x14" + bytes(20), 1)])
 

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from test_metrics import build_warehouse, connect, demo_pools, synthetic_tables
 
-from pipeline import metrics as m
-from pipeline import report as r
+from pipeline.metrics import compute as m
+from pipeline.metrics import report as r
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +100,8 @@ def test_area_chart_breaks_between_windows_that_are_not_adjacent():
     import numpy as np
     import pandas as pd
 
-    from pipeline import metrics as m
-    from pipeline.report import _break_at_gaps
+    from pipeline.metrics import compute as m
+    from pipeline.metrics.report import _break_at_gaps
 
     rows = pd.DataFrame({"window_start": pd.to_datetime(["2011-02-01", "2026-11-02", "2026-11-09"], utc=True),
                          "window_end": pd.to_datetime(["2011-02-08", "2026-11-09", "2026-11-16"], utc=True),
@@ -129,8 +129,8 @@ def _frame_with_gaps():
 def test_step_lines_break_at_every_gap_and_never_span_one():
     import numpy as np
 
-    from pipeline import metrics as m
-    from pipeline.report import _steps
+    from pipeline.metrics import compute as m
+    from pipeline.metrics.report import _steps
 
     rows = _frame_with_gaps()
     x, (y,) = _steps(rows, m.parse_window("day"), rows["value"])
@@ -148,8 +148,8 @@ def test_low_sample_shading_covers_exactly_the_step_it_flags():
     import numpy as np
     from matplotlib.figure import Figure
 
-    from pipeline import metrics as m
-    from pipeline.report import _mark_low_sample, _steps
+    from pipeline.metrics import compute as m
+    from pipeline.metrics.report import _mark_low_sample, _steps
 
     rows = _frame_with_gaps()
     window = m.parse_window("day")

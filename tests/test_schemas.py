@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from pipeline.schemas import all_table_specs, render_markdown, schemas_dir, table_spec
+from pipeline.store.schemas import all_table_specs, render_markdown, schemas_dir, table_spec
 
 
 def test_docs_tables_md_is_generated_from_the_declarations():

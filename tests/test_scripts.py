@@ -5,8 +5,8 @@ from __future__ import annotations
 import base58
 import pytest
 
-from pipeline.networks import MAIN, REGTEST, SIGNET, TEST, TESTNET4
-from pipeline.scripts import SCRIPT_TYPES, address_to_script, classify, script_to_address
+from pipeline.chain.networks import MAIN, REGTEST, SIGNET, TEST, TESTNET4
+from pipeline.chain.scripts import SCRIPT_TYPES, address_to_script, classify, script_to_address
 
 H20 = bytes(range(1, 21))
 H32 = bytes(range(1, 33))

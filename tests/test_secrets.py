@@ -23,11 +23,13 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.node import NodeAuthError, NodeClient, NodeConfig, NodeError
-from pipeline.registry import load_registry
-from pipeline.regtest import RegtestNode, demo_specs, mine_chain
-from pipeline.sync import sync_range
-from pipeline.warehouse import Warehouse
+from pipeline.source.errors import NodeAuthError, NodeError
+from pipeline.source.client import NodeClient
+from pipeline.source.config import NodeConfig
+from pipeline.attribution.registry import load_registry
+from pipeline.devnode.regtest import RegtestNode, demo_specs, mine_chain
+from pipeline.load.jobs import sync_range
+from pipeline.store.warehouse import Warehouse
 
 pytestmark = pytest.mark.node
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.sync import find_fork_height, plan_chunks
+from pipeline.load.jobs import find_fork_height
+from pipeline.load.loop import plan_chunks
 
 
 def test_plan_chunks_covers_range_exactly():
@@ -80,7 +81,7 @@ def test_empty_warehouse_has_no_fork():
 
 
 def _smaller_registry():
-    from pipeline.registry import load_registry, parse_registry
+    from pipeline.attribution.registry import load_registry, parse_registry
 
     shipped = load_registry()
     document = dict(shipped.document)
@@ -93,10 +94,10 @@ def test_a_load_follows_a_reattribution_made_while_it_runs(regtest_node, tmp_pat
     """Another run re-attributes the warehouse with registry B while a load that follows the
     warehouse is half done (it started with A): the load must not undo B. Its next commit notices
     the change and the rest is attributed with B; every stored block then has a B attribution."""
-    from pipeline.node import NodeClient
-    from pipeline.regtest import demo_specs, mine_chain
-    from pipeline.sync import reattribute, sync_range
-    from pipeline.warehouse import Warehouse
+    from pipeline.source.client import NodeClient
+    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.load.jobs import reattribute, sync_range
+    from pipeline.store.warehouse import Warehouse
 
     registry_a, registry_b = _smaller_registry()
     mine_chain(regtest_node, demo_specs(registry_a, 90, allow_p2sh=regtest_node.flavor == "core"))
@@ -123,11 +124,11 @@ def test_a_load_follows_a_reattribution_made_while_it_runs(regtest_node, tmp_pat
 
 @pytest.mark.node
 def test_an_explicit_registry_is_not_silently_replaced(regtest_node, tmp_path):
-    from pipeline.node import NodeClient
-    from pipeline.parallel import RegistryChangedError
-    from pipeline.regtest import demo_specs, mine_chain
-    from pipeline.sync import reattribute, sync_range
-    from pipeline.warehouse import Warehouse
+    from pipeline.source.client import NodeClient
+    from pipeline.load.loop import RegistryChangedError
+    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.load.jobs import reattribute, sync_range
+    from pipeline.store.warehouse import Warehouse
 
     registry_a, registry_b = _smaller_registry()
     mine_chain(regtest_node, demo_specs(registry_a, 60, allow_p2sh=regtest_node.flavor == "core"))

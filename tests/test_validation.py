@@ -9,11 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.decode import blocks_to_tables, decode_block
-from pipeline.networks import REGTEST
-from pipeline.regtest import CoinbaseSpec, block_times, build_block
-from pipeline.schemas import all_table_specs, table_spec
-from pipeline.validation import (
+from pipeline.chain.decode import blocks_to_tables, decode_block
+from pipeline.chain.networks import REGTEST
+from pipeline.devnode.regtest import CoinbaseSpec, block_times, build_block
+from pipeline.store.schemas import all_table_specs, table_spec
+from pipeline.store.validation import (
     DERIVED,
     BatchRejected,
     ValidationReport,
@@ -81,7 +81,7 @@ def test_every_table_has_a_suite_whose_columns_exist():
 
 
 def test_suites_load_into_gx():
-    from pipeline.validation import build_gx_suite
+    from pipeline.store.validation import build_gx_suite
 
     for decl in all_suite_decls():
         suite = build_gx_suite(decl, table_spec(decl.table))
@@ -150,8 +150,8 @@ def test_link_to_the_stored_predecessor_is_checked(chain):
 
 
 def test_attributions_one_per_block_and_known_pools(chain):
-    from pipeline.attribution import attribute_tables, pool_definitions_table
-    from pipeline.registry import load_registry
+    from pipeline.attribution.engine import attribute_tables, pool_definitions_table
+    from pipeline.attribution.registry import load_registry
 
     registry = load_registry()
     tables = dict(chain)
@@ -210,14 +210,15 @@ def test_unknown_table_is_an_error(chain):
 
 
 def test_rejected_batch_is_quarantined_and_not_loaded(chain, tmp_path: Path):
-    """The sync commit path: validate, quarantine on failure, raise; stored data stays untouched."""
-    from pipeline.sync import load_batch
-    from pipeline.warehouse import Warehouse
+    """The one gate (loads, re-attribution, metrics): validate, quarantine on failure, raise; stored
+    data stays untouched."""
+    from pipeline.store.validation import gate
+    from pipeline.store.warehouse import Warehouse
 
     warehouse = Warehouse(tmp_path / "warehouse")
     good = {name: t.filter(pa.compute.less_equal(t["height"], 30)) for name, t in chain.items()}
     with warehouse.writer():
-        load_batch(warehouse, good, context=GENESIS_CONTEXT)
+        gate(warehouse, good, validate_batch(good, GENESIS_CONTEXT))
     before = warehouse.read("blocks").sort_by("height")
     assert before.num_rows == 30
 
@@ -226,7 +227,7 @@ def test_rejected_batch_is_quarantined_and_not_loaded(chain, tmp_path: Path):
     rest["coinbase_outputs"] = replace(rest["coinbase_outputs"], "value_sat", 1, -5)  # negative value
     context = {"chain": "regtest", "previous_height": 30, "previous_hash": before["hash"][-1].as_py()}
     with warehouse.writer(), pytest.raises(BatchRejected) as caught:
-        load_batch(warehouse, rest, context=context)
+        gate(warehouse, rest, validate_batch(rest, context))
     err = caught.value
     assert "expect_column_values_to_be_unique(height)" in str(err)
     assert "value_sat" in str(err)
@@ -250,8 +251,8 @@ def test_check_batch_and_data_docs(chain, tmp_path: Path):
     index = build_data_docs(root)
     assert index == root / "data_docs" / "index.html" and index.exists()
     text = index.read_text()
-    from pipeline.datadocs import external_references, saved_results
-    from pipeline.validation import all_suite_decls
+    from pipeline.store.datadocs import external_references, saved_results
+    from pipeline.store.validation import all_suite_decls
 
     kept = saved_results(root)
     assert len(kept) == 2 and sum(q for _, _, q in kept) == 1  # the good batch and the quarantined one

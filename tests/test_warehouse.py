@@ -11,8 +11,8 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from pipeline.schemas import table_spec
-from pipeline.warehouse import (
+from pipeline.store.schemas import table_spec
+from pipeline.store.warehouse import (
     ChainMismatchError,
     UniqueViolationError,
     Warehouse,

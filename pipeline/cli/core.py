@@ -46,7 +46,8 @@ def node_options(fn: Callable) -> Callable:
 def make_client(rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, retries: int | None = None):
     """A client for the node options. Settings that are wrong on their face (a malformed URL, a user
     without a password) are a usage error here, before any connection is tried."""
-    from pipeline.node import NodeClient, NodeConfig
+    from pipeline.source.client import NodeClient
+    from pipeline.source.config import NodeConfig
 
     if (rpc_user is None) != (rpc_password is None):
         raise click.UsageError("give both --rpc-user and --rpc-password (env BITCOIN_RPC_USER and "
@@ -73,28 +74,28 @@ def friendly_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from pipeline.node import NodeError
+        from pipeline.source.errors import NodeError
 
         handled: tuple[type[BaseException], ...] = (NodeError, ValueError, FileNotFoundError)
         try:
-            from pipeline.warehouse import WarehouseBusyError, WarehouseError  # noqa: F401
+            from pipeline.store.warehouse import WarehouseBusyError, WarehouseError  # noqa: F401
 
             handled += (WarehouseError,) if isinstance(WarehouseError, type) else ()
             handled += (WarehouseBusyError,)
         except ImportError:
             pass
         try:
-            from pipeline.blockfiles import BlockFileError
-            from pipeline.parallel import ChainChangedError, RegistryChangedError
+            from pipeline.source.blockfiles import BlockFileError
+            from pipeline.load.loop import ChainChangedError, RegistryChangedError
 
             handled += (BlockFileError, ChainChangedError, RegistryChangedError)
         except ImportError:
             pass
         try:
-            from pipeline.validation import BatchRejected
+            from pipeline.store.validation import BatchRejected
 
             handled += (BatchRejected,)
-            from pipeline.sync import SettingsChangeError
+            from pipeline.load.jobs import SettingsChangeError
 
             handled += (SettingsChangeError,)
         except ImportError:
@@ -108,7 +109,7 @@ def friendly_errors(fn: Callable) -> Callable:
 
 
 def _load_registry(path: Path | None):
-    from pipeline.registry import load_registry
+    from pipeline.attribution.registry import load_registry
 
     return load_registry(path)
 
@@ -118,8 +119,8 @@ def run_sync(client, warehouse_root: Path, start: int | None, end: int | None, *
              workers: int = 1, source: str = "node", datadir: Path | None = None, change_settings: bool = False):
     """``registry_path`` None: the warehouse's current registry (the shipped one for a new warehouse);
     ``cross_network`` None: the warehouse's recorded setting (off for a new warehouse)."""
-    from pipeline.sync import sync_range
-    from pipeline.warehouse import Warehouse
+    from pipeline.load.jobs import sync_range
+    from pipeline.store.warehouse import Warehouse
 
     warehouse = Warehouse(warehouse_root)
     registry = _load_registry(registry_path) if registry_path is not None else None
@@ -198,7 +199,7 @@ def sync(ctx, start, end, registry_path, cross_network_registry, change_settings
 
 def update_metrics(warehouse, wait: float = 0.0) -> None:
     """Refresh the stored metric tables after a change (incremental: only touched windows)."""
-    from pipeline.metrics import refresh_metrics
+    from pipeline.metrics.compute import refresh_metrics
 
     with err.status("updating the stored metric tables"):
         done = refresh_metrics(warehouse, wait=wait)
@@ -217,8 +218,8 @@ def update_metrics(warehouse, wait: float = 0.0) -> None:
 def status(ctx, rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, offline, as_csv, as_json):
     """Node chain and tip, stored range, gaps, registry version. Exits 1 when the node cannot be
     asked (the table says why); --offline never asks it."""
-    from pipeline.node import NodeError
-    from pipeline.warehouse import Warehouse
+    from pipeline.source.errors import NodeError
+    from pipeline.store.warehouse import Warehouse
 
     # status is a quick look: one retry, not the loader's patient backoff
     client = None if offline else make_client(rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, retries=1)
@@ -233,7 +234,7 @@ def status(ctx, rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, offline, 
     gaps = warehouse.gaps() if stored else []
     table.add_row("gaps", ", ".join(f"{a}..{b}" for a, b in gaps[:20]) + (" ..." if len(gaps) > 20 else "")
                   if gaps else "none", [list(gap) for gap in gaps])
-    from pipeline.attribution import recorded_settings
+    from pipeline.attribution.engine import recorded_settings
 
     settings = recorded_settings(meta)
     table.add_row("attribution version", Text(str(warehouse.attribution_version or "-")), warehouse.attribution_version)
@@ -282,7 +283,7 @@ def sql(ctx, query, as_csv, as_json, limit):
     import duckdb
     import pyarrow as pa
 
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
 
     con = Warehouse(ctx.obj["warehouse"]).connect()
     try:
@@ -323,9 +324,9 @@ def sql(ctx, query, as_csv, as_json, limit):
 @friendly_errors
 def demo(ctx, n_blocks, demo_dir, seed):
     """Run the whole pipeline on a local regtest chain (no node of your own needed)."""
-    from pipeline.node import NodeClient
-    from pipeline.regtest import RegtestNode, demo_specs, find_bitcoind, mine_chain
-    from pipeline.warehouse import Warehouse
+    from pipeline.source.client import NodeClient
+    from pipeline.devnode.regtest import RegtestNode, demo_specs, find_bitcoind, mine_chain
+    from pipeline.store.warehouse import Warehouse
 
     demo_dir = demo_dir or Path(ctx.obj["warehouse"]) / "demo"
     _reset_demo_warehouse(demo_dir)
@@ -438,7 +439,7 @@ def _reset_demo_warehouse(demo_dir: Path) -> None:
 @click.option("--check", is_flag=True, help="Exit non-zero if docs/tables.md is out of date.")
 def docs(check):
     """Regenerate docs/tables.md from the schema declarations in schemas/."""
-    from pipeline.schemas import render_markdown, schemas_dir
+    from pipeline.store.schemas import render_markdown, schemas_dir
 
     target = schemas_dir().parent / "docs" / "tables.md"
     text = render_markdown()

@@ -23,7 +23,7 @@ def _fail(message: str) -> None:
 
 
 def _open(ctx: click.Context):
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
 
     root: Path = ctx.obj["warehouse"]
     if not root.exists():
@@ -71,7 +71,7 @@ def centralization_table(cent: pd.DataFrame, level: str) -> tuple[list[Column], 
     by side where they differ. Labels come from ``metrics.column_label`` (the HTML report's and the
     notebook's names); the window and blocks columns and the composite HHI / Nakamoto cells use the
     HTML report's wording. Optional columns are left out first in a narrow terminal."""
-    from pipeline.metrics import column_label
+    from pipeline.metrics.compute import column_label
 
     columns = [
         Column("window"), Column("blocks", "right"), Column(column_label("unknown_share", level), "right"),
@@ -117,7 +117,7 @@ def top_pools(share: pd.DataFrame, level: str, limit: int) -> pd.DataFrame:
 
 
 def pool_table(rows: pd.DataFrame, level: str) -> tuple[list[Column], list[list]]:
-    from pipeline.metrics import column_label
+    from pipeline.metrics.compute import column_label
 
     columns = [Column("#", "right"), Column("pool" if level == "pool" else "family"), Column("blocks", "right"),
                Column("share [95% Wilson]", "right"), Column(column_label("share_of_known", level), "right"),
@@ -138,7 +138,7 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 def _window_and_range(window_text: str, start: str | None, end: str | None):
     """--window and --from/--to, parsed and checked before the warehouse is opened; a bad value is a
     usage error naming the option's problem."""
-    from pipeline import metrics as m
+    from pipeline.metrics import compute as m
 
     for name, text in (("--from", start), ("--to", end)):
         if text is not None and re.fullmatch(r"\s*-\d+\s*", text):
@@ -189,7 +189,7 @@ def register(main: click.Group) -> None:
         narrow for the table, some columns are left out or each window is printed one field per
         line; --csv and --json print everything.
         """
-        from pipeline import metrics as m
+        from pipeline.metrics import compute as m
 
         fmt = output.output_format(as_csv, as_json)
         window, rng = _window_and_range(window_text, start, end)
@@ -248,8 +248,8 @@ def register(main: click.Group) -> None:
     @click.pass_context
     def report_cmd(ctx, window_text, start, end, level, draws, out_dir):
         """Charts: stacked pool shares, Nakamoto coefficient and HHI with intervals, top pools (PNG + HTML)."""
-        from pipeline import metrics as m
-        from pipeline import report as r
+        from pipeline.metrics import compute as m
+        from pipeline.metrics import report as r
 
         window, rng = _window_and_range(window_text, start, end)
         wh, version = _open(ctx)

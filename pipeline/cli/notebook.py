@@ -22,8 +22,8 @@ from pipeline.cli.core import err, friendly_errors, out
 @friendly_errors
 def notebook(ctx, window, start, end, draws, output):
     """Execute notebooks/analysis.ipynb on the warehouse (read-only) and write it as HTML."""
-    from pipeline import metrics
-    from pipeline.notebook import DEFAULT_OUTPUT, NotebookError, run_notebook
+    from pipeline.metrics import compute as metrics
+    from pipeline.metrics.notebook import DEFAULT_OUTPUT, NotebookError, run_notebook
 
     try:  # the notebook would fail on these in its first cell; say it here, naming the option
         metrics.parse_window(window)

@@ -22,7 +22,7 @@ def _fail(message: str) -> None:
 
 
 def _load(path: Path | None):
-    from pipeline.registry import RegistryError, load_registry
+    from pipeline.attribution.registry import RegistryError, load_registry
 
     try:
         return load_registry(path)
@@ -31,7 +31,7 @@ def _load(path: Path | None):
 
 
 def _warehouse(ctx: click.Context):
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
 
     return Warehouse(ctx.obj["warehouse"])
 
@@ -45,8 +45,8 @@ def _resolve_registry(ctx: click.Context, ref: str):
     path = Path(ref)
     if path.exists():
         return _load(path)
-    from pipeline.attribution import registry_from_definitions
-    from pipeline.registry import RegistryError
+    from pipeline.attribution.engine import registry_from_definitions
+    from pipeline.attribution.registry import RegistryError
 
     warehouse = _warehouse(ctx)
     if not warehouse.table_dir("pool_definitions").is_dir():
@@ -79,8 +79,8 @@ def pools() -> None:
               help="Registry file to write.")
 def import_(sources, default_sources, rules, output) -> None:
     """Merge pool lists into a registry, reporting every disagreement and how it was resolved."""
-    from pipeline import importers
-    from pipeline.registry import RegistryError, parse_registry
+    from pipeline.attribution import importers
+    from pipeline.attribution.registry import RegistryError, parse_registry
 
     if not sources and default_sources is None:
         raise click.UsageError("give --from KIND PATH (repeatable) or --default-sources FOLDER")
@@ -167,7 +167,7 @@ def list_(registry_path, search, as_csv, as_json) -> None:
 def diff(old, new, limit, as_csv, as_json) -> None:
     """Compare two registries (files or stored versions): rule changes, and with a warehouse, which
     stored blocks change pool."""
-    from pipeline.registry import diff_registries
+    from pipeline.attribution.registry import diff_registries
 
     ctx = click.get_current_context()
     fmt = output_format(as_csv, as_json)
@@ -176,7 +176,7 @@ def diff(old, new, limit, as_csv, as_json) -> None:
     warehouse = _warehouse(ctx)
     changed = None
     if _has_data(warehouse):
-        from pipeline.attribution import AttributionSettings, block_changes, recorded_settings
+        from pipeline.attribution.engine import AttributionSettings, block_changes, recorded_settings
 
         chain = warehouse.meta.get("chain", "main")
         cross = (recorded_settings(warehouse.meta) or AttributionSettings()).cross_network
@@ -218,7 +218,7 @@ def diff(old, new, limit, as_csv, as_json) -> None:
                 json_help="Print the proposals as registry entries (JSON), with their evidence.")
 def suggest(registry_path, min_blocks, as_csv, as_json) -> None:
     """Propose registry entries from recurring tags and payout addresses of unknown blocks."""
-    from pipeline.attribution import suggest_from_warehouse
+    from pipeline.attribution.engine import suggest_from_warehouse
 
     ctx = click.get_current_context()
     warehouse = _warehouse(ctx)
@@ -263,9 +263,9 @@ def attribute(ctx, registry_path, cross_network_registry, change_settings, no_va
 
     Results are kept per attribution version (registry version + settings); the warehouse's current
     version becomes this one. Settings the warehouse recorded are kept unless changed explicitly."""
-    from pipeline.attribution import attribution_version
+    from pipeline.attribution.engine import attribution_version
     from pipeline.cli.progress import progress_bar
-    from pipeline.sync import RegistryChoice, reattribute
+    from pipeline.load.jobs import RegistryChoice, reattribute
 
     explicit = _load(registry_path) if registry_path is not None else None
     warehouse = _warehouse(ctx)

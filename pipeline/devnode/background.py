@@ -73,8 +73,8 @@ def is_running(state: DevnodeState) -> bool:
 def start(directory: Path, blocks: int = 3000, seed: int = 7) -> DevnodeState:
     """Start a regtest node under ``directory`` (reusing its chain if one is there) and mine up to
     ``blocks`` demo blocks; the node keeps running after this returns."""
-    from pipeline.registry import load_registry
-    from pipeline.regtest import RegtestNode, demo_specs, find_bitcoind, mine_chain
+    from pipeline.attribution.registry import load_registry
+    from pipeline.devnode.regtest import RegtestNode, demo_specs, find_bitcoind, mine_chain
 
     state = read_state(directory)
     if state is not None and is_running(state):
@@ -102,7 +102,9 @@ def start(directory: Path, blocks: int = 3000, seed: int = 7) -> DevnodeState:
 
 def stop(directory: Path, timeout: float = 30.0) -> DevnodeState | None:
     """Stop the background node (RPC stop, then SIGTERM); None when none was recorded."""
-    from pipeline.node import NodeClient, NodeConfig, NodeError
+    from pipeline.source.client import NodeClient
+    from pipeline.source.config import NodeConfig
+    from pipeline.source.errors import NodeError
 
     state = read_state(directory)
     if state is None:

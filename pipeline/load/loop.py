@@ -261,12 +261,18 @@ def validate(batch: PreparedBatch, plan: BatchPlan, previous: tuple[str | None, 
     return report
 
 
-def prepare(source: BlockSource, lo: int, hi: int, plan: BatchPlan) -> PreparedBatch:
-    """Every stage but the commit, for one batch, in this process."""
+def locate(source: BlockSource, lo: int, hi: int) -> tuple[Located, dict[str, float]]:
     timings: dict[str, float] = {}
     mark = time.perf_counter()
     located = source.locate(lo, hi, with_previous=True)
     _timed(timings, "locate", mark)
+    return located, timings
+
+
+def prepare(source: BlockSource, located: Located, timings: dict[str, float] | None, plan: BatchPlan
+            ) -> PreparedBatch:
+    """Every stage after locating and before the commit, for one batch, in this process."""
+    timings = dict(timings or {})
     batch = build(read_decoded(source, located, timings=timings), located, plan, timings)
     if plan.validate:
         batch.report = validate(batch, plan, located.previous)
@@ -291,9 +297,9 @@ def _init_worker(recipe: SourceRecipe, plan: BatchPlan) -> None:
         warm_up()  # Great Expectations' multi-second import, once per worker, before any batch
 
 
-def _prepare_in_worker(lo: int, hi: int) -> PreparedBatch:
+def _prepare_in_worker(located: Located, timings: dict[str, float]) -> PreparedBatch:
     assert _worker_source is not None and _worker_plan is not None, "worker not initialised"
-    return prepare(_worker_source, lo, hi, _worker_plan)
+    return prepare(_worker_source, located, timings, _worker_plan)
 
 
 def _init_validator() -> None:
@@ -346,14 +352,16 @@ def _in_order(chunks: Sequence[tuple[int, int]], submit: Callable[[int, int], Fu
 
 def _in_workers(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: BatchPlan,
                 workers: int) -> Iterator[PreparedBatch]:
-    """N helper processes, each running every stage but the commit for whole batches."""
+    """N helper processes, each reading, decoding, building and validating whole batches that this
+    process located (two batched RPCs per batch: the node alone knows its active chain)."""
     pool = _start_pool(workers, _init_worker, (source.recipe(), plan), "poolwatch-worker")
     if pool is None:
         for lo, hi in chunks:
-            yield prepare(source, lo, hi, plan)
+            yield prepare(source, *locate(source, lo, hi), plan)
         return
     try:
-        yield from _in_order(chunks, lambda lo, hi: pool.submit(_prepare_in_worker, lo, hi), 2 * workers)
+        yield from _in_order(chunks, lambda lo, hi: pool.submit(_prepare_in_worker, *locate(source, lo, hi)),
+                             2 * workers)
     finally:
         pool.shutdown()
 
@@ -478,7 +486,7 @@ def prepared_batches(source: BlockSource, chunks: Sequence[tuple[int, int]], pla
         yield from _in_workers(source, chunks, plan, workers)
     elif len(chunks) <= 1:
         for lo, hi in chunks:
-            yield prepare(source, lo, hi, plan)
+            yield prepare(source, *locate(source, lo, hi), plan)
     else:
         yield from _pipelined(source, chunks, plan)
 
@@ -505,7 +513,7 @@ def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: Batc
     for Data Docs. ``stages`` (optional) accumulates seconds per stage, measured where each ran,
     plus ``wait`` (for batches: what the commits did not hide) and ``commit``.
     """
-    from pipeline.store.validation import BatchRejected, quarantine, save_report
+    from pipeline.store.validation import gate
 
     result = LoadResult(stages=stages if stages is not None else {})
     timings = result.stages
@@ -534,11 +542,7 @@ def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: Batc
                             f"the node's block at height {batch.lo - 1} is now {batch.previous_hash}, not the stored "
                             f"{stored_prev}: its chain changed during the load. Run sync again: it repairs reorgs",
                             height=batch.lo - 1, resume_from=batch.lo)
-                if batch.report is not None and not batch.report.ok:
-                    raise BatchRejected(batch.report.summary(), quarantine(warehouse.root, batch.tables, batch.report))
-                warehouse.commit(batch.tables)
-                if batch.report is not None:
-                    save_report(warehouse.root, batch.report)  # a summary per committed batch, for Data Docs
+                gate(warehouse, batch.tables, batch.report)
             done = time.perf_counter()
             for stage, seconds in batch.timings.items():
                 timings[stage] = timings.get(stage, 0.0) + seconds

@@ -56,10 +56,11 @@ class RawBlock:
 
 @dataclass(frozen=True)
 class SourceRecipe:
-    """How to build a source in another process (nothing open, nothing secret beyond NodeConfig's)."""
+    """How to build a source in another process (nothing open, nothing secret beyond NodeConfig's).
+    ``node`` None: a source that only reads (block files), for workers given located batches."""
 
     kind: str
-    node: NodeConfig
+    node: NodeConfig | None
     network: str
     blocks_dir: str | None = None
 
@@ -69,11 +70,13 @@ class BlockSource(ABC):
 
     kind: str
 
-    def __init__(self, client: NodeClient, network: Network) -> None:
+    def __init__(self, client: NodeClient | None, network: Network) -> None:
         self.client = client
         self.network = network
 
     def locate(self, lo: int, hi: int, with_previous: bool = False) -> Located:
+        if self.client is None:
+            raise RuntimeError(f"this {self.kind} source was built to read located batches only")
         return self.client.locate(lo, hi, with_previous)
 
     @abstractmethod
@@ -85,13 +88,21 @@ class BlockSource(ABC):
         return raw
 
     def recipe(self) -> SourceRecipe:
-        return SourceRecipe(self.kind, self.client.config, self.network.name)
+        return SourceRecipe(self.kind, getattr(self.client, "config", None), self.network.name)
+
+    def _client_clone(self) -> NodeClient | None:
+        """Own connections when the client can make them; a node-shaped stand-in (tests) is shared."""
+        clone = getattr(self.client, "clone", None)
+        return clone() if clone is not None else self.client
 
     def clone(self) -> BlockSource:
-        return open_source(self.recipe())
+        """The same source with its own connections (and file handles), for another thread."""
+        return type(self)(self._client_clone(), self.network)
 
     def close(self) -> None:
-        self.client.close()
+        close = getattr(self.client, "close", None)
+        if close is not None:
+            close()
 
     def __enter__(self) -> BlockSource:
         return self
@@ -104,7 +115,7 @@ def open_source(recipe: SourceRecipe) -> BlockSource:
     """A source from its recipe (in a worker process, or a clone for a thread)."""
     from pipeline.source.client import NodeClient
 
-    client = NodeClient(recipe.node)
+    client = NodeClient(recipe.node) if recipe.node is not None else None
     network = network_for_chain(recipe.network)
     if recipe.kind == "rest":
         from pipeline.source.rest import RestSource
@@ -118,6 +129,8 @@ def open_source(recipe: SourceRecipe) -> BlockSource:
         from pipeline.source.blockfiles import BlockFileSource
 
         return BlockFileSource(client, network, blocks_dir=Path(recipe.blocks_dir or ""))
+    if client is None:
+        raise ValueError(f"a {recipe.kind} source needs the node's connection")
     raise ValueError(f"unknown block source {recipe.kind!r}; expected one of {', '.join(KINDS)}")
 
 

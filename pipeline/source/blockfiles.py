@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import struct
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.chain.decode import sha256d
+from pipeline.chain.decode import header_hash
 from pipeline.chain.networks import Network
 from pipeline.source.base import BlockSource, Located, RawBlock, SourceRecipe
 
@@ -127,10 +128,6 @@ def list_blk_files(blocks_dir: Path) -> dict[int, Path]:
     return out
 
 
-def header_hash(header: bytes) -> str:
-    return sha256d(header[:HEADER_SIZE])[::-1].hex()
-
-
 @dataclass(frozen=True)
 class _ScanResult:
     records: list[tuple[str, BlockLocation]]
@@ -197,7 +194,8 @@ class BlockFileReader:
     ``locate`` scans files newest first and stops as soon as every asked hash is known, so a routine
     sync of the last few blocks reads only the last file; a backfill from genesis scans all files once
     (about 90 bytes read per block) and then reads each wanted block with one ``pread``.
-    Not thread-safe; give each process its own reader (or pass it locations, see ``read_raw``).
+    Thread-safe (one lock: the loop's reading thread and its decoding thread may both read); give
+    each process its own reader.
     """
 
     def __init__(self, blocks_dir: Path | str, magic: bytes) -> None:
@@ -209,6 +207,7 @@ class BlockFileReader:
         self._index: dict[str, BlockLocation] = {}
         self._resume: dict[int, int] = {}     # file number -> offset the next scan starts at
         self._fds: OrderedDict[int, int] = OrderedDict()
+        self._lock = threading.RLock()  # the index, the open files and their LRU eviction
 
     @classmethod
     def for_datadir(cls, datadir: Path | str, network: Network) -> BlockFileReader:
@@ -221,9 +220,10 @@ class BlockFileReader:
         self.close()
 
     def close(self) -> None:
-        while self._fds:
-            _, fd = self._fds.popitem()
-            os.close(fd)
+        with self._lock:
+            while self._fds:
+                _, fd = self._fds.popitem()
+                os.close(fd)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -271,6 +271,10 @@ class BlockFileReader:
 
     def locate(self, hashes: Sequence[str]) -> list[BlockLocation]:
         """Locations of ``hashes`` (display hex), scanning only as far as needed."""
+        with self._lock:
+            return self._locate(hashes)
+
+    def _locate(self, hashes: Sequence[str]) -> list[BlockLocation]:
         wanted = {h.lower() for h in hashes}
         if not wanted.issubset(self._index):
             started = time.monotonic()
@@ -289,9 +293,9 @@ class BlockFileReader:
     def read_raw(self, location: BlockLocation, expected_hash: str | None = None, limit: int | None = None) -> bytes:
         """The serialized block at ``location`` (its first ``limit`` bytes when given); checks its
         header hashes to ``expected_hash``."""
-        fd = self._fd(location.file_number)
         length = location.length if limit is None else min(limit, location.length)
-        data = os.pread(fd, length, location.offset)
+        with self._lock:  # the fd must not be evicted and closed by another thread mid-read
+            data = os.pread(self._fd(location.file_number), length, location.offset)
         if len(data) != length:
             raise BlockFileError(f"blk{location.file_number:05d}.dat: read {len(data)} of {length} "
                                  f"bytes at offset {location.offset}; the file changed under us")
@@ -321,7 +325,7 @@ class BlockFileSource(BlockSource):
 
     kind = "blkfiles"
 
-    def __init__(self, client: NodeClient, network: Network, *, datadir: Path | str | None = None,
+    def __init__(self, client: NodeClient | None, network: Network, *, datadir: Path | str | None = None,
                  blocks_dir: Path | str | None = None) -> None:
         super().__init__(client, network)
         if blocks_dir is None and datadir is None:
@@ -347,7 +351,11 @@ class BlockFileSource(BlockSource):
                         raw.where)
 
     def recipe(self) -> SourceRecipe:
-        return SourceRecipe(self.kind, self.client.config, self.network.name, str(self.reader.blocks_dir))
+        return SourceRecipe(self.kind, getattr(self.client, "config", None), self.network.name,
+                            str(self.reader.blocks_dir))
+
+    def clone(self) -> BlockFileSource:
+        return BlockFileSource(self._client_clone(), self.network, blocks_dir=self.reader.blocks_dir)
 
     def close(self) -> None:
         self.reader.close()

@@ -329,6 +329,10 @@ class Transport:
                     for offset, (method, params) in enumerate(chunk)]
         self._id += len(chunk)
         body = json.dumps(requests[0] if single else requests, default=encode_decimal).encode("utf-8")
+        if log.isEnabledFor(logging.DEBUG):  # `poolwatch -v`: which calls went where (no credentials)
+            methods = sorted({method for method, _ in chunk})
+            log.debug("JSON-RPC %s to %s: %d call(s) of %s", "call" if single else "batch", self.where, len(chunk),
+                      ", ".join(methods))
 
         failure: Exception | None = None
         status, reply = 0, b""
@@ -398,6 +402,7 @@ class Transport:
         """(status, body) of a GET of ``path`` (REST needs no credentials), retried like calls."""
         def attempt() -> tuple[int, bytes]:
             failure: _Transient | NodeHostNotFoundError | None = None
+            log.debug("GET %s from %s", path, self.where)
             try:
                 if not self.config.url.startswith("https"):
                     return http_get(self.config.host, self.config.port, path, self.config.timeout)

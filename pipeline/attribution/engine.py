@@ -34,9 +34,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.networks import network_for_chain
-from pipeline.registry import UNKNOWN_POOL_ID, Address, Pool, Registry, Tag, canonical_json
-from pipeline.schemas import table_spec
+from pipeline.chain.networks import network_for_chain
+from pipeline.attribution.registry import UNKNOWN_POOL_ID, Address, Pool, Registry, Tag, canonical_json
+from pipeline.store.schemas import table_spec
 
 UNKNOWN_POOL_NAME = "Unknown"
 CROSS_NETWORK_SUFFIX = "+cross-network"
@@ -345,7 +345,7 @@ def registry_from_definitions(definitions: pa.Table, version: str) -> Registry:
     """Reload a registry version stored in ``pool_definitions`` (its document row)."""
     import json
 
-    from pipeline.registry import RegistryError, parse_registry
+    from pipeline.attribution.registry import RegistryError, parse_registry
 
     docs = definitions.filter(pc.and_(pc.equal(definitions["registry_version"], version),
                                       pc.equal(definitions["kind"], "document")))
@@ -426,7 +426,7 @@ def suggest_entries(unknown_blocks: Iterable[tuple[int, str]], payouts: Iterable
     their value-bearing outputs. Recurring tags and addresses are grouped when they occur in the
     same blocks; each group becomes one proposed pool with its evidence (blocks, first/last height).
     """
-    from pipeline.importers import slugify
+    from pipeline.attribution.importers import slugify
 
     heights_by: dict[tuple[str, str], set[int]] = defaultdict(set)
     for height, text in unknown_blocks:

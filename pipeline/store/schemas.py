@@ -1,6 +1,6 @@
 """Table schemas, declared once as JSON in the top-level ``schemas/`` folder.
 
-The writer (``pipeline.warehouse``), the validator (``pipeline.validation``) and the docs
+The writer (``pipeline.store.warehouse``), the validator (``pipeline.store.validation``) and the docs
 (``docs/tables.md``) all read these declarations; nothing else defines a column.
 """
 
@@ -16,7 +16,7 @@ import pyarrow as pa
 
 def schemas_dir() -> Path:
     """The ``schemas/`` folder: beside the package in a checkout, inside it in a wheel."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the package: pipeline/
     for candidate in (here.parent / "schemas", here / "_schemas"):
         if (candidate / "tables").is_dir():
             return candidate
@@ -68,7 +68,7 @@ class TableSpec:
     partition_by_value: tuple[str, ...]
     sort_by: tuple[str, ...]
     # Computed from other tables (the metrics): may be deleted and recomputed, and is "stale" when
-    # the tables it is computed from changed after it (pipeline.warehouse.Warehouse.freshness).
+    # the tables it is computed from changed after it (pipeline.store.warehouse.Warehouse.freshness).
     derived: bool = False
 
     @property

@@ -27,9 +27,9 @@ import pandas as pd
 import pyarrow as pa
 
 if TYPE_CHECKING:
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.warehouse import Warehouse
 
-log = logging.getLogger("pipeline.metrics")
+log = logging.getLogger("pipeline.metrics.compute")
 
 # Windows materialized by refresh_metrics (others are computed on request).
 MATERIALIZED_WINDOWS = ("day", "week", "month", "epoch")
@@ -51,7 +51,7 @@ BOOTSTRAP_MAX_CELLS = 2_000_000
 BOOTSTRAP_MIN_DRAWS = 200
 BOOTSTRAP_SEED = 20240101
 # The per-window views as SQL files (one per view) in the warehouse's extra-views format.
-METRIC_VIEWS_DIR = Path(__file__).resolve().parent / "sql" / "metrics"
+METRIC_VIEWS_DIR = Path(__file__).resolve().parent.parent / "sql" / "metrics"
 
 
 class MetricsError(RuntimeError):
@@ -739,7 +739,7 @@ def register_views(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 def to_arrow(frame: pd.DataFrame, table: str) -> pa.Table:
     """A metrics frame as an Arrow table conformed to schemas/tables/<table>.json."""
-    from pipeline.schemas import table_spec
+    from pipeline.store.schemas import table_spec
 
     spec = table_spec(table)
     out = frame.copy()
@@ -814,7 +814,7 @@ def refresh_metrics(warehouse: Warehouse, draws: int = BOOTSTRAP_DRAWS, validate
     """
     import time
 
-    from pipeline.validation import BatchRejected, quarantine, validate_batch
+    from pipeline.store.validation import gate, save_report, validate_batch
 
     started = time.monotonic()
     with warehouse.writer(wait=wait):
@@ -860,13 +860,16 @@ def refresh_metrics(warehouse: Warehouse, draws: int = BOOTSTRAP_DRAWS, validate
         computed = {t: to_arrow(pd.concat(frames, ignore_index=True), t) if frames else
                     to_arrow(pd.DataFrame(columns=[f.name for f in _spec(t).arrow_schema]), t)
                     for t, frames in new.items()}
+        report = None
         if validate and any(t.num_rows for t in computed.values()):
             # The same gate as every other batch: shares sum to 1 per window, HHI within [1/n, 1], ...
             report = validate_batch(computed, {"registry_version": version})
-            if not report.ok:
-                raise BatchRejected(report.summary(), quarantine(warehouse.root, computed, report))
         tables = {t: pa.concat_tables(kept[t] + [computed[t]]) if incremental else computed[t] for t in computed}
+        if report is not None and not report.ok:
+            gate(warehouse, computed, report)  # quarantines the recomputed rows and raises
         warehouse.commit(tables, derived_from=version)
+        if report is not None:
+            save_report(warehouse.root, report)
         warehouse.refresh_catalog()
     counts = {name: t.num_rows for name, t in tables.items()}
     mode = "incremental" if incremental else "full"
@@ -876,6 +879,6 @@ def refresh_metrics(warehouse: Warehouse, draws: int = BOOTSTRAP_DRAWS, validate
 
 
 def _spec(table: str):
-    from pipeline.schemas import table_spec
+    from pipeline.store.schemas import table_spec
 
     return table_spec(table)

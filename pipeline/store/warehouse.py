@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.schemas import TableSpec, all_table_specs, table_spec
+from pipeline.store.schemas import TableSpec, all_table_specs, table_spec
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ TMP_SUFFIX = ".tmp"  # never matches the views' `*.parquet` glob (DuckDB's glob 
 NULL_PARTITION = "__null__"
 # Extra views: every `<view name>.sql` file under this folder (any depth, e.g. sql/metrics/),
 # holding one query over the table views (or over other extra views).
-DEFAULT_VIEWS_DIR = Path(__file__).resolve().parent / "sql"
+DEFAULT_VIEWS_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 _DUCKDB_TYPES = {
     "bool": "BOOLEAN",

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from pipeline import metrics as m
+from pipeline.metrics import compute as m
 
-log = logging.getLogger("pipeline.report")
+log = logging.getLogger("pipeline.metrics.report")
 
 TREATMENT_LABELS = {
     "excluded": "unknown excluded",

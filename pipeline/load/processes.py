@@ -7,7 +7,7 @@ again in every child (as ``__mp_main__``). Inside an Airflow 3 task that main mo
 (``BrokenProcessPool``); a Celery worker is the same. ``fork`` is no answer either: the parent holds
 threads (Airflow's supervisor comms, our fetching thread) whose locks a forked child inherits.
 
-So a helper here is a fresh interpreter started as ``python -m pipeline.processes <fd>``: its
+So a helper here is a fresh interpreter started as ``python -m pipeline.load.processes <fd>``: its
 main module is this file, whatever the parent's was. Parent and child talk over one end each of a
 socketpair (``multiprocessing.connection.Connection``: length-prefixed pickles). Functions travel
 by reference (module + name), so only importable module-level functions can be submitted, exactly
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-log = logging.getLogger("pipeline.processes")
+log = logging.getLogger("pipeline.load.processes")
 
 # A helper that has not imported its modules and run its initializer by then is considered unable
 # to start (Great Expectations alone takes 3-4 s to import on a loaded 2-core machine).
@@ -84,7 +84,7 @@ class Helper:
             child_fd = child_sock.fileno()
             try:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "pipeline.processes", str(child_fd), name],
+                    [sys.executable, "-m", "pipeline.load.processes", str(child_fd), name],
                     pass_fds=(child_fd,), env=_child_env(), stdin=subprocess.DEVNULL, close_fds=True)
             except OSError as exc:
                 parent_sock.close()
@@ -325,7 +325,7 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     # Run the imported module's main, not this __main__ copy's: exceptions sent to the parent must
-    # pickle as pipeline.processes.RemoteError, which the parent can import.
-    from pipeline import processes
+    # pickle as pipeline.load.processes.RemoteError, which the parent can import.
+    from pipeline.load import processes
 
     processes.main(sys.argv[1:])

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.networks import Network, block_subsidy, network_for_chain
-from pipeline.schemas import TableSpec, schemas_dir, table_spec
+from pipeline.chain.networks import Network, block_subsidy, network_for_chain
+from pipeline.store.schemas import TableSpec, schemas_dir, table_spec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -372,7 +372,7 @@ def _block_hash_ok(df: pd.DataFrame, view: BatchView) -> pd.Series:
 
 
 # Script types with an address on every network, and those that never have one
-# (schemas/tables/coinbase_outputs.json, pipeline.scripts).
+# (schemas/tables/coinbase_outputs.json, pipeline.chain.scripts).
 _ADDRESS_REQUIRED = frozenset({"p2pkh", "p2sh", "p2wpkh", "p2wsh", "p2tr"})
 _ADDRESS_FORBIDDEN = frozenset({"p2pk", "multisig", "op_return", "nonstandard", "witness_commitment"})
 
@@ -391,7 +391,7 @@ def _address_presence_ok(df: pd.DataFrame, view: BatchView) -> pd.Series:
     return _series(df, result)
 
 
-UNKNOWN_POOL_ID = "unknown"  # pipeline.attribution's id for blocks no rule matched
+UNKNOWN_POOL_ID = "unknown"  # pipeline.attribution.engine's id for blocks no rule matched
 
 
 @derived("pool_id_known")
@@ -873,12 +873,24 @@ def save_report(warehouse_root: Path | str, report: ValidationReport) -> Path:
     folder = Path(warehouse_root) / "validations"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{report.batch_id}.json"
-    tmp = path.with_suffix(".json.tmp")  # TMP_SUFFIX of pipeline.warehouse: removed by the next writer if left
+    tmp = path.with_suffix(".json.tmp")  # TMP_SUFFIX of pipeline.store.warehouse: removed by the next writer if left
     tmp.write_text(report.to_json())
     os.replace(tmp, path)
     for old in sorted(folder.glob("*.json"))[:-SAVED_REPORTS_KEPT]:
         old.unlink(missing_ok=True)
     return path
+
+
+def gate(warehouse: Any, tables: Mapping[str, pa.Table], report: ValidationReport | None, **commit: Any) -> None:
+    """The one gate between a batch and the warehouse (loads, re-attribution, metrics): a failed
+    report quarantines the batch and raises ``BatchRejected`` (nothing stored); a passing one is
+    committed (``commit``: ``Warehouse.commit`` options) and its summary kept for Data Docs.
+    ``report`` None: the caller chose not to validate."""
+    if report is not None and not report.ok:
+        raise BatchRejected(report.summary(), quarantine(warehouse.root, tables, report))
+    warehouse.commit(tables, **commit)
+    if report is not None:
+        save_report(warehouse.root, report)
 
 
 def check_batch(warehouse_root: Path | str, tables: Mapping[str, pa.Table],
@@ -894,7 +906,7 @@ def check_batch(warehouse_root: Path | str, tables: Mapping[str, pa.Table],
 
 def build_data_docs(warehouse_root: Path | str, limit: int | None = None) -> Path:
     """Render the suites and the kept validation results as static, offline HTML in
-    <warehouse>/data_docs/ (``pipeline.datadocs``); returns the path of index.html."""
-    from pipeline.datadocs import DEFAULT_RESULTS, build_site
+    <warehouse>/data_docs/ (``pipeline.store.datadocs``); returns the path of index.html."""
+    from pipeline.store.datadocs import DEFAULT_RESULTS, build_site
 
     return build_site(warehouse_root, limit or DEFAULT_RESULTS)

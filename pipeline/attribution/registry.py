@@ -1,7 +1,7 @@
 """The project's own pool registry: format, loading, validation, canonical form and version hash.
 
 A registry is one JSON document (``schemas/registry.schema.json``). Facts from the community lists
-enter it only through ``pipeline.importers``, which records for every tag and address the lists that
+enter it only through ``pipeline.attribution.importers``, which records for every tag and address the lists that
 attest it. The registry's version is the content hash of its canonical JSON, so an attribution row
 names exactly the definitions that produced it.
 
@@ -21,7 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipeline.networks import NETWORKS
+from pipeline.chain.networks import NETWORKS
 
 FORMAT = "poolwatch-registry"
 FORMAT_VERSION = 1
@@ -73,7 +73,7 @@ class Tag:
 @dataclass(frozen=True)
 class Address:
     address: str
-    network: str  # a key of pipeline.networks.NETWORKS
+    network: str  # a key of pipeline.chain.networks.NETWORKS
     script: bytes  # scriptPubKey, computed once at load time
     window: Window = Window()
     sources: tuple[str, ...] = ()
@@ -149,11 +149,11 @@ def registry_version(document: dict[str, Any]) -> str:
 
 
 def default_registry_path() -> Path:
-    return Path(__file__).resolve().parent / "data" / "registry.json"
+    return Path(__file__).resolve().parent.parent / "data" / "registry.json"
 
 
 def schema_path() -> Path:
-    from pipeline.schemas import schemas_dir
+    from pipeline.store.schemas import schemas_dir
 
     return schemas_dir() / "registry.schema.json"
 
@@ -294,7 +294,7 @@ def _window(entry: dict, where: str, problems: list[str]) -> Window:
 
 
 def _address_script(address: str, network: str, where: str, problems: list[str]) -> bytes | None:
-    from pipeline.scripts import address_to_script
+    from pipeline.chain.scripts import address_to_script
 
     if network not in NETWORKS:
         problems.append(f"{where}.network: unknown network {network!r}; expected one of {sorted(NETWORKS)}")

@@ -39,7 +39,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pipeline.networks import REGTEST, block_subsidy
+from pipeline.chain.networks import REGTEST, block_subsidy
 
 log = logging.getLogger(__name__)
 
@@ -508,9 +508,9 @@ class RegtestNode:
 
     # -- convenience ------------------------------------------------------------------------
 
-    def client_config(self):  # -> pipeline.node.NodeConfig
-        """A pipeline.node.NodeConfig for this node (cookie auth; REST as started)."""
-        from pipeline.node import NodeConfig  # lazy: node.py pulls in python-bitcoinrpc
+    def client_config(self):  # -> pipeline.source.config.NodeConfig
+        """A NodeConfig for this node (cookie auth; REST as started)."""
+        from pipeline.source.config import NodeConfig
 
         return NodeConfig(url=self.rpc_url, user=None, password=None, cookie_file=self.cookie_file,
                           use_rest=self.rest)
@@ -1030,7 +1030,7 @@ def _pool_tags(pool: Any) -> list[bytes]:
         raw = raw.values()
     tags = []
     for t in _timeless(list(raw)):
-        value = getattr(t, "value", t)  # pipeline.registry.Tag or plain bytes/str
+        value = getattr(t, "value", t)  # pipeline.attribution.registry.Tag or plain bytes/str
         b = value.encode("utf-8") if isinstance(value, str) else bytes(value)
         if b and len(b) <= 60:  # leave room for the height and extranonce within 100 bytes
             tags.append(b)
@@ -1049,7 +1049,7 @@ def _address_text(item: Any) -> str:
 
 
 def _address_to_script(address: str) -> bytes:
-    from pipeline.scripts import address_to_script
+    from pipeline.chain.scripts import address_to_script
 
     return address_to_script(address)[0]
 
@@ -1058,7 +1058,7 @@ def _pool_scripts(pool: Any, allow_p2sh: bool = True) -> list[bytes]:
     scripts = []
     for item in _timeless(list(getattr(pool, "addresses", ()) or ())):
         try:
-            # pipeline.registry.Address carries its script already; plain strings are converted.
+            # pipeline.attribution.registry.Address carries its script already; plain strings are converted.
             script = getattr(item, "script", None) or _address_to_script(_address_text(item))
         except ValueError as exc:
             log.debug("demo: skipping an address of %s: %s", getattr(pool, "slug", pool), exc)
@@ -1095,7 +1095,7 @@ class _DemoEntry:
 def _registry_pools(registry: Any) -> list[Any]:
     pools = getattr(registry, "pools", None)
     if pools is None:
-        raise TypeError(f"{type(registry).__name__} has no .pools; expected a pipeline.registry.Registry")
+        raise TypeError(f"{type(registry).__name__} has no .pools; expected a pipeline.attribution.registry.Registry")
     return list(pools.values()) if isinstance(pools, dict) else list(pools)
 
 
@@ -1139,7 +1139,7 @@ def _unknown_tag(rng: random.Random, known: list[bytes]) -> bytes:
 def demo_specs(registry: Any, n_blocks: int, seed: int = 7, *, allow_p2sh: bool = True) -> list[CoinbaseSpec]:
     """A realistic plan of ``n_blocks`` coinbases: which pool mines each block, by DEMO_POOLS weights.
 
-    ``registry`` is ``pipeline.registry.load_registry()`` or anything with ``.pools`` whose items
+    ``registry`` is ``pipeline.attribution.registry.load_registry()`` or anything with ``.pools`` whose items
     have ``slug`` (and ``name``), ``tags`` (Tag objects with ``.value``, bytes or str) and
     ``addresses`` (Address objects with ``.script``, address strings or (address, network) pairs).
     Rules valid at all heights are preferred over height-windowed ones. Tags and payout scripts come from it;

@@ -1,4 +1,7 @@
-"""Parallel backfill: worker processes give the same blocks, in height order, as the sequential path."""
+"""The one loop (pipeline.load.loop): the same tables and commits whichever way its stages are
+placed (one process with a reading thread and a validating process, or N worker processes), batches
+in height order, refusals of batches that no longer link, and in-process work when a helper cannot
+start."""
 
 from __future__ import annotations
 
@@ -6,35 +9,15 @@ import struct
 from pathlib import Path
 
 import pyarrow as pa
-
 import pytest
 
-from pipeline.blockfiles import BlockFileError
-from pipeline.decode import blocks_to_tables, sha256d
-from pipeline.networks import MAIN, REGTEST
-from pipeline.parallel import ChunkFetcher, default_workers
-from pipeline.sync import fetch_blocks, plan_chunks
+from fake_node import FakeNode, decoded, fake_source
+from pipeline.chain.networks import MAIN, REGTEST
+from pipeline.load.loop import BatchPlan, default_workers, load, plan_chunks, prepared_batches
+from pipeline.load.tables import blocks_to_tables
+from pipeline.source.blockfiles import BlockFileError, BlockFileSource
 
-
-def _hash(raw: bytes) -> str:
-    return sha256d(raw[:80])[::-1].hex()
-
-
-class FakeNode:
-    """block_hashes / median_times / raw_blocks over a height -> raw block map (median_time: None)."""
-
-    def __init__(self, chain: dict[int, bytes]) -> None:
-        self.by_height = chain
-        self.by_hash = {_hash(raw): raw for raw in chain.values()}
-
-    def block_hashes(self, heights):
-        return [_hash(self.by_height[h]) for h in heights]
-
-    def median_times(self, hashes):
-        return [None for _ in hashes]
-
-    def raw_blocks(self, hashes):
-        return [self.by_hash[h] for h in hashes]
+NO_REGISTRY = BatchPlan(registry=None, chain="main", validate=False)
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +38,22 @@ def mainnet_blocks_dir(fixtures_dir: Path, tmp_path_factory) -> tuple[Path, dict
     return blocks_dir, chain
 
 
-def test_parallel_blkfiles_equal_sequential_and_in_order(mainnet_blocks_dir) -> None:
+def _source(blocks_dir: Path, chain: dict[int, bytes]) -> BlockFileSource:
+    return BlockFileSource(FakeNode(chain, median_times=False), MAIN, blocks_dir=blocks_dir)
+
+
+def test_workers_give_the_tables_of_one_process_in_order(mainnet_blocks_dir) -> None:
     blocks_dir, chain = mainnet_blocks_dir
-    node = FakeNode(chain)
     chunks = plan_chunks(0, max(chain), 40)
-    expected = blocks_to_tables(fetch_blocks(node, sorted(chain), MAIN))
-    with ChunkFetcher(node, MAIN, workers=2, source="blkfiles", blocks_dir=blocks_dir) as fetcher:
-        got = list(fetcher.iter_chunks(chunks))
-    assert [c for c, _ in got] == chunks
-    for (lo, hi), blocks in got:
-        assert [b.height for b in blocks] == list(range(lo, hi + 1))
-    tables = blocks_to_tables([b for _, blocks in got for b in blocks])
-    for name in expected:
-        assert tables[name].equals(expected[name])
+    expected = blocks_to_tables(decoded(fake_source(chain, MAIN, median_times=False), sorted(chain)))
+    for workers in (1, 2):
+        with _source(blocks_dir, chain) as source:
+            got = list(prepared_batches(source, chunks, NO_REGISTRY, workers=workers))
+        assert [(b.lo, b.hi) for b in got] == chunks
+        for batch in got:
+            assert batch.tables["blocks"].column("height").to_pylist() == list(range(batch.lo, batch.hi + 1))
+        for name in expected:
+            assert pa.concat_tables([b.tables[name] for b in got]).equals(expected[name]), (workers, name)
 
 
 def test_worker_error_reaches_the_caller(mainnet_blocks_dir, tmp_path: Path) -> None:
@@ -76,22 +62,22 @@ def test_worker_error_reaches_the_caller(mainnet_blocks_dir, tmp_path: Path) -> 
     copy.mkdir()
     for path in blocks_dir.iterdir():
         (copy / path.name).write_bytes(path.read_bytes())
-    node = FakeNode(chain)
-    with ChunkFetcher(node, MAIN, workers=2, source="blkfiles", blocks_dir=copy) as fetcher:
-        fetcher.files.locate([_hash(raw) for raw in chain.values()])  # index built, then a file goes away
-        (copy / "blk00002.dat").unlink()
-        with pytest.raises(BlockFileError, match="blk00002.dat has disappeared"):
-            list(fetcher.iter_chunks(plan_chunks(0, max(chain), 100)))
+    with _source(copy, chain) as source:
+        (copy / "blk00002.dat").unlink()  # a file goes away: each worker's reader finds out, the caller hears
+        with pytest.raises(BlockFileError, match="not found in the block files"):
+            list(prepared_batches(source, plan_chunks(0, max(chain), 100), NO_REGISTRY, workers=2))
 
 
 def test_arguments_are_checked(mainnet_blocks_dir) -> None:
+    from pipeline.load.jobs import open_block_source
+
     node = FakeNode({})
     with pytest.raises(ValueError, match="unknown block source"):
-        ChunkFetcher(node, MAIN, source="carrier-pigeon")
+        open_block_source(node, MAIN, "carrier-pigeon")
     with pytest.raises(ValueError, match="workers must be >= 1"):
-        ChunkFetcher(node, MAIN, workers=0)
+        list(prepared_batches(fake_source({}, MAIN), [(0, 1)], NO_REGISTRY, workers=0))
     with pytest.raises(ValueError, match="--datadir"):
-        ChunkFetcher(node, MAIN, source="blkfiles")
+        BlockFileSource(node, MAIN)
 
 
 def test_default_workers_bounded() -> None:
@@ -101,82 +87,77 @@ def test_default_workers_bounded() -> None:
 
 
 @pytest.mark.node
-def test_parallel_node_source_equals_sequential(regtest_node) -> None:
-    from pipeline.node import NodeClient
-    from pipeline.regtest import demo_specs, mine_chain
-    from pipeline.registry import load_registry
+def test_node_sources_in_workers_give_the_tables_of_one_process(regtest_node) -> None:
+    from pipeline.attribution.registry import load_registry
+    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.source.client import NodeClient
+    from pipeline.source.rest import RestSource
+    from pipeline.source.rpc import RpcSource
 
     mine_chain(regtest_node, demo_specs(load_registry(), 90, allow_p2sh=regtest_node.flavor == "core"),
                start_time=1_700_000_000)
     client = NodeClient(regtest_node.client_config())
     chunks = plan_chunks(0, client.tip_height(), 25)
-    with ChunkFetcher(client, REGTEST, workers=1) as sequential:
-        expected = list(sequential.iter_chunks(chunks))
-    with ChunkFetcher(client, REGTEST, workers=2) as parallel:
-        got = list(parallel.iter_chunks(chunks))
-    assert got == expected
-    assert sum(len(b) for _, b in got) == 91
-    client.close()
+    plan = BatchPlan(registry=None, chain="regtest", validate=False)
+    results = {}
+    for kind, cls in (("rest", RestSource), ("rpc", RpcSource)):
+        for workers in (1, 2):
+            with cls(client.clone(), REGTEST) as source:
+                results[kind, workers] = [b.tables["blocks"] for b in prepared_batches(source, chunks, plan, workers)]
+    reference = pa.concat_tables(results["rest", 1])
+    assert reference.num_rows == 91
+    for key, tables in results.items():
+        assert pa.concat_tables(tables).equals(reference), key
 
 
-def _load(warehouse_root: Path, fetcher: ChunkFetcher, chunks) -> pa.Table:
-    from pipeline.parallel import load_chunks
-    from pipeline.warehouse import Warehouse
+def _load(warehouse_root: Path, source, chunk: int, hi: int, workers: int) -> pa.Table:
+    from pipeline.store.warehouse import Warehouse
 
     warehouse = Warehouse(warehouse_root)
     with warehouse.writer():
-        loaded = load_chunks(warehouse, fetcher, chunks)
-    assert loaded == sum(hi - lo + 1 for lo, hi in chunks)
+        result = load(source, warehouse, 0, hi, NO_REGISTRY, batch_size=chunk, workers=workers)
+    assert result.blocks == hi + 1 and result.batches == len(plan_chunks(0, hi, chunk))
     return warehouse.read("blocks").sort_by("height")
 
 
-def test_load_chunks_in_workers_equals_sequential(mainnet_blocks_dir, tmp_path: Path) -> None:
-    from pipeline.parallel import BatchPlan
-
+def test_load_in_workers_equals_one_process(mainnet_blocks_dir, tmp_path: Path) -> None:
     blocks_dir, chain = mainnet_blocks_dir
-    node = FakeNode(chain)
-    chunks = plan_chunks(0, max(chain), 60)
-    plan = BatchPlan(registry=None, chain="main", validate=False)
-    with ChunkFetcher(node, MAIN, workers=1, source="blkfiles", blocks_dir=blocks_dir, plan=plan) as one:
-        sequential = _load(tmp_path / "one", one, chunks)
-    with ChunkFetcher(node, MAIN, workers=2, source="blkfiles", blocks_dir=blocks_dir, plan=plan) as two:
-        parallel = _load(tmp_path / "two", two, chunks)
-    expected = blocks_to_tables(fetch_blocks(node, sorted(chain), MAIN))["blocks"]
+    with _source(blocks_dir, chain) as source:
+        sequential = _load(tmp_path / "one", source, 60, max(chain), workers=1)
+        parallel = _load(tmp_path / "two", source, 60, max(chain), workers=2)
+    expected = blocks_to_tables(decoded(fake_source(chain, MAIN, median_times=False), sorted(chain)))["blocks"]
     assert sequential.num_rows == parallel.num_rows == len(chain)
     assert parallel.column("hash").equals(expected.column("hash"))
     assert parallel.equals(sequential)
 
 
-def test_load_chunks_refuses_a_batch_that_does_not_link(mainnet_blocks_dir, tmp_path: Path) -> None:
+def test_load_refuses_a_batch_that_does_not_link(mainnet_blocks_dir, tmp_path: Path) -> None:
     """What is stored at lo - 1 is not the node's block there any more (a reorg mid-run)."""
-    from pipeline.parallel import BatchPlan, ChainChangedError, load_chunks
-    from pipeline.warehouse import Warehouse
+    from pipeline.load.loop import ChainChangedError
+    from pipeline.store.warehouse import Warehouse
 
     blocks_dir, chain = mainnet_blocks_dir
     stale = dict(chain)
     raw = chain[49]
     stale[49] = raw[:76] + struct.pack("<I", (struct.unpack_from("<I", raw, 76)[0] + 1) & 0xFFFFFFFF) + raw[80:]
     warehouse = Warehouse(tmp_path / "wh")
-    plan = BatchPlan(registry=None, chain="main", validate=False)
     with warehouse.writer():
-        from pipeline.decode import decode_block
+        from pipeline.chain.decode import decode_block
 
         warehouse.commit(blocks_to_tables([decode_block(stale[h], MAIN, height=h) for h in range(50)]))
-        with ChunkFetcher(FakeNode(chain), MAIN, workers=2, source="blkfiles", blocks_dir=blocks_dir,
-                          plan=plan) as fetcher, pytest.raises(ChainChangedError, match="height 49"):
-            load_chunks(warehouse, fetcher, plan_chunks(50, 149, 50))
+        with _source(blocks_dir, chain) as source, pytest.raises(ChainChangedError, match="height 49"):
+            load(source, warehouse, 50, 149, NO_REGISTRY, batch_size=50, workers=2)
         assert warehouse.stored_range() == (0, 49)  # nothing of the refused batches was stored
 
 
 @pytest.mark.node
 def test_parallel_backfill_equals_sync_range(regtest_node, tmp_path: Path) -> None:
     """Workers that decode, attribute and validate give the warehouse `poolwatch sync` gives."""
-    from pipeline.node import NodeClient
-    from pipeline.parallel import BatchPlan, load_chunks
-    from pipeline.regtest import demo_specs, mine_chain
-    from pipeline.registry import load_registry
-    from pipeline.sync import reattribute, sync_range
-    from pipeline.warehouse import Warehouse
+    from pipeline.attribution.registry import load_registry
+    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.load.jobs import reattribute, sync_range
+    from pipeline.source.client import NodeClient
+    from pipeline.store.warehouse import Warehouse
 
     registry = load_registry()
     mine_chain(regtest_node, demo_specs(registry, 80, allow_p2sh=regtest_node.flavor == "core"),
@@ -190,9 +171,8 @@ def test_parallel_backfill_equals_sync_range(regtest_node, tmp_path: Path) -> No
         warehouse.bind_chain("regtest", client.block_hashes([0])[0])
         reattribute(warehouse, registry)  # the registry becomes the warehouse's before batches use it
         plan = BatchPlan(registry=registry, chain="regtest")
-        with ChunkFetcher(client, REGTEST, workers=2, source="blkfiles", datadir=regtest_node.datadir,
-                          plan=plan) as fetcher:
-            assert load_chunks(warehouse, fetcher, plan_chunks(0, 80, 30)) == 81
+        with BlockFileSource(client, REGTEST, datadir=regtest_node.datadir) as source:
+            assert load(source, warehouse, 0, 80, plan, batch_size=30, workers=2).blocks == 81
     for table in ("blocks", "coinbase_outputs", "attributions"):
         got = warehouse.read(table).sort_by([("height", "ascending")])
         want = reference.read(table).sort_by([("height", "ascending")])
@@ -201,10 +181,10 @@ def test_parallel_backfill_equals_sync_range(regtest_node, tmp_path: Path) -> No
     client.close()
 
 
-def test_load_chunks_refuses_a_batch_broken_inside(mainnet_blocks_dir, tmp_path: Path) -> None:
+def test_load_refuses_a_batch_broken_inside(mainnet_blocks_dir, tmp_path: Path) -> None:
     """The node answered with blocks of two chains in one batch (it reorganized between requests)."""
-    from pipeline.parallel import BatchPlan, ChainChangedError, load_chunks
-    from pipeline.warehouse import Warehouse
+    from pipeline.load.loop import ChainChangedError
+    from pipeline.store.warehouse import Warehouse
 
     blocks_dir, chain = mainnet_blocks_dir
     mixed = {h: chain[h] for h in range(0, 100)}
@@ -214,10 +194,9 @@ def test_load_chunks_refuses_a_batch_broken_inside(mainnet_blocks_dir, tmp_path:
     extra.mkdir(exist_ok=True)
     (extra / "blk00000.dat").write_bytes(b"".join(MAIN.magic + struct.pack("<I", len(r)) + r for r in mixed.values()))
     warehouse = Warehouse(tmp_path / "wh")
-    plan = BatchPlan(registry=None, chain="main", validate=False)
-    with ChunkFetcher(FakeNode(mixed), MAIN, workers=1, source="blkfiles", blocks_dir=extra, plan=plan) as fetcher, \
+    with _source(extra, mixed) as source, \
             pytest.raises(ChainChangedError, match="block 60 does not link") as caught:
-        load_chunks(warehouse, fetcher, plan_chunks(0, 99, 50))
+        load(source, warehouse, 0, 99, NO_REGISTRY, batch_size=50)
     assert caught.value.height == 60 and caught.value.resume_from == 50
     assert warehouse.stored_range() == (0, 49)
 
@@ -225,9 +204,8 @@ def test_load_chunks_refuses_a_batch_broken_inside(mainnet_blocks_dir, tmp_path:
 def _load_with_a_future_last_block(chain: dict[int, bytes], count: int, chunk: int, tmp_path: Path):
     """Blocks 0..count-1 in one blk file, the last dated 2096 (past the 2-hour future bound), loaded
     in chunks of ``chunk`` with validation by the one-process pipeline: (warehouse, BatchRejected)."""
-    from pipeline.parallel import BatchPlan, load_chunks
-    from pipeline.validation import BatchRejected
-    from pipeline.warehouse import Warehouse
+    from pipeline.store.validation import BatchRejected
+    from pipeline.store.warehouse import Warehouse
 
     blocks = {h: chain[h] for h in range(0, count)}
     last = blocks[count - 1]
@@ -239,9 +217,8 @@ def _load_with_a_future_last_block(chain: dict[int, bytes], count: int, chunk: i
     plan = BatchPlan(registry=None, chain="main", validate=True)
     with warehouse.writer():
         warehouse.bind_chain("main", MAIN.genesis_hash)
-        with ChunkFetcher(FakeNode(blocks), MAIN, workers=1, source="blkfiles", blocks_dir=folder,
-                          plan=plan) as fetcher, pytest.raises(BatchRejected) as caught:
-            load_chunks(warehouse, fetcher, plan_chunks(0, count - 1, chunk))
+        with _source(folder, blocks) as source, pytest.raises(BatchRejected) as caught:
+            load(source, warehouse, 0, count - 1, plan, batch_size=chunk)
     return warehouse, caught.value
 
 
@@ -261,11 +238,11 @@ def test_one_process_pipeline_validates_in_process_when_it_cannot_start_a_proces
     validated in this process instead, and the log says so."""
     import logging
 
-    from pipeline import processes
+    from pipeline.load import processes
 
     monkeypatch.setattr(processes.sys, "executable", str(tmp_path / "no-such-python"))
-    with caplog.at_level(logging.WARNING, logger="pipeline.parallel"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.load.loop"):
         warehouse, _ = _load_with_a_future_last_block(mainnet_blocks_dir[1], 150, 50, tmp_path)
     assert warehouse.stored_range() == (0, 99)  # validated here: the bad batch was still refused
-    assert any("cannot start a validating process" in r.getMessage() and "validating in this process"
+    assert any("cannot start poolwatch-validator" in r.getMessage() and "in this process instead"
                in r.getMessage() for r in caplog.records)

@@ -3,7 +3,7 @@
 Great Expectations' own site renderer loads Bootstrap, jQuery, Font Awesome and vega from CDNs;
 its index table is even built by JavaScript from a CDN, so offline (the normal case for a node
 machine) it lists nothing. This renders the same material (the declared suites, and each batch's
-GX validation result as saved by ``pipeline.validation.save_report`` / ``quarantine``) as plain HTML
+GX validation result as saved by ``pipeline.store.validation.save_report`` / ``quarantine``) as plain HTML
 with inline CSS: no script, no external URL, readable from ``file://`` anywhere.
 
 Layout of ``<warehouse>/data_docs/``: ``index.html`` (every suite, every kept result, newest first),
@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.validation import SuiteDecl, ValidationReport
+    from pipeline.store.validation import SuiteDecl, ValidationReport
 
 SITE_DIR = "data_docs"
-# Results rendered (newest first); the saved reports themselves are bounded in pipeline.validation.
+# Results rendered (newest first); the saved reports themselves are bounded in pipeline.store.validation.
 DEFAULT_RESULTS = 500
 
 _CSS = """
@@ -73,7 +73,7 @@ def _suite_page(decl: SuiteDecl, rows: Sequence[Any]) -> str:
 
 def _outcomes(result: dict) -> list[tuple[str, bool, str]]:
     """(expectation, success, detail) per expectation of one table's GX result."""
-    from pipeline.validation import ExpectationDecl, _short
+    from pipeline.store.validation import ExpectationDecl, _short
 
     out = []
     for r in result.get("results", []):
@@ -165,8 +165,8 @@ def build_site(warehouse_root: Path | str, limit: int = DEFAULT_RESULTS,
                suites: Iterable[SuiteDecl] | None = None) -> Path:
     """Render the site into ``<warehouse>/data_docs`` (built aside, swapped in whole); returns index.html.
     The caller holds the warehouse's writer lock (the temp folders are cleaned by the next writer)."""
-    from pipeline.schemas import table_spec
-    from pipeline.validation import ValidationReport, all_suite_decls
+    from pipeline.store.schemas import table_spec
+    from pipeline.store.validation import ValidationReport, all_suite_decls
 
     root = Path(warehouse_root)
     site = root / SITE_DIR

@@ -11,7 +11,7 @@ source priority for everything else.
 
 Regenerate the shipped default registry with::
 
-    python -m pipeline.importers --default [--lists ../shared/pool-lists] [-o pipeline/data/registry.json]
+    python -m pipeline.attribution.importers --default [--lists ../shared/pool-lists] [-o pipeline/data/registry.json]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.registry import FORMAT, FORMAT_VERSION, UNKNOWN_POOL_ID, parse_registry
+from pipeline.attribution.registry import FORMAT, FORMAT_VERSION, UNKNOWN_POOL_ID, parse_registry
 
 SOURCE_KINDS = ("mempool-v2", "v1", "bitcoin-data")
 
@@ -175,7 +175,7 @@ def slugify(name: str) -> str:
 
 def _address_network(address: str, forced: str | None) -> tuple[str | None, str | None]:
     """(network, problem): the network an address belongs to, from its encoding."""
-    from pipeline.scripts import address_to_script
+    from pipeline.chain.scripts import address_to_script
 
     try:
         _, net = address_to_script(address)
@@ -196,7 +196,7 @@ def _address_network(address: str, forced: str | None) -> tuple[str | None, str 
 
 
 def load_rules(path: Path | None = None) -> dict[str, Any]:
-    path = Path(path) if path else Path(__file__).resolve().parent / "data" / "registry_rules.json"
+    path = Path(path) if path else Path(__file__).resolve().parent.parent / "data" / "registry_rules.json"
     rules = _load_json(path)
     rules.setdefault("source_priority", [])
     for key in ("pools", "owners", "windows", "drop", "families", "memberships"):
@@ -325,7 +325,7 @@ def merge_sources(sources: list[SourceList], rules: dict[str, Any] | None = None
     document: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "description": description or "Imported by pipeline.importers from: " + ", ".join(s.id for s in sources),
+        "description": description or "Imported by pipeline.attribution.importers from: " + ", ".join(s.id for s in sources),
         "sources": [{"id": s.id, "kind": s.kind, "path": s.path, **({"origin": s.origin} if s.origin else {}),
                      "priority": priority[s.id]} for s in sources],
         "families": rules.get("families", []),
@@ -513,7 +513,7 @@ DEFAULT_SOURCES: tuple[tuple[str, str, str], ...] = (
 def default_lists_dir() -> Path:
     import os
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     return Path(os.environ.get("POOLWATCH_SHARED", repo.parent / "shared")) / "pool-lists"
 
 
@@ -530,7 +530,7 @@ def build_default(lists_dir: Path, rules_path: Path | None = None) -> tuple[dict
     sources = read_default_sources(lists_dir)
     document, disagreements = merge_sources(
         sources, load_rules(rules_path),
-        description="poolwatch default registry, imported by `python -m pipeline.importers --default` from the "
+        description="poolwatch default registry, imported by `python -m pipeline.attribution.importers --default` from the "
                     "community lists (MIT) with the rules in pipeline/data/registry_rules.json; see docs/registry.md.")
     parse_registry(document)  # refuse to write a registry that would not load
     return document, disagreements
@@ -573,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lists", type=Path, default=None, help="the pool-lists folder (default ../shared/pool-lists)")
     parser.add_argument("--rules", type=Path, default=None, help="resolution rules JSON")
     parser.add_argument("-o", "--output", type=Path,
-                        default=Path(__file__).resolve().parent / "data" / "registry.json")
+                        default=Path(__file__).resolve().parent.parent / "data" / "registry.json")
     parser.add_argument("--docs", type=Path, default=None,
                         help="also rewrite the resolutions table in this markdown file (docs/registry.md)")
     args = parser.parse_args(argv)

@@ -18,7 +18,7 @@ from functools import lru_cache
 import base58
 from bech32m import codecs as _bech32
 
-from pipeline.networks import MAIN, REGTEST, TEST, Network
+from pipeline.chain.networks import MAIN, REGTEST, TEST, Network
 
 SCRIPT_TYPES = ("p2pk", "p2pkh", "p2sh", "p2wpkh", "p2wsh", "p2tr", "witness_unknown",
                 "witness_commitment", "op_return", "multisig", "nonstandard")

@@ -1,41 +1,38 @@
-"""Jobs: load a height range from the node into the warehouse, detect and repair reorgs, re-attribute.
+"""Jobs: load a height range from the node, detect and repair reorgs, re-attribute stored history.
 
 The CLI (`poolwatch sync`, `poolwatch attribute`) and the Airflow DAGs call these functions; nothing
-here knows about either. One batch = a contiguous height range that is fetched, decoded, attributed,
-validated and committed atomically; a failure leaves every earlier batch in place, so a re-run resumes.
+here knows about either. Loading itself is the one loop (``pipeline.load.loop.load``); a job decides
+what to load (the range, the registry and settings, under the writer lock), repairs a reorg found
+before or during the run, and resumes. A failure leaves every committed batch in place, so a re-run
+resumes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-
-from pipeline.decode import DecodedBlock, DecodeError, blocks_to_tables, decode_block
-from pipeline.networks import Network
-from pipeline.node import HeightAboveTipError, NodeClient, NodeError
-from pipeline.parallel import RegistryChangedError
+from pipeline.chain.networks import Network
+from pipeline.load.loop import (COMMIT_LOCK_WAIT, BatchPlan, ChainChangedError, RegistryChangedError, load,
+                                plan_chunks)
+from pipeline.source.client import NodeClient
+from pipeline.source.errors import HeightAboveTipError, NodeError
 
 if TYPE_CHECKING:
-    from pipeline.registry import Registry
-    from pipeline.warehouse import Warehouse
+    from pipeline.attribution.registry import Registry
+    from pipeline.source.base import BlockSource
+    from pipeline.store.warehouse import Warehouse
 
-log = logging.getLogger("pipeline.sync")
+log = logging.getLogger("pipeline.load.jobs")
 
 Progress = Callable[[int], None]
 
 # How far below the stored tip a routine reorg check looks; deeper forks are found by widening.
 REORG_CHECK_DEPTH = 12
-# Raw blocks held in memory at once (up to ~4 MB each): a batch's memory stays bounded whatever its size.
-RAW_FETCH_CHUNK = 16
-# A batch commit takes well under a second; a run waits this long for another run's commit.
-COMMIT_LOCK_WAIT = 120.0
 # Reorgs seen during one run before it gives up (each is repaired; more means the node is flapping).
 MAX_RELINKS = 3
 
@@ -50,98 +47,13 @@ class SyncResult:
     reattributed: int = 0
     seconds: float = 0.0
     chain: str = ""
-    registry_version: str | None = None  # the registry the loaded blocks were attributed with
+    registry_version: str | None = None  # the attribution version the loaded blocks were attributed with
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per loop stage (pipeline.load.loop.load)
     notes: list[str] = field(default_factory=list)
 
     @property
     def blocks_per_second(self) -> float:
         return self.blocks_loaded / self.seconds if self.seconds > 0 else 0.0
-
-
-def plan_chunks(start: int, end: int, chunk_size: int) -> list[tuple[int, int]]:
-    """Split the inclusive range [start, end] into inclusive chunks of at most chunk_size heights."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk size must be >= 1, got {chunk_size}")
-    if end < start:
-        return []
-    return [(lo, min(lo + chunk_size - 1, end)) for lo in range(start, end + 1, chunk_size)]
-
-
-class FetchCancelled(Exception):
-    """``fetch_blocks`` was told to stop (its consumer went away); nothing was half-returned."""
-
-
-def locate_blocks(client: NodeClient, heights: Sequence[int]) -> tuple[list[str], list[int | None]]:
-    """The node's active-chain hashes and median times at ``heights`` (one batched RPC each)."""
-    hashes = client.block_hashes(heights)
-    return hashes, client.median_times(hashes)
-
-
-def fetch_blocks(client: NodeClient, heights: Sequence[int], network: Network, *,
-                 cancelled: Callable[[], bool] | None = None,
-                 located: tuple[Sequence[str], Sequence[int | None]] | None = None) -> list[DecodedBlock]:
-    """Fetch and decode the blocks at ``heights`` (raw bytes only; never getblock verbosity 2).
-
-    Raw blocks come in slices of RAW_FETCH_CHUNK; the next slice is fetched (by a helper thread,
-    the client's only user meanwhile) while this one is decoded, so at most two slices of raw
-    blocks are in memory and decoding adds nothing to the time spent waiting for the node.
-    ``cancelled`` is polled between slices, so a prefetching thread whose consumer stopped gives
-    up within a few blocks instead of finishing a whole batch. ``located``: the heights' hashes and
-    median times when the caller already has them (``locate_blocks``), else they are asked here.
-    """
-    hashes, median_times = located if located is not None else locate_blocks(client, heights)
-    starts = range(0, len(heights), RAW_FETCH_CHUNK)
-    if len(starts) <= 1:
-        return _decode_raw(heights, hashes, median_times, client.raw_blocks(hashes), network)
-    blocks: list[DecodedBlock] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolwatch-raw") as fetcher:
-        upcoming = fetcher.submit(client.raw_blocks, hashes[:RAW_FETCH_CHUNK])
-        for i in starts:
-            raws = upcoming.result()
-            if cancelled is not None and cancelled():
-                raise FetchCancelled(f"fetch of heights {heights[0]}..{heights[-1]} cancelled")
-            nxt = i + RAW_FETCH_CHUNK
-            if nxt < len(heights):
-                upcoming = fetcher.submit(client.raw_blocks, hashes[nxt:nxt + RAW_FETCH_CHUNK])
-            blocks += _decode_raw(heights[i:nxt], hashes[i:nxt], median_times[i:nxt], raws, network)
-    return blocks
-
-
-def _decode_raw(heights: Sequence[int], hashes: Sequence[str], median_times: Sequence[int | None],
-                raws: Sequence[bytes], network: Network) -> list[DecodedBlock]:
-    blocks = []
-    for height, block_hash, mtp, raw in zip(heights, hashes, median_times, raws, strict=True):
-        try:
-            block = decode_block(raw, network, height=height, median_time=mtp)
-        except DecodeError as exc:
-            raise DecodeError(f"block {block_hash} at height {height}: {exc}") from exc
-        if block.hash != block_hash:
-            # The node served bytes that do not hash to what it said: never store them.
-            raise DecodeError(f"node returned block {block.hash} for height {height}, expected {block_hash}")
-        blocks.append(block)
-    return blocks
-
-
-def build_batch(blocks: Sequence[DecodedBlock], registry: Registry | None, chain: str,
-                allow_cross_network: bool = False) -> dict[str, pa.Table]:
-    """Decoded blocks -> the tables of one batch (blocks, coinbase_outputs, attributions...)."""
-    tables = blocks_to_tables(blocks)
-    if registry is not None:
-        from pipeline.attribution import attribute_tables
-
-        tables.update(attribute_tables(tables["blocks"], tables["coinbase_outputs"], registry, chain,
-                                       allow_cross_network=allow_cross_network))
-    return tables
-
-
-def load_batch(warehouse: Warehouse, tables: dict[str, pa.Table], *, validate: bool = True,
-               context: dict[str, Any] | None = None) -> None:
-    """Validate then commit one batch; a rejected batch goes to quarantine and nothing is stored."""
-    if validate:
-        from pipeline.validation import check_batch
-
-        check_batch(warehouse.root, tables, context or {})  # raises BatchRejected after quarantining
-    warehouse.commit(tables)
 
 
 def find_fork_height(client: NodeClient, warehouse: Warehouse, depth: int = REORG_CHECK_DEPTH,
@@ -178,17 +90,6 @@ def find_fork_height(client: NodeClient, warehouse: Warehouse, depth: int = REOR
         span *= 2
 
 
-def first_broken_link(blocks: Sequence[DecodedBlock], previous_hash: str | None) -> int | None:
-    """Height of the first block whose prev_hash is not the hash before it (the stored predecessor
-    ``previous_hash`` for the first block, when known), or None when the blocks form one chain."""
-    expected = previous_hash
-    for block in blocks:
-        if expected is not None and block.prev_hash != expected:
-            return block.height
-        expected = block.hash
-    return None
-
-
 def repair_reorg(warehouse: Warehouse, fork_height: int) -> None:
     """Roll back every height-keyed table to below the fork; the caller reloads from there."""
     log.warning("reorg: stored blocks from height %d are no longer on the node's active chain; "
@@ -211,7 +112,7 @@ def check_and_repair_reorg(client: NodeClient, warehouse: Warehouse, depth: int 
 def current_registry(warehouse: Warehouse) -> Registry | None:
     """The registry the warehouse attributes with (its current version, reloaded from the copy kept in
     ``pool_definitions``), or None before the first attribution."""
-    from pipeline.attribution import registry_from_definitions
+    from pipeline.attribution.engine import registry_from_definitions
 
     version = warehouse.meta.get("registry_version")
     if not version:
@@ -234,8 +135,9 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
     (attributions are partitioned by it); the warehouse's current version, registry and settings
     become these. The caller holds the writer lock.
     """
-    from pipeline.attribution import (AttributionSettings, attribute_tables, attribution_version,
-                                      pool_definitions_table)
+    from pipeline.attribution.engine import (AttributionSettings, attribute_tables, attribution_version,
+                                             pool_definitions_table)
+    from pipeline.store.validation import gate, validate_batch
 
     stored = warehouse.stored_range()
     chain = warehouse.meta.get("chain", "main")
@@ -247,9 +149,9 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
             blocks = warehouse.read("blocks", where=where)
             outputs = warehouse.read("coinbase_outputs", where=where)
             tables = attribute_tables(blocks, outputs, registry, chain, allow_cross_network=allow_cross_network)
-            load_batch(warehouse, tables, validate=validate,
-                       context={"chain": chain, "registry_version": version,
-                                "pool_ids": sorted({p.id for p in registry.pools})})
+            report = validate_batch(tables, {"chain": chain, "registry_version": version,
+                                             "pool_ids": sorted({p.id for p in registry.pools})}) if validate else None
+            gate(warehouse, tables, report)
             done += blocks.num_rows
             if progress:
                 progress(blocks.num_rows)
@@ -280,7 +182,7 @@ class RegistryChoice:
     change_settings: bool = False
 
     def resolve(self, warehouse: Warehouse) -> tuple[Registry | None, bool]:
-        from pipeline.attribution import recorded_settings
+        from pipeline.attribution.engine import recorded_settings
 
         recorded = recorded_settings(warehouse.meta)
         if self.cross_network is None:
@@ -359,21 +261,24 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
         on_plan(start, end)
     log.info("loading heights %d..%d (%d blocks) from a %s node in %d batches", start, end,
              max(0, end - start + 1), network.name, len(plan_chunks(start, end, batch_size)))
-    common = dict(validate=validate, batch_size=batch_size, progress=progress, writer_wait=writer_wait)
+    blocks = open_block_source(client, network, source, datadir)
     next_lo = start
-    while True:
-        try:
-            _load_with_fetcher(client, warehouse, network, next_lo, end, result, registry=registry,
-                               allow_cross_network=allow_cross_network, workers=workers, source=source,
-                               datadir=datadir, **common)
-            break
-        except RegistryChangedError as exc:
-            if choice.explicit is not None:
-                raise
-            log.warning("%s; continuing from height %d with the warehouse's new registry", exc, exc.resume_from)
-            with warehouse.writer(wait=max(writer_wait, COMMIT_LOCK_WAIT)):
-                registry, allow_cross_network = _apply_registry(warehouse, choice, result, validate)
-            next_lo = exc.resume_from
+    try:
+        while True:
+            plan = BatchPlan(registry, network.name, allow_cross_network, validate)
+            try:
+                _load_resuming(client, warehouse, blocks, next_lo, end, result, plan=plan, batch_size=batch_size,
+                               progress=progress, writer_wait=writer_wait, workers=workers)
+                break
+            except RegistryChangedError as exc:
+                if choice.explicit is not None:
+                    raise
+                log.warning("%s; continuing from height %d with the warehouse's new registry", exc, exc.resume_from)
+                with warehouse.writer(wait=max(writer_wait, COMMIT_LOCK_WAIT)):
+                    registry, allow_cross_network = _apply_registry(warehouse, choice, result, validate)
+                next_lo = exc.resume_from
+    finally:
+        blocks.close()
     # The registry version was made current (pool_definitions + meta) by reattribute() in the set-up.
     with warehouse.writer(wait=max(writer_wait, COMMIT_LOCK_WAIT)):
         warehouse.refresh_catalog()
@@ -388,7 +293,7 @@ def _apply_registry(warehouse: Warehouse, choice: RegistryChoice, result: SyncRe
     """Resolve the registry (under the writer lock) and make it the warehouse's: a registry version
     other than the warehouse's re-attributes stored history first, so every stored block has an
     attribution under the version the new batches use."""
-    from pipeline.attribution import attribution_version
+    from pipeline.attribution.engine import attribution_version
 
     registry, cross = choice.resolve(warehouse)
     if registry is None:
@@ -406,21 +311,35 @@ def _apply_registry(warehouse: Warehouse, choice: RegistryChoice, result: SyncRe
     return registry, cross
 
 
-def _load_with_fetcher(client: NodeClient, warehouse: Warehouse, network: Network, start: int, end: int,
-                       result: SyncResult, *, registry: Registry | None, allow_cross_network: bool, validate: bool,
-                       batch_size: int, progress: Progress | None, writer_wait: float, workers: int, source: str,
-                       datadir: Path | None) -> None:
-    """The batch loop (pipeline.parallel): one process with a fetching thread, or worker processes.
+def open_block_source(client: NodeClient, network: Network, source: str = "node",
+                      datadir: Path | None = None) -> BlockSource:
+    """The ``BlockSource`` a job reads from: ``node`` (REST when the node serves it, else JSON-RPC),
+    or ``rest``, ``rpc``, ``blkfiles`` (the node's block files under ``datadir``)."""
+    from pipeline.source.base import KINDS, node_source
 
-    With ``workers=1`` a thread fetches and decodes the next batch while this process attributes,
-    validates and commits the current one; with more, workers do all but the commit. Commits are in
-    height order, each under the writer lock (never held while reading the node). A batch that no
-    longer links means the node's chain changed: repair as at the start and resume from the fork.
-    """
-    from pipeline.parallel import BatchPlan, ChainChangedError, ChunkFetcher, load_chunks
+    if source == "node":
+        return node_source(client, network)
+    if source == "blkfiles":
+        from pipeline.source.blockfiles import BlockFileSource
 
-    plan = BatchPlan(registry, network.name, allow_cross_network, validate)
+        return BlockFileSource(client, network, datadir=datadir)
+    if source == "rest":
+        from pipeline.source.rest import RestSource
 
+        return RestSource(client, network)
+    if source == "rpc":
+        from pipeline.source.rpc import RpcSource
+
+        return RpcSource(client, network)
+    raise ValueError(f"unknown block source {source!r}; expected node or one of {', '.join(KINDS)}")
+
+
+def _load_resuming(client: NodeClient, warehouse: Warehouse, blocks: BlockSource, start: int, end: int,
+                   result: SyncResult, *, plan: BatchPlan, batch_size: int, progress: Progress | None,
+                   writer_wait: float, workers: int) -> None:
+    """``load`` [start, end]; when the node's chain changed during the run (a batch did not link, or
+    batches read ahead were stale by the time the run ended), repair as at the start and resume from
+    the fork."""
     def on_batch(n: int) -> None:
         result.blocks_loaded += n
         result.batches += 1
@@ -428,33 +347,29 @@ def _load_with_fetcher(client: NodeClient, warehouse: Warehouse, network: Networ
             progress(n)
 
     lock_wait = max(writer_wait, COMMIT_LOCK_WAIT)
-    with ChunkFetcher(client, network, workers=workers, source=source, datadir=datadir, plan=plan) as fetcher:
-        next_lo, relinks = start, 0
-        while next_lo <= end:
-            try:
-                load_chunks(warehouse, fetcher, plan_chunks(next_lo, end, batch_size), progress=on_batch,
-                            lock_wait=lock_wait)
-                changed_at, resume_from = _stale_end(client, warehouse, end), None
-                if changed_at is None:
-                    break
-            except ChainChangedError as exc:
-                changed_at, resume_from = exc.height, exc.resume_from
-            # The node's chain changed during the run: a batch did not link, or batches fetched
-            # ahead (up to three with the one-process pipeline) were stale by the time the run
-            # ended. Repair as at the start and reload from the fork.
-            relinks += 1
-            if relinks > MAX_RELINKS:
-                raise NodeError(f"the node's chain changed {relinks} times during this run (last at height "
-                                f"{changed_at}); nothing unlinked was stored: run the sync again") from None
-            with warehouse.writer(wait=lock_wait):
-                fork = check_and_repair_reorg(client, warehouse)
-            if fork is not None:
-                earlier = result.reorg_fork_height
-                result.reorg_fork_height = fork if earlier is None else min(fork, earlier)
-            if fork is None and resume_from is None:
-                break  # the stale tip was repaired by another run meanwhile: nothing left to do here
-            next_lo = min(x for x in (fork, resume_from) if x is not None)
-            end = result.end = min(end, client.tip_height())
+    next_lo, relinks = start, 0
+    while next_lo <= end:
+        try:
+            load(blocks, warehouse, next_lo, end, plan, batch_size=batch_size, workers=workers, progress=on_batch,
+                 lock_wait=lock_wait, stages=result.stages)
+            changed_at, resume_from = _stale_end(client, warehouse, end), None
+            if changed_at is None:
+                break
+        except ChainChangedError as exc:
+            changed_at, resume_from = exc.height, exc.resume_from
+        relinks += 1
+        if relinks > MAX_RELINKS:
+            raise NodeError(f"the node's chain changed {relinks} times during this run (last at height "
+                            f"{changed_at}); nothing unlinked was stored: run the sync again") from None
+        with warehouse.writer(wait=lock_wait):
+            fork = check_and_repair_reorg(client, warehouse)
+        if fork is not None:
+            earlier = result.reorg_fork_height
+            result.reorg_fork_height = fork if earlier is None else min(fork, earlier)
+        if fork is None and resume_from is None:
+            break  # the stale tip was repaired by another run meanwhile: nothing left to do here
+        next_lo = min(x for x in (fork, resume_from) if x is not None)
+        end = result.end = min(end, client.tip_height())
 
 
 def _stale_end(client: NodeClient, warehouse: Warehouse, end: int) -> int | None:
@@ -470,7 +385,7 @@ def _stale_end(client: NodeClient, warehouse: Warehouse, end: int) -> int | None
 
 
 def _build_data_docs(warehouse: Warehouse) -> None:
-    from pipeline.validation import build_data_docs
+    from pipeline.store.validation import build_data_docs
 
     try:
         build_data_docs(warehouse.root)

@@ -23,7 +23,7 @@ class NotebookError(RuntimeError):
 
 def notebook_path() -> Path:
     """``notebooks/analysis.ipynb`` beside the package in a checkout, inside it in a wheel."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the package: pipeline/
     for candidate in (here.parent / "notebooks" / NOTEBOOK_NAME, here / "_notebooks" / NOTEBOOK_NAME):
         if candidate.is_file():
             return candidate

@@ -21,9 +21,9 @@ from dataclasses import dataclass, fields
 import pyarrow as pa
 
 from pipeline import native
-from pipeline.networks import MAIN, Network, block_subsidy
-from pipeline.schemas import table_spec
-from pipeline.scripts import classify, script_to_address
+from pipeline.chain.networks import MAIN, Network, block_subsidy
+from pipeline.store.schemas import table_spec
+from pipeline.chain.scripts import classify, script_to_address
 
 HEADER_SIZE = 80
 # Smallest possible serialized parts; used to reject absurd counts before looping over them.
@@ -105,6 +105,11 @@ def sha256d(data: bytes) -> bytes:
 def _display(digest: bytes) -> str:
     """Hashes are shown byte-reversed, as Bitcoin Core prints them."""
     return digest[::-1].hex()
+
+
+def header_hash(header: bytes) -> str:
+    """A block's hash (display order) from its first 80 bytes."""
+    return _display(sha256d(header[:80]))
 
 
 def difficulty_from_bits(bits: int) -> float:
