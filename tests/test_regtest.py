@@ -480,8 +480,10 @@ def test_mine_chain_refuses_times_in_the_past_or_far_future(regtest_node):
 
 @pytest.mark.node
 def test_client_config_points_at_the_node(regtest_node):
-    pytest.importorskip("pipeline.node")
+    from pipeline.source.config import NodeConfig
+
     config = regtest_node.client_config()
+    assert isinstance(config, NodeConfig)
     assert config.url == regtest_node.rpc_url
     assert config.cookie_file == regtest_node.cookie_file
 

@@ -73,7 +73,7 @@ def all_logs(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) 
         if not logger.propagate:
             monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
     # dictConfig(disable_existing_loggers=True) (Airflow's logging set-up) disables child loggers such
-    # as pipeline.node one by one: re-enable every existing logger under the watched names too.
+    # as pipeline.source one by one: re-enable every existing logger under the watched names too.
     for name, child in list(logging.root.manager.loggerDict.items()):
         if isinstance(child, logging.Logger) and name.startswith(tuple(f"{w}." for w in WATCHED_LOGGERS)):
             monkeypatch.setattr(child, "disabled", False)

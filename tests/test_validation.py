@@ -13,8 +13,8 @@ from pipeline.chain.decode import blocks_to_tables, decode_block
 from pipeline.chain.networks import REGTEST
 from pipeline.devnode.regtest import CoinbaseSpec, block_times, build_block
 from pipeline.store.schemas import all_table_specs, table_spec
+from pipeline.store.checks import INVARIANTS
 from pipeline.store.validation import (
-    DERIVED,
     BatchRejected,
     ValidationReport,
     all_suite_decls,
@@ -70,13 +70,13 @@ def test_every_table_has_a_suite_whose_columns_exist():
     assert set(suites) == {s.name for s in all_table_specs()}
     for spec in all_table_specs():
         decl = suites[spec.name]
-        columns = set(spec.column_names) | set(decl.derived)
+        columns = set(spec.column_names)
         for e in decl.expectations:
             named = [e.kwargs.get("column"), e.kwargs.get("column_A"), e.kwargs.get("column_B"),
                      *e.kwargs.get("column_list", [])]
             for col in filter(None, named):
                 assert col in columns, f"{spec.name}: {e.type} names unknown column {col}"
-        assert set(decl.derived) <= set(DERIVED)
+        assert set(decl.invariants) <= set(INVARIANTS)
         assert set(decl.row_id) <= set(spec.column_names)
 
 
@@ -132,7 +132,7 @@ def test_consensus_and_format_rules_name_their_rows(chain):
     assert rows("prev_link_ok") == {11, 22}
     assert rows("hash") == {21}
     assert 31 in rows("time_after_mtp")
-    assert rows("time_unix") == {41}
+    assert rows("time_in_bounds") == {41}
     assert rows("subsidy_ok") == {4}
     assert rows("fees_sat") == {5}
     assert rows("script_type") == {1}
@@ -281,7 +281,7 @@ def test_suite_decl_missing_returns_none():
 
 
 def test_null_in_a_non_nullable_column_is_rejected_and_named(chain) -> None:
-    # One schema-derived expectation covers every non-nullable column; the failure names the row
+    # One schema-derived invariant covers every non-nullable column; the failure names the row
     # (by its row id) and which of its columns are null.
     tables = dict(chain)
     blocks = replace(replace(tables["blocks"], "merkle_root", 3, None), "nonce", 3, None)
@@ -289,7 +289,7 @@ def test_null_in_a_non_nullable_column_is_rejected_and_named(chain) -> None:
     tables["blocks"] = blocks
     report = validate_batch(tables, GENESIS_CONTEXT)
     assert not report.ok
-    nulls = [f for f in report.failures if "null_required_columns" in f.expectation]
+    nulls = [f for f in report.failures if "required_not_null" in f.expectation]
     assert len(nulls) == 1 and nulls[0].table == "blocks" and nulls[0].unexpected_count == 2
     assert sorted(nulls[0].values) == ["bits", "merkle_root, nonce"]
     assert "non-nullable" in nulls[0].why
@@ -319,7 +319,7 @@ def test_a_failing_table_names_every_failing_row_not_a_sample(chain):
 
 
 def test_a_batch_validated_in_two_shares_gives_the_whole_verdict(chain):
-    """The end of a range is validated by two processes, one suite each side (pipeline.parallel):
+    """The end of a range is validated by two processes, one suite each side (pipeline.load.loop):
     the merged report equals the one-call report, failures in the same order, whichever side they are on."""
     blocks = replace(chain["blocks"], "subsidy_sat", 3, 1)
     outputs = replace(chain["coinbase_outputs"], "value_sat", 7, -1)

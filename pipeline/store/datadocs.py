@@ -17,7 +17,7 @@ from __future__ import annotations
 import html
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,17 +57,26 @@ def _safe_name(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
-def _suite_page(decl: SuiteDecl, rows: Sequence[Any]) -> str:
-    derived = "".join(f"<tr><td><code>{_e(k)}</code></td><td>{_e(v)}</td></tr>" for k, v in decl.derived.items())
+def _suite_page(decl: SuiteDecl, rows: Sequence[Any], invariants: Mapping[str, str]) -> str:
+    from pipeline.store.checks import INVARIANTS
+
+    def definition(name: str) -> str:
+        fn = INVARIANTS.get(name)
+        return " ".join((fn.__doc__ or "").split()) if fn else "no null in a column declared non-nullable"
+
     expectations = "".join(
         f"<tr><td>{i}</td><td><code>{_e(e.describe())}</code></td><td>{_e(e.why)}</td></tr>"
         for i, e in enumerate(rows, 1))
+    checks = "".join(f"<tr><td><code>{_e(name)}</code></td><td>{_e(definition(name))}</td><td>{_e(why)}</td></tr>"
+                     for name, why in invariants.items())
     body = (f"<p>{_e(decl.description)}</p>"
-            f"<h2>Expectations ({len(rows)})</h2><table><tr><th>#</th><th>expectation</th><th>rule it protects</th>"
-            f"</tr>{expectations}</table>")
-    if derived:
-        body += (f"<h2>Derived columns</h2><p>Computed from the batch and its context before the suite runs."
-                 f"</p><table><tr><th>column</th><th>meaning</th></tr>{derived}</table>")
+            f"<h2>Expectations ({len(rows)})</h2><p>Run by Great Expectations on the table's columns.</p>"
+            f"<table><tr><th>#</th><th>expectation</th><th>rule it protects</th></tr>{expectations}</table>")
+    if checks:
+        body += (f"<h2>Invariants ({len(invariants)})</h2><p>Rules across rows, tables or the stored chain, run "
+                 f"beside the suite by <code>pipeline/store/checks.py</code>; a row that cannot be decided from "
+                 f"the batch and its context is not a failure.</p><table><tr><th>invariant</th><th>definition</th>"
+                 f"<th>rule it protects</th></tr>{checks}</table>")
     return _page(f"Suite: {decl.table}", body, depth=1)
 
 
@@ -100,7 +109,7 @@ def _result_page(report: ValidationReport, quarantined: bool, where: str) -> str
     body = (f"<table><tr><th>batch</th><td><code>{_e(report.batch_id)}</code></td></tr>"
             f"<tr><th>validated</th><td>{_e(report.created)}</td></tr><tr><th>heights</th><td>{_e(span)}</td></tr>"
             f"<tr><th>rows</th><td>{_e(counts)}</td></tr><tr><th>verdict</th><td>{_e(verdict)}: "
-            f"{report.evaluated - len(report.failures)} of {report.evaluated} expectations passed</td></tr>"
+            f"{report.evaluated - len(report.failures)} of {report.evaluated} checks passed</td></tr>"
             f"<tr><th>stored in</th><td><code>{_e(where)}</code></td></tr></table>")
     if report.failures:
         rows = "".join(f"<tr class=\"failed\"><td>{_e(f.table)}</td><td>{_e(f.line())}</td></tr>"
@@ -111,7 +120,12 @@ def _result_page(report: ValidationReport, quarantined: bool, where: str) -> str
             f"<tr class=\"{'passed' if ok else 'failed'}\"><td><code>{_e(name)}</code></td>"
             f"<td class=\"verdict\">{'passed' if ok else 'FAILED'}</td><td>{_e(detail)}</td></tr>"
             for name, ok, detail in _outcomes(result))
-        body += (f"<h2>{_e(table)}</h2><table><tr><th>expectation</th><th>outcome</th><th>detail</th></tr>"
+        rows += "".join(
+            f"<tr class=\"{'passed' if o.get('success') else 'failed'}\"><td><code>invariant({_e(name)})</code></td>"
+            f"<td class=\"verdict\">{'passed' if o.get('success') else 'FAILED'}</td>"
+            f"<td>{_e(str(o.get('unexpected_count', 0)) + ' rows unexpected')}</td></tr>"
+            for name, o in report.invariant_results.get(table, {}).items())
+        body += (f"<h2>{_e(table)}</h2><table><tr><th>check</th><th>outcome</th><th>detail</th></tr>"
                  f"{rows}</table>")
     context = "".join(f"<tr><th>{_e(k)}</th><td><code>{_e(v)}</code></td></tr>" for k, v in report.context.items())
     if context:
@@ -138,13 +152,13 @@ def _index(suites: Sequence[tuple[SuiteDecl, int]], results: Sequence[tuple[Vali
     shown = (f"the newest {len(results)} of {total_kept} kept" if total_kept > len(results)
              else f"{len(results)}")
     body = (f"<p class=\"muted\">Generated {now}. Plain HTML: no script, no network access needed.</p>"
-            f"<h2>Expectation suites ({len(suites)})</h2><table><tr><th>table</th><th>expectations</th>"
+            f"<h2>Expectation suites ({len(suites)})</h2><table><tr><th>table</th><th>checks</th>"
             f"<th>description</th></tr>{suite_rows}</table>"
             f"<h2>Validation results ({shown})</h2>"
             "<p>Every committed batch is listed (passing ones with the outcome of each expectation), and every "
             "rejected batch, which is kept under <code>quarantine/</code> and was not loaded.</p>"
             "<table><tr><th>batch</th><th>validated (UTC)</th><th>heights</th><th>rows</th><th>verdict</th>"
-            f"<th>expectations passed</th></tr>{''.join(result_rows) or '<tr><td colspan=6>none yet</td></tr>'}"
+            f"<th>checks passed</th></tr>{''.join(result_rows) or '<tr><td colspan=6>none yet</td></tr>'}"
             "</table>")
     return _page(title, body)
 
@@ -177,9 +191,11 @@ def build_site(warehouse_root: Path | str, limit: int = DEFAULT_RESULTS,
     (tmp / "results").mkdir()
     listed: list[tuple[SuiteDecl, int]] = []
     for decl in suites if suites is not None else all_suite_decls():
-        rows = decl.all_expectations(table_spec(decl.table))
-        (tmp / "suites" / f"{_safe_name(decl.table)}.html").write_text(_suite_page(decl, rows), encoding="utf-8")
-        listed.append((decl, len(rows)))
+        spec = table_spec(decl.table)
+        rows, invariants = decl.all_expectations(spec), decl.all_invariants(spec)
+        (tmp / "suites" / f"{_safe_name(decl.table)}.html").write_text(_suite_page(decl, rows, invariants),
+                                                                      encoding="utf-8")
+        listed.append((decl, len(rows) + len(invariants)))
     kept = saved_results(root)
     results: list[tuple[ValidationReport, bool, str]] = []
     for batch_id, path, quarantined in kept[:limit]:

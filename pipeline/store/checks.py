@@ -1,0 +1,398 @@
+"""Invariants of a batch that span rows or tables: height links, sums, consensus rules, registry facts.
+
+Great Expectations checks what one column (or a pair of columns) of one table must satisfy, as
+declared in ``schemas/expectations/<table>.json``. What needs more than that (the row before, the
+stored block the batch follows, another table of the batch, the network's subsidy schedule, a sum
+over a window) is a plain function here, declared by name under ``invariants`` in the same suite
+file (with the rule it protects), and run by ``pipeline.store.validation`` beside the suite. Each
+returns the failing rows (positions in the table) and their values, or nothing; a row whose fact
+cannot be decided from the batch and its context (the first row's link when the stored predecessor
+is unknown, say) is not a failure.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.chain.networks import Network, block_subsidy, network_for_chain
+
+GENESIS_PREV_HASH = "0" * 64
+# Core's GetMedianTimePast window.
+MEDIAN_TIME_SPAN = 11
+# Core rejects a block whose time is more than 2 h ahead of its network-adjusted time
+# (MAX_FUTURE_BLOCK_TIME). Any stored block was accepted at some moment <= now, so "now + 2 h" is
+# a bound every valid stored block satisfies.
+MAX_FUTURE_BLOCK_TIME = 2 * 60 * 60
+# The earliest block time any chain has (mainnet's genesis, 2009-01-03).
+EARLIEST_BLOCK_TIME = 1231006505
+# Shares and indices are floats computed by DuckDB/numpy; sums may differ from 1 in the last bits.
+FLOAT_TOLERANCE = 1e-9
+UNKNOWN_POOL_ID = "unknown"  # pipeline.attribution's id for blocks no rule matched
+# Script types with an address on every network, and those that never have one.
+ADDRESS_REQUIRED = frozenset({"p2pkh", "p2sh", "p2wpkh", "p2wsh", "p2tr"})
+ADDRESS_FORBIDDEN = frozenset({"p2pk", "multisig", "op_return", "nonstandard", "witness_commitment"})
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What checking a batch needs from outside it (``validate_batch``'s context)."""
+
+    chain: str | None = None
+    previous_height: int | None = None     # the stored block the batch follows
+    previous_hash: str | None = None
+    previous_median_time: int | None = None
+    registry_version: str | None = None    # the attribution version the batch was attributed with
+    pool_ids: frozenset[str] | None = None  # the pools of that registry
+    now: int = 0                            # epoch seconds: the future-time bound
+
+    @property
+    def network(self) -> Network | None:
+        return network_for_chain(self.chain) if self.chain else None
+
+    @classmethod
+    def from_mapping(cls, context: Mapping[str, Any]) -> CheckContext:
+        def optional_int(key: str) -> int | None:
+            value = context.get(key)
+            return int(value) if value is not None else None
+
+        pool_ids = context.get("pool_ids")
+        return cls(chain=context.get("chain"), previous_height=optional_int("previous_height"),
+                   previous_hash=context.get("previous_hash"), previous_median_time=optional_int("previous_median_time"),
+                   registry_version=context.get("registry_version"),
+                   pool_ids=frozenset(pool_ids) if pool_ids is not None else None,
+                   now=int(context.get("now") or datetime.now().timestamp()))
+
+
+@dataclass
+class Violation:
+    """Rows (positions in the checked table) that break an invariant, with the values shown."""
+
+    rows: list[int] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
+
+
+Invariant = Callable[[pa.Table, Mapping[str, pa.Table], CheckContext], Violation]
+INVARIANTS: dict[str, Invariant] = {}
+
+
+def invariant(name: str) -> Callable[[Invariant], Invariant]:
+    def register(fn: Invariant) -> Invariant:
+        INVARIANTS[name] = fn
+        return fn
+    return register
+
+
+def _col(table: pa.Table, name: str) -> list[Any]:
+    return table.column(name).to_pylist()
+
+
+def _epoch(values: Iterable[Any]) -> list[int | None]:
+    return [None if v is None else int(v.timestamp()) if isinstance(v, datetime) else int(v) for v in values]
+
+
+def _failing(flags: Sequence[bool | None], values: Sequence[Any]) -> Violation:
+    """A Violation of the rows flagged False (None: undecided, not a failure)."""
+    rows = [i for i, ok in enumerate(flags) if ok is False]
+    return Violation(rows, [values[i] for i in rows])
+
+
+# ------------------------------------------------------------------------------------------ blocks
+
+
+@invariant("height_contiguous")
+def heights_contiguous(blocks: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """Rows sorted by height: each height is the one before + 1; the first continues the stored
+    predecessor (undecided when that is unknown)."""
+    heights = [int(h) for h in _col(blocks, "height")]
+    order = sorted(range(len(heights)), key=lambda i: heights[i])
+    flags: list[bool | None] = [None] * len(heights)
+    for pos, i in enumerate(order):
+        before = heights[order[pos - 1]] if pos else ctx.previous_height
+        flags[i] = None if before is None else heights[i] == before + 1
+    return _failing(flags, heights)
+
+
+def _first_by_height(heights: Sequence[int], values: Sequence[Any]) -> dict[int, Any]:
+    out: dict[int, Any] = {}
+    for h, v in zip(heights, values, strict=True):
+        out.setdefault(int(h), v)  # a repeated height is the uniqueness expectation's to report
+    return out
+
+
+@invariant("prev_link_ok")
+def prev_hash_links(blocks: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """prev_hash is the hash of the block one lower (in the batch, or the stored predecessor);
+    height 0 links to 64 zeros."""
+    heights, prevs = _col(blocks, "height"), _col(blocks, "prev_hash")
+    hash_at = _first_by_height(heights, _col(blocks, "hash"))
+    flags: list[bool | None] = []
+    for h, prev in zip(heights, prevs, strict=True):
+        if h == 0:
+            flags.append(prev == GENESIS_PREV_HASH)
+        elif h - 1 in hash_at:
+            flags.append(prev == hash_at[h - 1])
+        elif ctx.previous_hash is not None and ctx.previous_height == h - 1:
+            flags.append(prev == ctx.previous_hash)
+        else:
+            flags.append(None)
+    return _failing(flags, prevs)
+
+
+@invariant("time_in_bounds")
+def time_in_bounds(blocks: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """A block time no earlier than mainnet's genesis and at most 2 hours after now."""
+    times = _epoch(_col(blocks, "time"))
+    latest = ctx.now + MAX_FUTURE_BLOCK_TIME
+    return _failing([None if t is None else EARLIEST_BLOCK_TIME <= t <= latest for t in times],
+                    _col(blocks, "time"))
+
+
+def _median_time_past(times: Mapping[int, int | None], height: int) -> int | None:
+    """Core's GetMedianTimePast of the block at ``height`` from header times, or None if unknown."""
+    window = [times.get(h) for h in range(max(0, height - MEDIAN_TIME_SPAN + 1), height + 1)]
+    if any(t is None for t in window):
+        return None
+    ordered = sorted(window)  # type: ignore[type-var]
+    return ordered[len(ordered) // 2]
+
+
+@invariant("time_after_mtp")
+def time_after_median_time_past(blocks: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """Core's consensus rule: a block's time exceeds the median time past of its predecessor (from
+    header times in the batch, else the node's median_time of the predecessor)."""
+    heights = [int(h) for h in _col(blocks, "height")]
+    times = _epoch(_col(blocks, "time"))
+    by_height = dict(zip(heights, times, strict=True))
+    node_mtp = dict(zip(heights, _epoch(_col(blocks, "median_time")), strict=True))
+    flags: list[bool | None] = []
+    for h, t in zip(heights, times, strict=True):
+        if h == 0 or t is None:
+            flags.append(None)  # genesis has no predecessor rule
+            continue
+        mtp = _median_time_past(by_height, h - 1)
+        if mtp is None:
+            mtp = node_mtp.get(h - 1)
+        if mtp is None and ctx.previous_median_time is not None and ctx.previous_height == h - 1:
+            mtp = ctx.previous_median_time
+        flags.append(None if mtp is None else t > mtp)
+    return _failing(flags, _col(blocks, "time"))
+
+
+@invariant("median_time_consistent")
+def median_time_matches_headers(blocks: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """The node-reported median_time is the median of the (up to) 11 header times ending at the block,
+    where those are all in the batch."""
+    heights = [int(h) for h in _col(blocks, "height")]
+    times = dict(zip(heights, _epoch(_col(blocks, "time")), strict=True))
+    reported = _epoch(_col(blocks, "median_time"))
+    flags = [None if mt is None or (exp := _median_time_past(times, h)) is None else mt == exp
+             for h, mt in zip(heights, reported, strict=True)]
+    return _failing(flags, _col(blocks, "median_time"))
+
+
+@invariant("subsidy_ok")
+def subsidy_by_schedule(blocks: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """subsidy_sat is the network's subsidy at the height (halving schedule; undecided without a chain)."""
+    network = ctx.network
+    subsidies = _col(blocks, "subsidy_sat")
+    if network is None:
+        return Violation()
+    return _failing([int(s) == block_subsidy(int(h), network) for h, s in zip(_col(blocks, "height"), subsidies,
+                                                                                strict=True)], subsidies)
+
+
+def _outputs_by_height(batch: Mapping[str, pa.Table]) -> tuple[dict[int, int], Counter] | None:
+    outputs = batch.get("coinbase_outputs")
+    if outputs is None:
+        return None
+    total: dict[int, int] = {}
+    count: Counter = Counter()
+    for h, v in zip(_col(outputs, "height"), _col(outputs, "value_sat"), strict=True):
+        total[int(h)] = total.get(int(h), 0) + int(v)
+        count[int(h)] += 1
+    return total, count
+
+
+@invariant("outputs_sum_ok")
+def value_is_sum_of_outputs(blocks: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """coinbase_value_sat is the sum of the block's coinbase_outputs rows (when the batch has them)."""
+    by_height = _outputs_by_height(batch)
+    values = _col(blocks, "coinbase_value_sat")
+    if by_height is None:
+        return Violation()
+    total = by_height[0]
+    return _failing([total.get(int(h), 0) == int(v) for h, v in zip(_col(blocks, "height"), values, strict=True)],
+                    values)
+
+
+@invariant("output_count_ok")
+def output_count_matches(blocks: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """output_count is the number of the block's coinbase_outputs rows (when the batch has them)."""
+    by_height = _outputs_by_height(batch)
+    counts = _col(blocks, "output_count")
+    if by_height is None:
+        return Violation()
+    return _failing([by_height[1].get(int(h), 0) == int(n) for h, n in zip(_col(blocks, "height"), counts,
+                                                                            strict=True)], counts)
+
+
+@invariant("attribution_count")
+def one_attribution_per_block(blocks: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """Exactly one attributions row per block (when the batch carries attributions)."""
+    attributions = batch.get("attributions")
+    if attributions is None:
+        return Violation()
+    counts = Counter(_col(attributions, "height"))
+    got = [counts.get(h, 0) for h in _col(blocks, "height")]
+    return _failing([n == 1 for n in got], got)
+
+
+# ------------------------------------------------------------------------ outputs and attributions
+
+
+@invariant("block_hash_ok")
+def block_hash_matches_block(table: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """A row's block_hash is the hash of the block at its height in the same batch (when it has blocks)."""
+    blocks = batch.get("blocks")
+    values = _col(table, "block_hash")
+    if blocks is None:
+        return Violation()
+    hash_at = _first_by_height(_col(blocks, "height"), _col(blocks, "hash"))
+    return _failing([hash_at.get(int(h)) == bh for h, bh in zip(_col(table, "height"), values, strict=True)], values)
+
+
+@invariant("address_presence_ok")
+def address_presence_by_script_type(outputs: pa.Table, batch: Mapping[str, pa.Table],
+                                    ctx: CheckContext) -> Violation:
+    """Outputs of an address type have an address; p2pk, multisig, OP_RETURN, nonstandard and the
+    witness commitment never do."""
+    flags: list[bool | None] = []
+    types = _col(outputs, "script_type")
+    for st, addr in zip(types, _col(outputs, "address"), strict=True):
+        has = isinstance(addr, str) and addr != ""
+        flags.append(has if st in ADDRESS_REQUIRED else (not has) if st in ADDRESS_FORBIDDEN else None)
+    return _failing(flags, types)
+
+
+@invariant("pool_id_known")
+def pool_ids_in_registry(table: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """pool_id is 'unknown' or a pool of the registry the batch was attributed with."""
+    values = _col(table, "pool_id")
+    if ctx.pool_ids is None:
+        return Violation()
+    known = ctx.pool_ids | {UNKNOWN_POOL_ID}
+    return _failing([p in known for p in values], values)
+
+
+@invariant("registry_version_ok")
+def one_attribution_version(table: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """Rows carry the attribution version the batch was attributed with."""
+    values = _col(table, "registry_version")
+    if ctx.registry_version is None:
+        return Violation()
+    return _failing([v == ctx.registry_version for v in values], values)
+
+
+@invariant("unknown_consistent")
+def unknown_iff_no_evidence(table: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """A block is 'unknown' exactly when no evidence (method none) decided it."""
+    pools, methods = _col(table, "pool_id"), _col(table, "method")
+    return _failing([(p == UNKNOWN_POOL_ID) == (m == "none") for p, m in zip(pools, methods, strict=True)],
+                    [f"{p}/{m}" for p, m in zip(pools, methods, strict=True)])
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def _window_sums(table: pa.Table, column: str, where: Sequence[bool] | None = None) -> list[tuple[float, int]]:
+    """Per row: (sum of ``column`` over the row's window and level, rows summed), rows kept by ``where``."""
+    keys = list(zip(_col(table, "window_kind"), _col(table, "window_id"), _col(table, "level"), strict=True))
+    values = _col(table, column)
+    sums: dict[tuple, float] = {}
+    counts: Counter = Counter()
+    for i, (key, v) in enumerate(zip(keys, values, strict=True)):
+        if v is None or (where is not None and not where[i]):
+            continue
+        sums[key] = sums.get(key, 0.0) + float(v)
+        counts[key] += 1
+    return [(sums.get(k, 0.0), counts.get(k, 0)) for k in keys]
+
+
+@invariant("share_sum_ok")
+def shares_sum_to_one(share: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """The shares of all entities of a window (the unknown row included) sum to 1."""
+    sums = _window_sums(share, "share")
+    return _failing([abs(s - 1.0) <= FLOAT_TOLERANCE for s, _ in sums], [s for s, _ in sums])
+
+
+@invariant("share_of_known_sum_ok")
+def shares_of_known_sum_to_one(share: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """share_of_known over the known entities of a window sums to 1 (undecided with no known entity)."""
+    known = [not bool(u) for u in _col(share, "is_unknown")]
+    sums = _window_sums(share, "share_of_known", known)
+    return _failing([None if n == 0 else abs(s - 1.0) <= FLOAT_TOLERANCE for s, n in sums], [s for s, _ in sums])
+
+
+@invariant("blocks_sum_ok")
+def blocks_sum_to_total(share: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """The blocks of all entities of a window add up to its blocks_total."""
+    sums = _window_sums(share, "blocks")
+    totals = _col(share, "blocks_total")
+    return _failing([int(s) == int(t) for (s, _), t in zip(sums, totals, strict=True)], [s for s, _ in sums])
+
+
+@invariant("share_in_interval")
+def share_within_interval(share: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """share_lo <= share <= share_hi."""
+    e = FLOAT_TOLERANCE
+    rows = zip(_col(share, "share_lo"), _col(share, "share"), _col(share, "share_hi"), strict=True)
+    flags = [None if None in (lo, s, hi) else lo <= s + e and s <= hi + e for lo, s, hi in rows]
+    return _failing(flags, _col(share, "share"))
+
+
+def _missing(*values: Any) -> bool:
+    return any(v is None or v != v for v in values)  # None or NaN
+
+
+@invariant("hhi_in_bounds")
+def hhi_within_bounds(cent: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """HHI lies in [1/n, 1] for n entities (undecided when the window counts no block)."""
+    e = FLOAT_TOLERANCE
+    hhis = _col(cent, "hhi")
+    flags = [None if _missing(h) or not n else 1.0 / n - e <= h <= 1.0 + e
+             for h, n in zip(hhis, _col(cent, "n_entities"), strict=True)]
+    return _failing(flags, hhis)
+
+
+@invariant("top_shares_ordered")
+def top_shares_ordered(cent: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """0 < top1 <= top3 <= top5 <= 1 of known blocks; each share of all <= its share of known
+    (undecided when no block is known)."""
+    e = FLOAT_TOLERANCE
+    columns = ("top1_share_of_known", "top3_share_of_known", "top5_share_of_known", "top1_share_of_all",
+               "top3_share_of_all", "top5_share_of_all")
+    flags: list[bool | None] = []
+    for k1, k3, k5, a1, a3, a5 in zip(*(_col(cent, c) for c in columns), strict=True):
+        if _missing(k1, k3, k5, a1, a3, a5):
+            flags.append(None)
+        else:
+            flags.append(0 < k1 <= k3 + e and k3 <= k5 + e and k5 <= 1 + e
+                         and a1 <= k1 + e and a3 <= k3 + e and a5 <= k5 + e and a1 > 0)
+    return _failing(flags, _col(cent, "top1_share_of_known"))
+
+
+@invariant("nakamoto_in_bounds")
+def nakamoto_within_bounds(cent: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """1 <= Nakamoto coefficient <= number of entities (undecided when not computed)."""
+    values = _col(cent, "nakamoto")
+    flags = [None if _missing(k) else 1 <= k <= n for k, n in zip(values, _col(cent, "n_entities"), strict=True)]
+    return _failing(flags, values)
+
+
+__all__ = ["CheckContext", "INVARIANTS", "Violation", "invariant"]
