@@ -47,8 +47,8 @@ def generate(registry, lo: int, hi: int, rnd: random.Random):
         outs: list[tuple[int, str]] = []
         expected = "unknown"
         if pool is not None:
-            tags = [t for t in pool.tags if t.window.contains(height)]
-            addrs = [a for a in pool.addresses if a.network == "main" and a.window.contains(height)]
+            tags = [t for t in pool.tags if t.heights.contains(height)]
+            addrs = [a for a in pool.addresses if a.network == "main" and a.heights.contains(height)]
             use_tag = bool(tags) and (not addrs or rnd.random() < 0.9)
             use_addr = bool(addrs) and (not use_tag or rnd.random() < 0.8)
             if use_tag:
@@ -59,7 +59,7 @@ def generate(registry, lo: int, hi: int, rnd: random.Random):
                 expected = pool.id
         if rnd.random() < 0.03:  # a small second payout to another pool: a conflict, same winner
             other = rnd.choice(pools)
-            other_addrs = [a for a in other.addresses if a.network == "main" and a.window.contains(height)]
+            other_addrs = [a for a in other.addresses if a.network == "main" and a.heights.contains(height)]
             if other_addrs and other.id != expected and outs:
                 outs.append((1_000, rnd.choice(other_addrs).script.hex()))
         if not outs:

@@ -120,7 +120,7 @@ def test_rules_alias_owner_window_drop(lists):
     reg = parse_registry(doc)
     assert reg.by_id["gamma"].former_names == ("Gamma Renamed",)
     assert [t.text for t in reg.by_id["delta"].tags] == ["Beta Pool"]
-    assert reg.by_id["alpha"].addresses[0].window.to_height == 500
+    assert reg.by_id["alpha"].addresses[0].heights.to_height == 500
     assert all(a.address != addr(2) for p in reg.pools for a in p.addresses)
     assert reg.by_id["alpha"].family_at(10) == "fam"
     rules_used = {d.rule for d in disagreements}
@@ -141,7 +141,7 @@ def test_default_registry_is_reproducible_from_the_shared_lists(pool_lists_dir, 
     assert "tag 'Validated with Clean Energy'" in subjects
     assert any(d.kind == "rename" and "CloverPool" in d.subject and d.rule == "pool:btc-com" for d in disagreements)
     reg = load_registry(out)
-    cn = {a.address: a.window for a in reg.by_id["carbon-negative"].addresses}
+    cn = {a.address: a.heights for a in reg.by_id["carbon-negative"].addresses}
     assert cn["33SAB6pzbhEGPbfY6NVgRDV7jVfspZ3A3Z"].to_height == 742802
     assert cn["3KZDwmJHB6QJ13QPXHaW7SS3yTESFPZoxb"].from_height == 743037
     # mempool's testnet addresses are kept as test-network rules.

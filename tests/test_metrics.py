@@ -296,9 +296,9 @@ def test_range_registry_version_and_missing_attributions():
 
 
 def test_parse_window_and_bounds():
-    assert m.parse_window("week") == m.Window("week")
+    assert m.parse_window("week") == m.WindowScheme("week")
     assert m.parse_window("blocks:2016").name == "blocks_2016"
-    assert m.parse_window("rolling:144:6") == m.Window("rolling", 144, 6)
+    assert m.parse_window("rolling:144:6") == m.WindowScheme("rolling", 144, 6)
     for bad in ("fortnight", "blocks:0", "blocks:10:2", "rolling:"):
         with pytest.raises(ValueError):
             m.parse_window(bad)

@@ -44,7 +44,7 @@ def test_parse_small_registry():
     assert alpha.tags[0].value == b"/alpha/" and alpha.tags[0].sources == ("test",)
     assert alpha.tags[1].value == b"\xff\x00\xff" and alpha.tags[1].text == "hex:ff00ff"
     assert alpha.addresses[0].script == bytes.fromhex("76a914" + "01" * 20 + "88ac")
-    assert alpha.addresses[0].window.contains(100) and not alpha.addresses[0].window.contains(101)
+    assert alpha.addresses[0].heights.contains(100) and not alpha.addresses[0].heights.contains(101)
     assert alpha.family_at(49) is None and alpha.family_at(50) == "acme-group"
     assert alpha.slug == "alpha"  # defaults to the id
     assert {a.network for a in reg.by_id["beta"].addresses} == {"main", "test"}
@@ -88,7 +88,7 @@ def test_same_tag_in_two_pools_with_disjoint_windows_is_allowed():
     doc["pools"][0]["tags"][0]["to_height"] = 99
     doc["pools"][1]["tags"].append({"tag": "/alpha/", "from_height": 100})
     reg = parse_registry(doc)
-    assert [t.window.from_height for t in reg.by_id["beta"].tags if t.value == b"/alpha/"] == [100]
+    assert [t.heights.from_height for t in reg.by_id["beta"].tags if t.value == b"/alpha/"] == [100]
 
 
 def test_load_registry_file_errors(tmp_path: Path):

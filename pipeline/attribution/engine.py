@@ -175,11 +175,11 @@ class Matcher:
             if value <= 0:
                 continue  # zero-value outputs (commitments, markers) pay no one
             for rule in self.by_script.get(script_hex, ()):
-                if rule.address.window.contains(height):
+                if rule.address.heights.contains(height):
                     found.append(Candidate(rule.pool.id, "address", rule.rule, index, value))
         for tag, offset in self.tag_hits(script_sig).items():
             for rule in self.tag_rules[tag]:
-                if rule.tag.window.contains(height):
+                if rule.tag.heights.contains(height):
                     found.append(Candidate(rule.pool.id, "tag", rule.rule, tag_offset=offset, tag_length=len(tag),
                                            tag_key=tag))
         return found
@@ -327,15 +327,15 @@ def pool_definitions_table(registry: Registry) -> pa.Table:
         base = {"pool_id": p.id, "pool_name": p.name, "slug": p.slug, "link": p.link}
         rows.append({**base, "kind": "pool", "value": p.id})
         for t in p.tags:
-            rows.append({**base, "kind": "tag", "value": t.text, "from_height": t.window.from_height,
-                         "to_height": t.window.to_height, "sources": list(t.sources)})
+            rows.append({**base, "kind": "tag", "value": t.text, "from_height": t.heights.from_height,
+                         "to_height": t.heights.to_height, "sources": list(t.sources)})
         for a in p.addresses:
             rows.append({**base, "kind": "address", "value": a.address, "script_hex": a.script.hex(),
-                         "network": a.network, "from_height": a.window.from_height,
-                         "to_height": a.window.to_height, "sources": list(a.sources)})
+                         "network": a.network, "from_height": a.heights.from_height,
+                         "to_height": a.heights.to_height, "sources": list(a.sources)})
         for m in p.family:
-            rows.append({**base, "kind": "family", "value": m.family, "from_height": m.window.from_height,
-                         "to_height": m.window.to_height})
+            rows.append({**base, "kind": "family", "value": m.family, "from_height": m.heights.from_height,
+                         "to_height": m.heights.to_height})
     cols = {c: [r.get(c) for r in rows] for c in spec.column_names if c != "registry_version"}
     cols["registry_version"] = [registry.version] * len(rows)
     return _build("pool_definitions", cols)

@@ -40,7 +40,7 @@ class RegistryError(ValueError):
 
 
 @dataclass(frozen=True)
-class Window:
+class HeightRange:
     """Inclusive height range in which a rule is valid; None = open on that side."""
 
     from_height: int | None = None
@@ -58,7 +58,7 @@ class Window:
 @dataclass(frozen=True)
 class Tag:
     value: bytes
-    window: Window = Window()
+    heights: HeightRange = HeightRange()
     sources: tuple[str, ...] = ()
 
     @property
@@ -75,14 +75,14 @@ class Address:
     address: str
     network: str  # a key of pipeline.chain.networks.NETWORKS
     script: bytes  # scriptPubKey, computed once at load time
-    window: Window = Window()
+    heights: HeightRange = HeightRange()
     sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class FamilyMembership:
     family: str  # id into Registry.families
-    window: Window = Window()
+    heights: HeightRange = HeightRange()
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class Pool:
     def family_at(self, height: int) -> str | None:
         """The family id this pool belonged to at ``height`` (first matching membership)."""
         for membership in self.family:
-            if membership.window.contains(height):
+            if membership.heights.contains(height):
                 return membership.family
         return None
 
@@ -239,21 +239,21 @@ def parse_registry(document: Any) -> Registry:
         tags = []
         for j, t in enumerate(raw.get("tags", [])):
             value = _tag_bytes(t, f"{where}.tags[{j}]", problems)
-            window = _window(t, f"{where}.tags[{j}]", problems)
+            heights = _heights(t, f"{where}.tags[{j}]", problems)
             if value is not None:
-                tags.append(Tag(value, window, tuple(t.get("sources", []))))
+                tags.append(Tag(value, heights, tuple(t.get("sources", []))))
         addresses = []
         for j, a in enumerate(raw.get("addresses", [])):
             entry = f"{where}.addresses[{j}] ({a['address']!r})"
-            window = _window(a, entry, problems)
+            heights = _heights(a, entry, problems)
             script = _address_script(a["address"], a["network"], entry, problems)
             if script is not None:
-                addresses.append(Address(a["address"], a["network"], script, window, tuple(a.get("sources", []))))
+                addresses.append(Address(a["address"], a["network"], script, heights, tuple(a.get("sources", []))))
         memberships = []
         for j, m in enumerate(raw.get("family", [])):
             if m["family"] not in family_ids:
                 problems.append(f"{where}.family[{j}].family: {m['family']!r} is not declared in families")
-            memberships.append(FamilyMembership(m["family"], _window(m, f"{where}.family[{j}]", problems)))
+            memberships.append(FamilyMembership(m["family"], _heights(m, f"{where}.family[{j}]", problems)))
         pools.append(Pool(raw["id"], raw["name"], raw.get("slug") or raw["id"], raw.get("link"), tuple(tags),
                           tuple(addresses), tuple(memberships), tuple(raw.get("former_names", []))))
     problems += _duplicate_rule_problems(pools)
@@ -286,11 +286,11 @@ def _tag_bytes(entry: dict, where: str, problems: list[str]) -> bytes | None:
     return value
 
 
-def _window(entry: dict, where: str, problems: list[str]) -> Window:
+def _heights(entry: dict, where: str, problems: list[str]) -> HeightRange:
     lo, hi = entry.get("from_height"), entry.get("to_height")
     if lo is not None and hi is not None and lo > hi:
         problems.append(f"{where}.from_height: {lo} is above to_height {hi}")
-    return Window(lo, hi)
+    return HeightRange(lo, hi)
 
 
 def _address_script(address: str, network: str, where: str, problems: list[str]) -> bytes | None:
@@ -321,15 +321,15 @@ def _encoded_for(address: str, parsed_as, network) -> bool:
 
 
 def _duplicate_rule_problems(pools: Iterable[Pool]) -> list[str]:
-    """The same tag or address in two pools with overlapping windows makes attribution ambiguous by
+    """The same tag or address in two pools with overlapping height ranges makes attribution ambiguous by
     construction: the registry must resolve it (windows or removal), attribution must not guess."""
     problems: list[str] = []
-    claims: dict[tuple, list[tuple[str, Window]]] = {}
+    claims: dict[tuple, list[tuple[str, HeightRange]]] = {}
     for pool in pools:
         for tag in pool.tags:
-            claims.setdefault(("tag", tag.value.lower()), []).append((pool.id, tag.window))
+            claims.setdefault(("tag", tag.value.lower()), []).append((pool.id, tag.heights))
         for addr in pool.addresses:
-            claims.setdefault(("address", addr.network, addr.script), []).append((pool.id, addr.window))
+            claims.setdefault(("address", addr.network, addr.script), []).append((pool.id, addr.heights))
     for key, owners in claims.items():
         for a in range(len(owners)):
             for b in range(a + 1, len(owners)):
@@ -338,11 +338,11 @@ def _duplicate_rule_problems(pools: Iterable[Pool]) -> list[str]:
                     what = (f"tag {key[1]!r} (case-insensitive)" if key[0] == "tag"
                             else f"address script {key[2].hex()} on {key[1]}")
                     where = "twice in the same pool" if pa_ == pb else f"in pools {pa_!r} and {pb!r}"
-                    problems.append(f"{what} appears {where} with overlapping windows")
+                    problems.append(f"{what} appears {where} with overlapping height ranges")
     return problems
 
 
-def _overlap(a: Window, b: Window) -> bool:
+def _overlap(a: HeightRange, b: HeightRange) -> bool:
     lo = max(a.from_height if a.from_height is not None else -1, b.from_height if b.from_height is not None else -1)
     hi = min(a.to_height if a.to_height is not None else 1 << 62, b.to_height if b.to_height is not None else 1 << 62)
     return lo <= hi
@@ -354,9 +354,9 @@ def diff_registries(old: Registry, new: Registry) -> dict[str, list[str]]:
         out = {}
         for p in reg.pools:
             for t in p.tags:
-                out[("tag", t.text, t.window)] = p.id
+                out[("tag", t.text, t.heights)] = p.id
             for a in p.addresses:
-                out[("address", a.address, a.network, a.window)] = p.id
+                out[("address", a.address, a.network, a.heights)] = p.id
         return out
 
     old_rules, new_rules = rules(old), rules(new)
@@ -372,7 +372,7 @@ def diff_registries(old: Registry, new: Registry) -> dict[str, list[str]]:
         o, n = old_rules.get(key), new_rules.get(key)
         if o == n:
             continue
-        label = f"{key[0]} {key[1]!r}" + (f" [{_window_text(key[-1])}]" if not key[-1].is_open else "")
+        label = f"{key[0]} {key[1]!r}" + (f" [{_heights_text(key[-1])}]" if not key[-1].is_open else "")
         if o is None:
             changes["rules"].append(f"+ {label} -> {n}")
         elif n is None:
@@ -382,5 +382,5 @@ def diff_registries(old: Registry, new: Registry) -> dict[str, list[str]]:
     return changes
 
 
-def _window_text(w: Window) -> str:
+def _heights_text(w: HeightRange) -> str:
     return f"{'' if w.from_height is None else w.from_height}..{'' if w.to_height is None else w.to_height}"

@@ -1016,7 +1016,7 @@ def _timeless(rules: list[Any]) -> list[Any]:
     to e.g. heights 742802.. would not apply to a young regtest chain. Then rules still valid
     today (no end), then all of them."""
     def window(r: Any) -> Any:
-        return getattr(r, "window", None)
+        return getattr(r, "heights", None)
     open_ = [r for r in rules if window(r) is None or getattr(window(r), "is_open", False)]
     if open_:
         return open_

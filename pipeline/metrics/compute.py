@@ -63,7 +63,7 @@ class MetricsError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Window:
+class WindowScheme:
     """A way to cut the chain into windows.
 
     kind: ``day``/``week``/``month`` (UTC calendar, ISO weeks start Monday), ``epoch`` (difficulty
@@ -92,11 +92,11 @@ class Window:
 _WINDOW_RE = re.compile(r"^(blocks|rolling)[:_ ](\d+)(?:[:_ ](\d+))?$")
 
 
-def parse_window(text: str) -> Window:
-    """``day|week|month|epoch|all|blocks:N|rolling:N[:STEP]`` -> Window (ValueError names the problem)."""
+def parse_window(text: str) -> WindowScheme:
+    """``day|week|month|epoch|all|blocks:N|rolling:N[:STEP]`` -> WindowScheme (ValueError names the problem)."""
     value = text.strip().lower()
     if value in ("day", "week", "month", "epoch", "all"):
-        return Window(value)
+        return WindowScheme(value)
     m = _WINDOW_RE.match(value)
     if not m:
         raise ValueError(f"unknown window {text!r}: use day, week, month, epoch, all, blocks:N or rolling:N[:STEP]")
@@ -107,11 +107,11 @@ def parse_window(text: str) -> Window:
     if m.group(1) == "blocks":
         if step is not None:
             raise ValueError(f"window {text!r}: blocks:N takes no step (did you mean rolling:N:STEP?)")
-        return Window("blocks", size)
+        return WindowScheme("blocks", size)
     step = step or 1
     if step < 1:
         raise ValueError(f"window {text!r}: the step must be >= 1")
-    return Window("rolling", size, step)
+    return WindowScheme("rolling", size, step)
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,7 @@ def _gaps_sql() -> str:
     """
 
 
-def _assign_sql(window: Window) -> str:
+def _assign_sql(window: WindowScheme) -> str:
     """Rows of _pw_base with window_key (sort order), window_id, and calendar bounds (naive UTC)."""
     if window.kind == "day":
         start = "date_trunc('day', t_utc)"
@@ -257,7 +257,7 @@ def _assign_sql(window: Window) -> str:
     raise MetricsError(f"unknown window kind {window.kind!r}")
 
 
-def _expected_blocks(window: Window) -> str:
+def _expected_blocks(window: WindowScheme) -> str:
     """SQL for how many blocks a complete block-count window holds (NULL for calendar windows)."""
     if window.kind == "epoch":
         return str(EPOCH_BLOCKS)
@@ -266,7 +266,7 @@ def _expected_blocks(window: Window) -> str:
     return "NULL"
 
 
-def _windows_sql(window: Window) -> str:
+def _windows_sql(window: WindowScheme) -> str:
     """One row per window: bounds, counts, completeness and the network hashrate estimate.
 
     No window and no rate spans a gap in the data. A window is complete only when the warehouse
@@ -543,12 +543,12 @@ def data_notes(con: duckdb.DuckDBPyConnection, rng: Range | None = None) -> list
 
 @dataclass
 class MetricsResult:
-    window: Window
+    window: WindowScheme
     centralization: pd.DataFrame
     pool_share: pd.DataFrame
 
 
-def _setup(con: duckdb.DuckDBPyConnection, window: Window, registry_version: str | None, rng: Range) -> None:
+def _setup(con: duckdb.DuckDBPyConnection, window: WindowScheme, registry_version: str | None, rng: Range) -> None:
     con.execute(f"CREATE OR REPLACE TEMP VIEW _pw_base AS {_base_sql(registry_version, rng)}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_stored AS {_stored_sql()}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_gaps AS {_gaps_sql()}")
@@ -566,7 +566,7 @@ def _teardown(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"DROP {kind} IF EXISTS {name}")
 
 
-def compute_metrics(con: duckdb.DuckDBPyConnection, window: Window | str, *,
+def compute_metrics(con: duckdb.DuckDBPyConnection, window: WindowScheme | str, *,
                     registry_version: str | None = None, rng: Range | None = None,
                     last: int | None = None, bootstrap: bool = True,
                     draws: int = BOOTSTRAP_DRAWS, confidence: float = CONFIDENCE) -> MetricsResult:
@@ -596,7 +596,7 @@ def compute_metrics(con: duckdb.DuckDBPyConnection, window: Window | str, *,
     return _assemble(window, windows, cent, share, per_window, registry_version, bootstrap, draws, confidence)
 
 
-def _assemble(window: Window, windows: pd.DataFrame, cent: pd.DataFrame, share: pd.DataFrame,
+def _assemble(window: WindowScheme, windows: pd.DataFrame, cent: pd.DataFrame, share: pd.DataFrame,
               per_window: pd.DataFrame, registry_version: str | None, bootstrap: bool, draws: int,
               confidence: float) -> MetricsResult:
     info_cols = ["window_key", "window_id", "window_start", "window_end", "first_height", "last_height",
@@ -627,7 +627,7 @@ def _assemble(window: Window, windows: pd.DataFrame, cent: pd.DataFrame, share: 
     return MetricsResult(window, _order(cent, CENTRALIZATION_COLUMNS), _order(share, POOL_SHARE_COLUMNS))
 
 
-def _add_bootstrap(window: Window, cent: pd.DataFrame, per_window: pd.DataFrame, bootstrap: bool,
+def _add_bootstrap(window: WindowScheme, cent: pd.DataFrame, per_window: pd.DataFrame, bootstrap: bool,
                    draws: int, confidence: float) -> pd.DataFrame:
     known = {(int(r.window_key), r.level): np.asarray(r.known, dtype=np.int64)
              for r in per_window.itertuples(index=False)}
@@ -768,7 +768,7 @@ class RefreshResult:
     seconds: float
 
 
-def _affected_span(con: duckdb.DuckDBPyConnection, window: Window, lo: int, hi: int) -> tuple[Range, str] | None:
+def _affected_span(con: duckdb.DuckDBPyConnection, window: WindowScheme, lo: int, hi: int) -> tuple[Range, str] | None:
     """The selection that recomputes every ``window`` window touched by heights [lo, hi] (a changed
     block, its neighbours, or a stored metric row whose window lost blocks), plus the SQL condition
     on stored metric rows that those windows replace. Calendar windows are cut by block time, which

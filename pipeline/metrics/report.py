@@ -41,7 +41,7 @@ CHARTS = ("pool_shares", "nakamoto", "hhi", "top_pools")
 class ReportData:
     """What the charts need: per-window metrics plus one window over the whole range for ranking."""
 
-    window: m.Window
+    window: m.WindowScheme
     level: str
     series: m.MetricsResult
     overall: m.MetricsResult
@@ -50,7 +50,7 @@ class ReportData:
     notes: list[str]  # what the data behind the charts leaves out (metrics.data_notes)
 
 
-def load_report_data(con: duckdb.DuckDBPyConnection, window: m.Window | str = "week", *, level: str = "pool",
+def load_report_data(con: duckdb.DuckDBPyConnection, window: m.WindowScheme | str = "week", *, level: str = "pool",
                      registry_version: str | None = None, rng: m.Range | None = None,
                      draws: int = m.BOOTSTRAP_DRAWS) -> ReportData:
     window = m.parse_window(window) if isinstance(window, str) else window
@@ -64,7 +64,7 @@ def load_report_data(con: duckdb.DuckDBPyConnection, window: m.Window | str = "w
     return ReportData(window, level, series, overall, registry_version, rng, m.data_notes(con, rng))
 
 
-def _x(frame: pd.DataFrame, window: m.Window) -> pd.Series:
+def _x(frame: pd.DataFrame, window: m.WindowScheme) -> pd.Series:
     """x of a window's point: the middle of the window (calendar: of its time span; block windows:
     of its heights), so markers sit inside the span that the steps and the shading cover."""
     if window.is_calendar:
@@ -73,14 +73,14 @@ def _x(frame: pd.DataFrame, window: m.Window) -> pd.Series:
     return (frame["first_height"] + frame["last_height"]) / 2
 
 
-def _edges(frame: pd.DataFrame, window: m.Window) -> tuple[np.ndarray, np.ndarray]:
+def _edges(frame: pd.DataFrame, window: m.WindowScheme) -> tuple[np.ndarray, np.ndarray]:
     """(left, right) x edge of each window: the span its step and its low-sample shading cover."""
     if window.is_calendar:
         return (pd.to_datetime(frame["window_start"]).to_numpy(), pd.to_datetime(frame["window_end"]).to_numpy())
     return (frame["first_height"].to_numpy(dtype=float) - 0.5, frame["last_height"].to_numpy(dtype=float) + 0.5)
 
 
-def _adjacent(frame: pd.DataFrame, window: m.Window) -> np.ndarray:
+def _adjacent(frame: pd.DataFrame, window: m.WindowScheme) -> np.ndarray:
     """For each window after the first: does it follow the previous one with no gap in between
     (no empty calendar window, no missing height)?"""
     heights = frame["first_height"].to_numpy()[1:] == frame["last_height"].to_numpy()[:-1] + 1
@@ -90,7 +90,7 @@ def _adjacent(frame: pd.DataFrame, window: m.Window) -> np.ndarray:
     return heights
 
 
-def _steps(frame: pd.DataFrame, window: m.Window, *values: pd.Series) -> tuple[np.ndarray, list[np.ndarray]]:
+def _steps(frame: pd.DataFrame, window: m.WindowScheme, *values: pd.Series) -> tuple[np.ndarray, list[np.ndarray]]:
     """Step lines as explicit segments: each window's value held from its left to its right edge,
     a vertical jump to the next window only when it is adjacent, and a break (NaN) across every gap:
     nothing is drawn over a range without data."""
@@ -110,7 +110,7 @@ def _steps(frame: pd.DataFrame, window: m.Window, *values: pd.Series) -> tuple[n
     return np.array(xs), [np.array(y, dtype=float) for y in ys]
 
 
-def _xlabel(window: m.Window) -> str:
+def _xlabel(window: m.WindowScheme) -> str:
     return "window start (UTC)" if window.is_calendar else "height (middle of the window)"
 
 
@@ -119,7 +119,7 @@ def _title_suffix(data: ReportData) -> str:
     return f"{level}, {data.window.name} windows"
 
 
-def _mark_low_sample(ax, rows: pd.DataFrame, window: m.Window) -> None:
+def _mark_low_sample(ax, rows: pd.DataFrame, window: m.WindowScheme) -> None:
     """Shade low-sample windows over exactly the span their step covers (``_edges``)."""
     flagged = rows[rows["low_sample"].astype(bool)]
     left, right = _edges(flagged, window)
@@ -130,7 +130,7 @@ def _mark_low_sample(ax, rows: pd.DataFrame, window: m.Window) -> None:
 
 
 def _break_at_gaps(x: np.ndarray, ys: list[np.ndarray], rows: pd.DataFrame,
-                   window: m.Window) -> tuple[np.ndarray, list[np.ndarray]]:
+                   window: m.WindowScheme) -> tuple[np.ndarray, list[np.ndarray]]:
     """Insert a NaN point between two windows that are not adjacent (an empty calendar window or
     missing heights between them), so a line or area shows a gap instead of a straight line across
     a range without data."""
