@@ -25,7 +25,7 @@ CHAIN_BLOCKS = 3000
 
 @pytest.fixture(scope="module")
 def node(regtest_binary, tmp_path_factory):
-    from pipeline.devnode.regtest import RegtestNode
+    from pipeline.devnode.node import RegtestNode
 
     with RegtestNode(binary=regtest_binary, datadir=tmp_path_factory.mktemp("deploy-node")) as node:
         mine(node, CHAIN_BLOCKS)

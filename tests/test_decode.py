@@ -451,7 +451,7 @@ def _coinbase_tx(script_sig: bytes, outputs: list[tuple[int, bytes]], witness: b
 
 
 def test_synthetic_regtest_block() -> None:
-    """A regtest block as pipeline.devnode.regtest will build them: OP_n height, bcrt payout, 150-block halvings."""
+    """A regtest block as pipeline.devnode.blocks builds them: OP_n height, bcrt payout, 150-block halvings."""
     payout, network = address_to_script(script_to_address(b"\x00\x14" + bytes(20), REGTEST))
     assert network is REGTEST
     header = header_bytes(0x20000000, "11" * 32, "22" * 32, 1_700_000_000, "207fffff", 7)

@@ -311,7 +311,7 @@ def _free_port() -> int:
 @pytest.mark.node
 def test_real_node_warming_up(regtest_binary, tmp_path: Path) -> None:
     """Start bitcoind ourselves (RegtestNode waits for readiness) and talk to it while it loads."""
-    from pipeline.devnode.regtest import RegtestNode
+    from pipeline.devnode.node import RegtestNode
 
     node = RegtestNode(binary=regtest_binary, datadir=tmp_path / "node")
     node.port = _free_port()

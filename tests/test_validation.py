@@ -11,7 +11,8 @@ import pytest
 
 from pipeline.chain.decode import blocks_to_tables, decode_block
 from pipeline.chain.networks import REGTEST
-from pipeline.devnode.regtest import CoinbaseSpec, block_times, build_block
+from pipeline.devnode.blocks import build_block, CoinbaseSpec
+from pipeline.devnode.chains import block_times
 from pipeline.store.schemas import all_table_specs, table_spec
 from pipeline.store.checks import INVARIANTS
 from pipeline.store.validation import (

@@ -228,6 +228,20 @@ def scan_transactions(raw: bytes, pos: int, count: int) -> tuple[int, int]:
     return _scan_transactions(raw, pos, count)
 
 
+def transaction_ids(raw: bytes, pos: int = 0) -> tuple[bytes, bytes, int]:
+    """(txid, wtxid, end position) of the transaction at ``pos``, both hashes in internal byte order
+    (as merkle trees and outpoints use them). The txid hashes the serialization without marker, flag
+    and witness, which the walk measures: those bytes sit after the 4-byte version and before the
+    4-byte locktime. A transaction without witness has wtxid == txid."""
+    end, witness = scan_transactions(raw, pos, 1)
+    full = bytes(raw[pos:end])
+    if not witness:
+        txid = sha256d(full)
+        return txid, txid, end
+    stripped = full[:4] + full[6:len(full) - 4 - (witness - 2)] + full[-4:]
+    return sha256d(stripped), sha256d(full), end
+
+
 def _scan_transactions(raw: bytes, pos: int, count: int) -> tuple[int, int]:
     """Walk ``count`` serialized transactions from ``pos``: (end position, witness bytes incl. marker/flag).
 

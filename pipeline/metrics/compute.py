@@ -423,7 +423,7 @@ def _centralization_sql() -> str:
 
 def _pool_share_sql() -> str:
     """Share of every entity (unknown included) in all of the window's blocks, Wilson interval."""
-    return f"""
+    return """
         SELECT c.window_key, c.level, c.entity_id, c.entity_name, c.is_unknown, c.blocks,
                w.blocks_total, c.blocks::DOUBLE / w.blocks_total AS share,
                CASE WHEN c.is_unknown OR w.blocks_total = w.unknown_blocks THEN NULL
