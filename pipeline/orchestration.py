@@ -327,7 +327,7 @@ def load_new_blocks(conn_id: str = DEFAULT_CONN_ID,
 
 def refresh_views(build_docs: bool = True) -> dict[str, Any]:
     """Rebuild the DuckDB catalog (views over the Parquet files) and the Data Docs site."""
-    from pipeline.store.validation import build_data_docs
+    from pipeline.store.datadocs import build_data_docs
 
     warehouse = open_warehouse()
     with warehouse.writer(wait=writer_wait()):

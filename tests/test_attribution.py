@@ -233,7 +233,8 @@ def test_suggest_groups_recurring_tags_and_addresses():
 
 def _regtest_warehouse(root: Path, specs) -> None:
     """Store real serialized blocks (built with chosen coinbases) the way sync would."""
-    from pipeline.chain.decode import blocks_to_tables, decode_block
+    from pipeline.chain.decode import decode_block
+    from pipeline.load.tables import blocks_to_tables
     from pipeline.chain.networks import REGTEST
     from pipeline.devnode.blocks import build_block
     from pipeline.store.warehouse import Warehouse

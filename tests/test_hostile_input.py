@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from pipeline.attribution.engine import attribute_tables, compiled_matcher
 from pipeline.cli import main
-from pipeline.chain.decode import DecodeError, blocks_to_tables, decode_block
+from pipeline.chain.decode import DecodeError, decode_block
+from pipeline.load.tables import blocks_to_tables
 from pipeline.chain.networks import MAIN, REGTEST
 from pipeline.attribution.registry import RegistryError, load_registry, parse_registry
 from pipeline.devnode.blocks import build_block, CoinbaseSpec, compact_size

@@ -69,7 +69,7 @@ def test_worker_error_reaches_the_caller(mainnet_blocks_dir, tmp_path: Path) -> 
 
 
 def test_arguments_are_checked(mainnet_blocks_dir) -> None:
-    from pipeline.load.jobs import open_block_source
+    from pipeline.source.choice import open_block_source
 
     node = FakeNode({})
     with pytest.raises(ValueError, match="unknown block source"):

@@ -258,7 +258,7 @@ def test_real_node_cookie_auth_and_reads(regtest_node) -> None:
     assert client.block_hashes([0]) == [client.network().genesis_hash]
     mtp = client.median_times([client.network().genesis_hash])
     assert isinstance(mtp[0], int) and mtp[0] > 0
-    from pipeline.source.base import node_source
+    from pipeline.source.choice import node_source
     from pipeline.source.rest import RestSource
 
     probing = NodeClient(dataclasses.replace(regtest_node.client_config(), use_rest=None))

@@ -729,14 +729,6 @@ def write_view_files(directory: Path = METRIC_VIEWS_DIR) -> list[Path]:
     return paths
 
 
-def register_views(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Create the metric views on ``con`` (which must already have pool_share, centralization and
-    freshness: ``Warehouse.connect()`` gives all three)."""
-    for name, sql in metric_views().items():
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
-    return list(metric_views())
-
-
 def to_arrow(frame: pd.DataFrame, table: str) -> pa.Table:
     """A metrics frame as an Arrow table conformed to schemas/tables/<table>.json."""
     from pipeline.store.schemas import table_spec
