@@ -175,23 +175,66 @@ def test_wilson_interval_hand_value():
     assert (a.share_lo, a.share_hi) == pytest.approx((0.16818, 0.68733), abs=5e-5)
 
 
+def test_unbiased_hhi_and_standard_error_hand_values():
+    # [4, 3, 1], N = 8. Falling factorials (c)_2 = 12, 6, 0; (c)_3 = 24, 6, 0; (c)_4 = 24, 0, 0.
+    assert m.hhi_unbiased([4, 3, 1]) == pytest.approx(18 / 56)
+    # Σp³ ≈ 30/336 = 5/56; HHI² ≈ (18² − (144 + 36) + 24)/1680 = 1/10;
+    # Var = [4·6·(5/56 − 1/10) + 2·(18/56 − 1/10)] / 56 = 52/15680
+    assert m.hhi_standard_error([4, 3, 1]) == pytest.approx(math.sqrt(52 / 15680))
+    assert m.hhi_unbiased([1]) is None and m.hhi_standard_error([1]) is None
+    assert m.hhi_standard_error([7]) == 0.0  # one entity, every block: nothing varies
+
+
+def test_hhi_variance_formula_matches_simulation():
+    """The exact multinomial variance behind the standard error, and its estimate's mean, against
+    the spread of the unbiased HHI over simulated windows."""
+    rng = np.random.default_rng(7)
+    p, n = np.array([0.45, 0.3, 0.15, 0.1]), 30
+    draws = rng.multinomial(n, p, size=200_000)
+    estimates, se = m._hhi_estimate_and_se(draws, n, axis=1)
+    assert estimates.mean() == pytest.approx((p * p).sum(), rel=0.005)  # unbiased
+    h, cube = (p * p).sum(), (p ** 3).sum()
+    exact = (4 * (n - 2) * (cube - h * h) + 2 * (h - h * h)) / (n * (n - 1))
+    assert estimates.var() == pytest.approx(exact, rel=0.02)
+    assert (se ** 2).mean() == pytest.approx(exact, rel=0.03)  # the variance estimate is unbiased too
+
+
 def test_bootstrap_intervals_are_sane_and_reproducible():
     counts = np.array([300, 250, 200, 150, 100])
     h_lo, h_hi, k_lo, k_hi = m.bootstrap_intervals(counts, 2000, seed=1)
-    point = m.hhi(counts)
-    assert h_lo < point < h_hi and h_hi - h_lo < 0.03
+    # an interval for the population HHI, around the unbiased estimate (the plug-in is 0.001 higher)
+    assert h_lo < m.hhi_unbiased(counts) < h_hi and h_hi - h_lo < 0.03
     assert k_lo <= m.nakamoto(counts) <= k_hi and k_lo >= 1
     assert m.bootstrap_intervals(counts, 2000, seed=1) == (h_lo, h_hi, k_lo, k_hi)
-    # one entity takes every block: no uncertainty left
+    # one entity takes every block: no uncertainty left that a resample could show
     assert m.bootstrap_intervals(np.array([50]), 200, seed=1) == (1.0, 1.0, 1, 1)
+    # one block says nothing about the population
+    assert m.bootstrap_intervals(np.array([1]), 200, seed=1)[:2] == (0.0, 1.0)
     # a borderline majority (51%) leaves the coefficient undecided between 1 and 2
     assert m.bootstrap_intervals(np.array([51, 49]), 1000, seed=1)[2:] == (1, 2)
+
+
+def test_studentized_interval_survives_replicates_with_one_entity():
+    # A 2010 day under one_entity: 142 unknown blocks and 2 by a known pool. About 13% of the
+    # replicates give the unknown miner every block (se* = 0); they must not blow the interval up.
+    lo, hi, _, _ = m.bootstrap_intervals(np.array([142, 2]), 1000, seed=3)
+    assert 0.9 < lo < m.hhi_unbiased([142, 2]) < hi <= 1.0
+
+
+def test_studentized_interval_corrects_the_plug_in_bias():
+    # A typical day of ten equal pools (true HHI 0.1): the plug-in HHI is 0.1057, about (1 - HHI)/N
+    # too high; the percentile interval around it was [0.104, 0.124] and missed the truth.
+    counts = np.array([20, 18, 17, 15, 14, 13, 12, 12, 10, 9])
+    lo, hi, _, _ = m.bootstrap_intervals(counts, 1000, seed=5)
+    assert lo <= 0.1 <= hi
+    assert lo < m.hhi_unbiased(counts) < hi
 
 
 def test_bootstrap_columns_in_result():
     cent = example_result().centralization
     for r in cent.itertuples():
-        assert 1 / r.n_entities - 1e-12 <= r.hhi_lo <= r.hhi_hi <= 1.0
+        # The population may hold miners this window never saw: the lower end can go below 1/n.
+        assert 0.0 <= r.hhi_lo <= r.hhi_unbiased <= r.hhi_hi <= 1.0
         assert 1 <= r.nakamoto_lo <= r.nakamoto_hi <= r.n_entities
         assert r.bootstrap_draws == m.BOOTSTRAP_DRAWS
 
