@@ -40,9 +40,12 @@ UNKNOWN_ID = "unknown"
 EPOCH_BLOCKS = 2016
 TARGET_SPACING = 600  # seconds per block the difficulty adjustment aims at
 HASHES_PER_DIFFICULTY = 2**32  # expected hashes to find a block at difficulty 1
-# One day of blocks: below that a share's 95% interval is wider than about +-7.5 points for a 30% pool
-# (Wilson, n=144), too wide to tell a top pool's rise from chance. Documented in docs/metrics.md.
-LOW_SAMPLE_BLOCKS = 144
+# A window is low_sample when the upper end of its HHI's 95% interval is at least this many times the
+# lower end: 1/HHI is the number of equal miners with the same HHI, so such an interval cannot tell 4
+# equal miners (HHI 0.25, highly concentrated) from 8 (0.125, unconcentrated). Width, not a block
+# count, decides: a 143-block day of a 2024-like mix spans about x1.5 (flagged below ~50 blocks).
+# Justified with measurements in docs/metrics.md.
+LOW_SAMPLE_HHI_RATIO = 2.0
 CONFIDENCE = 0.95
 BOOTSTRAP_DRAWS = 1000
 # The bootstrap draws a (draws x entities) matrix; windows with thousands of singleton entities
@@ -440,8 +443,8 @@ def hhi_unbiased(counts: Sequence[int] | np.ndarray) -> float | None:
     return None if total < 2 else float((c * (c - 1)).sum() / (total * (total - 1)))
 
 
-def _hhi_estimate_and_se(counts: np.ndarray, total: int, axis: int | None = None
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def _hhi_estimate_and_se(counts: np.ndarray, total: int, axis: int | None = None,
+                         unbiased_variance: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Unbiased HHI and its standard error for counts summing to ``total`` >= 2 (``axis=1``: one row
     per multinomial replicate).
 
@@ -451,8 +454,9 @@ def _hhi_estimate_and_se(counts: np.ndarray, total: int, axis: int | None = None
     Σ(c)_3/(N)_3 and [(Σ(c)_2)² − Σ(c)_2² + Σ(c)_4]/(N)_4, which makes the variance estimate unbiased.
     Measured, that balances the two tails of the studentized interval on flat mixes of day windows
     (95.0% instead of 96.1% with observed shares in the formula; docs/metrics.md). Where the unbiased
-    estimate is not positive (fewer than 4 blocks, or by chance in a flat window) the observed shares
-    go into the formula; that variance is 0 only when one entity has every block.
+    estimate is not positive (fewer than 4 blocks, or by chance in a flat window), or with
+    ``unbiased_variance=False``, the observed shares go into the formula; that variance is 0 only
+    when one entity has every block.
     """
     n = float(total)
     c = counts.astype(float)
@@ -462,7 +466,7 @@ def _hhi_estimate_and_se(counts: np.ndarray, total: int, axis: int | None = None
     p3 = (c * c * c).sum(axis=axis) / (n * n * n)
     # Rounding can leave a -1e-17 where the variance is exactly 0 (one entity with every block).
     variance = np.maximum(4.0 * (n - 2.0) * (p3 - p2 * p2) + 2.0 * (p2 - p2 * p2), 0.0) / (n * (n - 1.0))
-    if total >= 4:
+    if unbiased_variance and total >= 4:
         f3 = f2 * (c - 2.0)
         cube = f3.sum(axis=axis) / (n * (n - 1.0) * (n - 2.0))
         sum_f2 = f2.sum(axis=axis)
@@ -480,6 +484,34 @@ def hhi_standard_error(counts: Sequence[int] | np.ndarray) -> float | None:
     if total < 2:
         return None
     return float(_hhi_estimate_and_se(c, total)[1])
+
+
+def low_sample(counts: Sequence[int] | np.ndarray, confidence: float = CONFIDENCE) -> bool:
+    """True when a window's HHI is too uncertain to tell a concentrated window from a dispersed one.
+
+    ``counts``: the window's blocks per entity, unknown blocks as one entity (all of its blocks). The
+    interval is the normal approximation Û ± z·se around the unbiased HHI, so the flag needs no random
+    draws and is the same without the bootstrap; the window is flagged when its upper end is at least
+    LOW_SAMPLE_HHI_RATIO times its lower end (see the constant and docs/metrics.md). When one entity
+    has every block, se is 0 (no resample can differ) and would call a 3-block window certain; the
+    lower end is then the square of that entity's Wilson lower bound (an HHI is at least the largest
+    share squared).
+    """
+    c = np.asarray(counts, dtype=np.int64)
+    c = c[c > 0]
+    total = int(c.sum())
+    if total < 2:
+        return True
+    # Observed shares in the variance: it errs wide in small windows, where the unbiased variance
+    # estimate is noisy (simulated 2024-like windows of 10-30 blocks: 9-13% pass unflagged with it,
+    # at most 1% with this one); the two agree from ~80 blocks on.
+    estimate, se = _hhi_estimate_and_se(c, total, unbiased_variance=False)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    if len(c) == 1:
+        lo, hi = float(wilson_interval(total, total, confidence)[0]) ** 2, 1.0
+    else:
+        lo, hi = float(estimate - z * se), float(min(estimate + z * se, 1.0))
+    return lo <= 0 or hi >= LOW_SAMPLE_HHI_RATIO * lo
 
 
 def studentized_hhi_interval(counts: np.ndarray, sample: np.ndarray, confidence: float = CONFIDENCE
@@ -606,7 +638,7 @@ def _assemble(window: Window, windows: pd.DataFrame, cent: pd.DataFrame, share: 
     info = windows[info_cols + ["network_hashrate", "hashrate_method", "elapsed_seconds",
                                 "unattributed_blocks"]].copy()
     info["unknown_share"] = info["unknown_blocks"] / info["blocks_total"]
-    info["low_sample"] = info["blocks_total"] < LOW_SAMPLE_BLOCKS
+    info["low_sample"] = _window_low_sample(info, per_window)
     info["expected_blocks"] = info["elapsed_seconds"] / TARGET_SPACING
     unattributed = int(info["unattributed_blocks"].sum())
     if unattributed:
@@ -642,6 +674,19 @@ def treatment_counts(known: np.ndarray, unknown: int, treatment: str) -> np.ndar
 def _known_counts(per_window: pd.DataFrame) -> dict[tuple[int, str], np.ndarray]:
     return {(int(r.window_key), r.level): np.asarray(r.known, dtype=np.int64)
             for r in per_window.itertuples(index=False)}
+
+
+def _window_low_sample(info: pd.DataFrame, per_window: pd.DataFrame) -> pd.Series:
+    """One flag per window (both levels, every treatment and the pool_share rows agree), from its
+    pool-level counts with unknown blocks as one entity: every block of the window counts, as in
+    pool_share's shares, and no treatment's assumption about the unknown miners decides it. Always
+    judged on the 95% interval, whatever confidence the caller asked of the intervals, so that
+    low_sample means one thing in every table."""
+    known = _known_counts(per_window)
+    empty = np.zeros(0, dtype=np.int64)
+    flags = [low_sample(treatment_counts(known.get((int(key), "pool"), empty), int(unknown), "one_entity"))
+             for key, unknown in zip(info["window_key"].tolist(), info["unknown_blocks"].tolist(), strict=True)]
+    return pd.Series(flags, index=info.index, dtype=bool)
 
 
 def _add_bootstrap(window: Window, cent: pd.DataFrame, per_window: pd.DataFrame, bootstrap: bool,

@@ -80,7 +80,8 @@ def _title_suffix(data: ReportData) -> str:
 
 
 def _mark_low_sample(ax, rows: pd.DataFrame, window: m.Window) -> None:
-    """Shade windows with fewer than LOW_SAMPLE_BLOCKS blocks so nobody reads them as signal."""
+    """Shade low_sample windows (HHI interval spanning a factor of LOW_SAMPLE_HHI_RATIO or more) so
+    nobody reads them as signal."""
     low = rows[rows["low_sample"].astype(bool)]
     for r in low.itertuples(index=False):
         if window.is_calendar:
@@ -89,7 +90,7 @@ def _mark_low_sample(ax, rows: pd.DataFrame, window: m.Window) -> None:
             lo, hi = r.first_height, r.last_height
         ax.axvspan(lo, hi, color="#f4d0d0", alpha=0.6, zorder=0, linewidth=0)
     if len(low):
-        ax.fill_between([], [], color="#f4d0d0", label=f"< {m.LOW_SAMPLE_BLOCKS} blocks (low sample)")
+        ax.fill_between([], [], color="#f4d0d0", label=f"low sample (HHI interval spans x{m.LOW_SAMPLE_HHI_RATIO:g} or more)")
 
 
 def _break_at_gaps(x: np.ndarray, ys: list[np.ndarray], rows: pd.DataFrame,

@@ -254,8 +254,51 @@ def test_calendar_windows_and_low_sample_flag():
     assert set(week.window_id) == {"2024-W01"}
     month = m.compute_metrics(con, "month", registry_version="v1", bootstrap=False).centralization
     assert set(month.window_id) == {"2024-01"}
-    short = m.compute_metrics(con, "blocks:100", registry_version="v1", bootstrap=False).centralization
-    assert short.low_sample.all()
+    # 100 blocks split evenly between two pools leave no doubt about the HHI (0.49-0.50): not flagged;
+    # windows of 5 blocks are.
+    blocks100 = m.compute_metrics(con, "blocks:100", registry_version="v1", bootstrap=False).centralization
+    assert not blocks100.low_sample.any()
+    short = m.compute_metrics(con, "blocks:5", registry_version="v1", bootstrap=False)
+    assert short.centralization.low_sample.all() and short.pool_share.low_sample.all()
+
+
+def test_low_sample_rule_hand_cases():
+    # one block, or a handful: flagged
+    assert m.low_sample([1]) and m.low_sample([1, 1]) and m.low_sample([4, 3, 2, 1])
+    # one pool with every block: se is 0, the Wilson bound of its share decides (5 blocks: HHI >= 0.32)
+    assert m.low_sample([5]) and not m.low_sample([100])
+    # even halves over 100 blocks: HHI within 0.48-0.51
+    assert not m.low_sample([50, 50])
+
+
+def test_low_sample_never_flags_a_mainnet_day_and_always_a_tiny_window():
+    from benchmarks.coverage import FLAT_10, MAINNET_2024
+
+    rng = np.random.default_rng(143)
+    for mix in (MAINNET_2024, FLAT_10):
+        p = np.append(mix.known_shares("pool"), mix.unknown)
+        assert not any(m.low_sample(c) for c in rng.multinomial(143, p, size=1000))
+        assert all(m.low_sample(c) for c in rng.multinomial(10, p, size=1000))
+
+
+def test_low_sample_flag_is_the_windows_on_both_tables():
+    """A 143-block day of a 2024-like mix through the SQL path: not flagged; the 5-block day after it is."""
+    from benchmarks.coverage import MAINNET_2024
+
+    rng = np.random.default_rng(2024)
+    names = list(MAINNET_2024.pools) + [None]
+    p = np.append(MAINNET_2024.known_shares("pool"), MAINNET_2024.unknown)
+    day1 = [names[i] for i in rng.choice(len(names), size=143, p=p)]
+    blocks, attributions = synthetic_tables(day1 + [None] + ["alpha"] * 5)  # 143 blocks fill day 1 to 23:40
+    # block 143 (unknown, 23:50) is dropped so day 1 holds 143 blocks; day 2 holds the 5 after it.
+    keep = [i for i in range(blocks.num_rows) if i != 143]
+    con = connect(blocks.take(keep), attributions.take(keep))
+    res = m.compute_metrics(con, "day", registry_version="v1", bootstrap=False)
+    cent, share = res.centralization, res.pool_share
+    assert cent.groupby("window_id")["blocks_total"].first().to_dict() == {"2024-01-01": 143, "2024-01-02": 5}
+    flags = {w: set(g.low_sample) for w, g in cent.groupby("window_id")}
+    assert flags == {"2024-01-01": {False}, "2024-01-02": {True}}  # one flag per window, every row
+    assert {w: set(g.low_sample) for w, g in share.groupby("window_id")} == flags
 
 
 def test_epoch_and_rolling_windows():
