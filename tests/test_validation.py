@@ -199,6 +199,14 @@ def test_metric_suites_catch_bad_shares_and_hhi():
     assert validate_batch({"centralization": cent}).ok
     low = replace(cent, "hhi", 0, 0.3)  # below 1/n = 0.5
     assert ("centralization", "hhi_in_bounds") in failed(validate_batch({"centralization": low}))
+    # The interval is for the population HHI: below 1/n and below the plug-in hhi is fine ...
+    interval = replace(replace(cent, "hhi_lo", 0, 0.2), "hhi_hi", 0, 0.6)
+    assert validate_batch({"centralization": interval}).ok
+    # ... a reversed interval or one outside [0, 1] is not.
+    reversed_ = replace(interval, "hhi_lo", 0, 0.7)
+    assert ("centralization", "column_A=hhi_hi") in failed(validate_batch({"centralization": reversed_}))
+    negative = replace(interval, "hhi_lo", 0, -0.1)
+    assert ("centralization", "hhi_lo") in failed(validate_batch({"centralization": negative}))
 
 
 def test_unknown_table_is_an_error(chain):
