@@ -459,19 +459,23 @@ def _hhi_estimate_and_se(counts: np.ndarray, total: int, axis: int | None = None
     when one entity has every block.
     """
     n = float(total)
+    # Power sums Σc², Σc³, Σc⁴ (floats: c⁴ overflows int64 beyond 55,000 blocks of one entity); the
+    # falling-factorial sums follow from them, which keeps the replicate matrix to three passes.
     c = counts.astype(float)
-    f2 = c * (c - 1.0)
-    hhi = f2.sum(axis=axis) / (n * (n - 1.0))
-    p2 = (c * c).sum(axis=axis) / (n * n)
-    p3 = (c * c * c).sum(axis=axis) / (n * n * n)
+    c2 = c * c
+    s2, s3 = c2.sum(axis=axis), (c2 * c).sum(axis=axis)
+    hhi = (s2 - n) / (n * (n - 1.0))
+    p2, p3 = s2 / (n * n), s3 / (n * n * n)
     # Rounding can leave a -1e-17 where the variance is exactly 0 (one entity with every block).
     variance = np.maximum(4.0 * (n - 2.0) * (p3 - p2 * p2) + 2.0 * (p2 - p2 * p2), 0.0) / (n * (n - 1.0))
     if unbiased_variance and total >= 4:
-        f3 = f2 * (c - 2.0)
-        cube = f3.sum(axis=axis) / (n * (n - 1.0) * (n - 2.0))
-        sum_f2 = f2.sum(axis=axis)
-        square = (sum_f2 * sum_f2 - (f2 * f2).sum(axis=axis) + (f3 * (c - 3.0)).sum(axis=axis)) \
-            / (n * (n - 1.0) * (n - 2.0) * (n - 3.0))
+        s4 = (c2 * c2).sum(axis=axis)
+        f2 = s2 - n  # Σ(c)_2
+        f3 = s3 - 3.0 * s2 + 2.0 * n  # Σ(c)_3
+        f4 = s4 - 6.0 * s3 + 11.0 * s2 - 6.0 * n  # Σ(c)_4
+        f2_squared = s4 - 2.0 * s3 + s2  # Σ(c)_2²
+        cube = f3 / (n * (n - 1.0) * (n - 2.0))
+        square = (f2 * f2 - f2_squared + f4) / (n * (n - 1.0) * (n - 2.0) * (n - 3.0))
         unbiased = (4.0 * (n - 2.0) * (cube - square) + 2.0 * (hhi - square)) / (n * (n - 1.0))
         variance = np.where(unbiased > 0, unbiased, variance)
     return hhi, np.sqrt(variance)
