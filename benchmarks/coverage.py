@@ -14,14 +14,18 @@ row's unknown treatment, and ``nakamoto_lo``/``nakamoto_hi`` with the true Nakam
 
 "old" is the interval poolwatch published before this change: the 2.5-97.5 percentiles of the plug-in
 HHI over the same multinomial replicates (same seed, same draws), recomputed here from the window's
-counts (``percentile_hhi_interval`` is that code, unchanged); "new" is what compute_metrics returns.
-tests/test_metrics_calibration.py runs a smaller version of this as a test.
+counts (``percentile_hhi_interval``; checked identical to the old compute_metrics output); "new" is
+what compute_metrics returns. "Methods considered" computes every candidate interval from those same
+replicates (the one compute_metrics returns among them, checked equal). The last table is the share of
+simulated windows of each size that the low_sample rule flags. tests/test_metrics_calibration.py runs
+a smaller version of the coverage measurement as a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import subprocess
 import sys
 import time
 import zlib
@@ -29,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from statistics import NormalDist
 
 import duckdb
 import numpy as np
@@ -42,6 +47,7 @@ START = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday and the first of a month: w
 SPACING = 600
 SEED = 20240615
 NOMINAL = m.CONFIDENCE
+TOLERANCE = 0.015  # what the metrics promise: coverage within 1.5 points of nominal
 
 
 @dataclass(frozen=True)
@@ -206,21 +212,90 @@ def simulate(mix: Mix, kind: str, windows: int, seed: int = SEED) -> m.MetricsRe
         con.close()
 
 
-def percentile_hhi_interval(counts: np.ndarray, draws: int, seed: int, confidence: float = NOMINAL
-                            ) -> tuple[float, float]:
-    """The HHI interval before this change: percentiles of the plug-in HHI over the multinomial
-    replicates, drawn exactly as bootstrap_intervals draws them (same seed, same draws)."""
+def replicates(counts: np.ndarray, draws: int, seed: int) -> np.ndarray:
+    """The multinomial replicates bootstrap_intervals draws for these counts, seed and draws."""
     counts = np.asarray(counts, dtype=np.int64)
     total = int(counts.sum())
-    rng = np.random.default_rng(seed)
-    sample = rng.multinomial(total, counts / total, size=draws)
-    hhis = (sample.astype(float) ** 2).sum(axis=1) / float(total) ** 2
+    return np.random.default_rng(seed).multinomial(total, counts / total, size=draws)
+
+
+def percentile_hhi_interval(counts: np.ndarray, sample: np.ndarray, confidence: float = NOMINAL
+                            ) -> tuple[float, float]:
+    """The HHI interval before this change: percentiles of the plug-in HHI over the replicates."""
+    total = float(np.asarray(counts).sum())
+    hhis = (sample.astype(float) ** 2).sum(axis=1) / total ** 2
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(hhis, [alpha, 1 - alpha])
     return float(lo), float(hi)
 
 
-def evaluate(result: m.MetricsResult, mix: Mix, old: bool = True) -> pd.DataFrame:
+def _studentized_observed_variance(counts: np.ndarray, sample: np.ndarray, confidence: float
+                                   ) -> tuple[float, float]:
+    """The chosen method with the observed shares, not unbiased estimates, in the variance."""
+    total = int(counts.sum())
+    estimate, se = m._hhi_estimate_and_se(counts, total, unbiased_variance=False)
+    if se == 0:
+        return float(estimate), float(estimate)
+    replicate, replicate_se = m._hhi_estimate_and_se(sample, total, axis=1, unbiased_variance=False)
+    t = (replicate - m.hhi(counts)) / np.where(replicate_se > 0, replicate_se, se)
+    alpha = (1 - confidence) / 2
+    t_lo, t_hi = np.quantile(t, [alpha, 1 - alpha])
+    return float(estimate - t_hi * se), float(estimate - t_lo * se)
+
+
+def _bca(counts: np.ndarray, sample: np.ndarray, unbiased: np.ndarray, confidence: float) -> tuple[float, float]:
+    """BCa percentile interval of the unbiased HHI's replicates, shifted so the resampling world's
+    truth (the plug-in) lands on the estimate; acceleration from the leave-one-block-out jackknife."""
+    c = counts.astype(float)
+    n = c.sum()
+    plug_in, estimate = m.hhi(counts), m.hhi_unbiased(counts)
+    shifted = unbiased + (estimate - plug_in)
+    below = np.mean(unbiased < plug_in) + 0.5 * np.mean(unbiased == plug_in)
+    normal = NormalDist()
+    z0 = normal.inv_cdf(min(max(below, 0.5 / len(unbiased)), 1 - 0.5 / len(unbiased)))
+    # Leaving out one block of entity i: Σc(c-1) loses 2(c_i - 1); c_i such leave-outs each.
+    jack = ((c * (c - 1)).sum() - 2 * (c - 1)) / ((n - 1) * (n - 2))
+    d = (c * jack).sum() / n - jack
+    spread = (c * d * d).sum()
+    accel = (c * d ** 3).sum() / (6 * spread ** 1.5) if spread > 0 else 0.0
+    alpha = (1 - confidence) / 2
+    levels = [normal.cdf(z0 + (z0 + z) / (1 - accel * (z0 + z))) for z in (normal.inv_cdf(alpha),
+                                                                        normal.inv_cdf(1 - alpha))]
+    lo, hi = np.quantile(shifted, levels)
+    return float(lo), float(hi)
+
+
+ALTERNATIVES = ("percentile (old)", "percentile, bias-shifted", "basic around unbiased", "BCa around unbiased",
+                "Wald around unbiased", "studentized, observed-share se", "studentized (new)")
+
+
+def alternative_intervals(counts: np.ndarray, sample: np.ndarray, confidence: float = NOMINAL
+                          ) -> dict[str, tuple[float, float]]:
+    """Every interval measured when choosing the method, from the same replicates; clipped to [0, 1]."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    plug_in, estimate = m.hhi(counts), m.hhi_unbiased(counts)
+    hhis = (sample.astype(float) ** 2).sum(axis=1) / float(total) ** 2
+    unbiased = (total * hhis - 1) / (total - 1)
+    alpha = (1 - confidence) / 2
+    z = NormalDist().inv_cdf(1 - alpha)
+    q_lo, q_hi = np.quantile(hhis, [alpha, 1 - alpha])
+    bias = hhis.mean() - plug_in
+    u_lo, u_hi = np.quantile(unbiased, [alpha, 1 - alpha])
+    se = float(m._hhi_estimate_and_se(counts, total)[1])
+    out = {
+        "percentile (old)": percentile_hhi_interval(counts, sample, confidence),
+        "percentile, bias-shifted": (q_lo - bias, q_hi - bias),
+        "basic around unbiased": (estimate - (u_hi - plug_in), estimate - (u_lo - plug_in)),
+        "BCa around unbiased": _bca(counts, sample, unbiased, confidence),
+        "Wald around unbiased": (estimate - z * se, estimate + z * se),
+        "studentized, observed-share se": _studentized_observed_variance(counts, sample, confidence),
+        "studentized (new)": m.studentized_hhi_interval(counts, sample, confidence),
+    }
+    return {k: (float(np.clip(lo, 0, 1)), float(np.clip(hi, 0, 1))) for k, (lo, hi) in out.items()}
+
+
+def evaluate(result: m.MetricsResult, mix: Mix, alternatives: bool = True) -> pd.DataFrame:
     """One row per (window, level, treatment): the truth, whether each interval holds it, widths."""
     window = result.window
     cent, share = result.centralization, result.pool_share
@@ -234,32 +309,50 @@ def evaluate(result: m.MetricsResult, mix: Mix, old: bool = True) -> pd.DataFram
                "blocks_total": int(r.blocks_total), "true_hhi": truth, "low_sample": bool(r.low_sample),
                "new_covered": bool(r.hhi_lo <= truth <= r.hhi_hi), "new_width": float(r.hhi_hi - r.hhi_lo),
                "nakamoto_covered": bool(r.nakamoto_lo <= naka <= r.nakamoto_hi)}
-        if old:
+        if alternatives:
             counts = m.treatment_counts(known.get((r.window_id, r.level), np.zeros(0, np.int64)),
                                         int(r.unknown_blocks), r.unknown_treatment)
-            # The same per-window seed as compute_metrics, so both methods see the same replicates.
-            lo, hi = percentile_hhi_interval(counts, int(r.bootstrap_draws),
-                                             m._seed(window.name, r.window_id, r.level, r.unknown_treatment))
-            row.update(old_covered=lo <= truth <= hi, old_width=hi - lo)
+            # The same per-window seed as compute_metrics, so every method sees the same replicates.
+            sample = replicates(counts, int(r.bootstrap_draws),
+                                m._seed(window.name, r.window_id, r.level, r.unknown_treatment))
+            intervals = alternative_intervals(counts, sample)
+            if intervals["studentized (new)"] != (r.hhi_lo, r.hhi_hi):
+                raise AssertionError(f"{r.window_id} {r.level} {r.unknown_treatment}: the replicates here are "
+                                     "not the ones compute_metrics drew")
+            for name, (lo, hi) in intervals.items():
+                row[f"{name}|covered"] = lo <= truth <= hi
+                row[f"{name}|width"] = hi - lo
+            row.update(old_covered=row["percentile (old)|covered"], old_width=row["percentile (old)|width"])
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def summarize(frame: pd.DataFrame, kind: str, mix: Mix, seed: int) -> list[dict]:
     out = []
-    for (level, treatment), g in frame.groupby(["level", "treatment"], sort=False):
-        n = len(g)
-        out.append({
-            "kind": kind, "mix": mix.name if len(mix.levels) == 1 else f"{mix.name} {'families' if level == 'family' else 'pools'}",
-            "treatment": treatment, "nominal": NOMINAL, "blocks": _blocks_label(g["blocks_total"]),
-            "true_hhi": float(g["true_hhi"].iloc[0]), "windows": n,
-            "old": float(g["old_covered"].mean()) if "old_covered" in g else None,
-            "new": float(g["new_covered"].mean()), "se": float(np.sqrt(NOMINAL * (1 - NOMINAL) / n)),
-            "old_width": float(g["old_width"].mean()) if "old_width" in g else None,
-            "new_width": float(g["new_width"].mean()), "nakamoto": float(g["nakamoto_covered"].mean()),
-            "low_sample": int(g["low_sample"].sum()), "seed": chain_seed(kind, mix, seed),
-        })
+    for level in mix.levels:
+        for treatment in m.TREATMENTS:
+            g = frame[(frame["level"] == level) & (frame["treatment"] == treatment)]
+            if len(g):
+                out.append(_summary(g, kind, mix, level, treatment, seed))
     return out
+
+
+def _summary(g: pd.DataFrame, kind: str, mix: Mix, level: str, treatment: str, seed: int) -> dict:
+    n = len(g)
+    label = mix.name if len(mix.levels) == 1 else f"{mix.name} {'families' if level == 'family' else 'pools'}"
+    has_old = "old_covered" in g
+    return {
+        "kind": kind, "mix": label, "treatment": treatment, "nominal": NOMINAL,
+        "blocks": _blocks_label(g["blocks_total"]), "true_hhi": float(g["true_hhi"].iloc[0]), "windows": n,
+        "old": float(g["old_covered"].mean()) if has_old else None,
+        "new": float(g["new_covered"].mean()), "se": float(np.sqrt(NOMINAL * (1 - NOMINAL) / n)),
+        "old_width": float(g["old_width"].mean()) if has_old else None,
+        "new_width": float(g["new_width"].mean()), "nakamoto": float(g["nakamoto_covered"].mean()),
+        "true_nakamoto": mix.true_nakamoto(level, treatment),
+        "low_sample": int(g["low_sample"].sum()), "seed": chain_seed(kind, mix, seed),
+        "alternatives": {name: float(g[f"{name}|covered"].mean()) for name in ALTERNATIVES
+                         if f"{name}|covered" in g},
+    }
 
 
 def flag_rates(mixes: Sequence[Mix] = (MAINNET_2024, FLAT_10, ONE_40), sizes: Sequence[int] = FLAG_SIZES,
@@ -275,6 +368,36 @@ def flag_rates(mixes: Sequence[Mix] = (MAINNET_2024, FLAT_10, ONE_40), sizes: Se
             row[mix.name] = float(np.mean([m.low_sample(c) for c in rng.multinomial(size, p, size=draws)]))
         rows.append(row)
     return rows
+
+
+def alternatives_table(rows: Sequence[dict]) -> list[str]:
+    lines = ["| window | mix | treatment | " + " | ".join(ALTERNATIVES) + " | windows |",
+             "|---|---|---|" + "---:|" * (len(ALTERNATIVES) + 1)]
+    for r in rows:
+        cov = r["alternatives"]
+        lines.append(f"| {r['kind']} | {r['mix']} | {r['treatment']} | "
+                     + " | ".join(_pct(cov.get(name)) for name in ALTERNATIVES) + f" | {r['windows']:,} |")
+    return lines
+
+
+def method_summary(rows: Sequence[dict]) -> list[str]:
+    """Per method: the range of its coverage over the treatments (and levels) of each kind and mix,
+    and how many cells miss the nominal by more than 1.5 points."""
+    groups = list(dict.fromkeys((r["kind"], r["mix"].split(" pools")[0].split(" families")[0]) for r in rows))
+    lines = ["| method | " + " | ".join(f"{k}, {x}" for k, x in groups)
+             + f" | cells off by > {100 * TOLERANCE:g} points |",
+             "|---|" + "---:|" * (len(groups) + 1)]
+    for name in ALTERNATIVES:
+        if not all(name in r["alternatives"] for r in rows):
+            continue
+        ranges = []
+        for kind, mix in groups:
+            values = [r["alternatives"][name] for r in rows if r["kind"] == kind and r["mix"].startswith(mix)]
+            ranges.append(f"{100 * min(values):.1f}-{100 * max(values):.1f}")
+        # Rounded: 93.5% of 1000 windows is 1.5 points off, which the float difference puts a hair above.
+        off = sum(round(abs(r["alternatives"][name] - NOMINAL), 9) > TOLERANCE for r in rows)
+        lines.append(f"| {name} | " + " | ".join(ranges) + f" | {off} of {len(rows)} |")
+    return lines
 
 
 def flag_table(rows: Sequence[dict], draws: int) -> list[str]:
@@ -299,12 +422,13 @@ def _pct(value: float | None) -> str:
 
 def table(rows: Sequence[dict]) -> list[str]:
     lines = ["| window | blocks | mix | treatment | true HHI | nominal | coverage old | coverage new | SE | "
-             "mean width old | mean width new | Nakamoto coverage | low_sample | windows | seed |",
-             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "mean width old | mean width new | true Nakamoto | Nakamoto coverage | low_sample | windows | seed |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['kind']} | {r['blocks']} | {r['mix']} | {r['treatment']} | {r['true_hhi']:.4f} | "
                      f"{_pct(r['nominal'])} | {_pct(r['old'])} | **{_pct(r['new'])}** | {100 * r['se']:.2f} | "
-                     f"{r['old_width']:.4f} | {r['new_width']:.4f} | {_pct(r['nakamoto'])} | {r['low_sample']} | "
+                     f"{r['old_width']:.4f} | {r['new_width']:.4f} | {r['true_nakamoto']} | {_pct(r['nakamoto'])} | "
+                     f"{r['low_sample']} | "
                      f"{r['windows']:,} | {r['seed']} |")
     return lines
 
@@ -314,7 +438,11 @@ def machine() -> str:
 
     info = describe(HERE)
     load = info.get("load_average_at_start")
-    return (f"`{' '.join(platform.uname())}`; CPU: {info['cpu_model']} x {info['cpus']}, {info['ram_gb']} GB RAM"
+    try:
+        uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        uname = " ".join(part for part in platform.uname() if part)
+    return (f"`{uname}`; CPU: {info['cpu_model']} x {info['cpus']}, {info['ram_gb']} GB RAM"
             + (f"; load average {load[0]:.1f} at the end" if load else ""))
 
 
@@ -345,6 +473,13 @@ def report(rows: Sequence[dict], seconds: dict[str, float], seed: int, flags: Se
     lines += table(rows)
     lines += ["", "compute_metrics time per simulated chain (SQL and bootstrap, both levels and all treatments): "
               + "; ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) + ".", ""]
+    lines += ["## Methods considered", "",
+              "Coverage (percent) of every interval measured when choosing the method, on the same windows and "
+              "the same replicates (compute_metrics' seeds and draws). The unbiased HHI is (N Σp² - 1)/(N - 1); "
+              "its se is the square root of the U-statistic's exact multinomial variance, estimated without "
+              "bias (\"observed-share se\": the observed shares put in the same formula).", ""]
+    lines += method_summary(rows) + ["", "Per treatment and level:", ""]
+    lines += alternatives_table(rows) + [""]
     if flags:
         lines += ["## low_sample by window size", "",
                   "Share of simulated windows flagged `low_sample` (the upper end of the HHI's 95% interval at "

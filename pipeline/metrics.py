@@ -43,7 +43,8 @@ HASHES_PER_DIFFICULTY = 2**32  # expected hashes to find a block at difficulty 1
 # A window is low_sample when the upper end of its HHI's 95% interval is at least this many times the
 # lower end: 1/HHI is the number of equal miners with the same HHI, so such an interval cannot tell 4
 # equal miners (HHI 0.25, highly concentrated) from 8 (0.125, unconcentrated). Width, not a block
-# count, decides: a 143-block day of a 2024-like mix spans about x1.5 (flagged below ~50 blocks).
+# count, decides: a 143-block day of a 2024-like mix spans about x1.5 (its windows are mostly flagged
+# below ~55 blocks, never from 100).
 # Justified with measurements in docs/metrics.md.
 LOW_SAMPLE_HHI_RATIO = 2.0
 CONFIDENCE = 0.95
@@ -452,8 +453,9 @@ def _hhi_estimate_and_se(counts: np.ndarray, total: int, axis: int | None = None
     multinomial variance is [4(N−2)(Σp³ − H²) + 2(H − H²)] / (N(N−1)) with H = Σp². Σp³ and H² are
     replaced by their unbiased estimates from falling factorials (c)_k = c(c−1)..(c−k+1):
     Σ(c)_3/(N)_3 and [(Σ(c)_2)² − Σ(c)_2² + Σ(c)_4]/(N)_4, which makes the variance estimate unbiased.
-    Measured, that balances the two tails of the studentized interval on flat mixes of day windows
-    (95.0% instead of 96.1% with observed shares in the formula; docs/metrics.md). Where the unbiased
+    Measured, that balances the two tails of the studentized interval on day windows of a flat mix
+    (coverage 94.4-95.6% instead of 95.9-96.9% with the observed shares in the formula;
+    benchmarks/coverage.md). Where the unbiased
     estimate is not positive (fewer than 4 blocks, or by chance in a flat window), or with
     ``unbiased_variance=False``, the observed shares go into the formula; that variance is 0 only
     when one entity has every block.

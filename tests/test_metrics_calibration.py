@@ -9,9 +9,10 @@ window's [hhi_lo, hhi_hi] is compared with the mix's true HHI under the row's un
 
 The tolerance is the one the metrics promise: coverage within 1.5 points of the nominal 95%. Standard
 error of a coverage of exactly 95% over n windows: sqrt(0.95 * 0.05 / n), 0.69 points for 1000 windows,
-0.77 for 800, 0.97 for 500 (the sizes keep the file near a minute on 2 cores); the full-size tables (4000 days, 2000 weeks, 1000 months per mix) are
-benchmarks/coverage.md. The percentile interval poolwatch used before fails here on day windows: about
-92% on the 2024-like mix and 20-35% on the flat one.
+0.77 for 800, 0.97 for 500 (the sizes keep the file near a minute on 2 cores); the full-size tables
+(4000 days, 2000 weeks, 1000 months per mix) are benchmarks/coverage.md. The percentile interval
+poolwatch used before fails every case here: it covers 91.7-93.0% of the 2024-like days, 19.6-33.8%
+of the flat days, 76.6-80.1% of the flat weeks and 90.6-91.8% of the flat months.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def test_hhi_interval_covers_the_true_hhi(kind: str, mix: Mix, windows: int) -> 
     assert cent["bootstrap_draws"].eq(m.BOOTSTRAP_DRAWS).all()
     table = coverage(cent, mix)
     assert len(table) == len(mix.levels) * len(m.TREATMENTS)
-    off = table[(table["coverage"] - m.CONFIDENCE).abs() > TOLERANCE]
+    # Rounded: a coverage of exactly 93.5% is within 1.5 points, whatever the float difference says.
+    off = table[(table["coverage"] - m.CONFIDENCE).abs().round(9) > TOLERANCE]
     assert off.empty, f"{kind} windows of the {mix.name} mix: coverage off nominal by more than " \
                       f"{TOLERANCE:.1%}:\n{table.to_string()}"
     # Normal windows of mainnet size are never flagged as too small to tell anything.
