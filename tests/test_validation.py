@@ -203,6 +203,14 @@ def test_metric_suites_catch_bad_shares_and_hhi():
     assert ("centralization", "hhi_in_bounds") in failed(validate_batch({"centralization": low}))
     above = replace(cent, "top1_share_of_all", 0, 0.8)  # more of all blocks than of the known ones
     assert ("centralization", "top_shares_ordered") in failed(validate_batch({"centralization": above}))
+    # The interval is for the population HHI: below 1/n and below the plug-in hhi is fine ...
+    interval = replace(replace(cent, "hhi_lo", 0, 0.2), "hhi_hi", 0, 0.6)
+    assert validate_batch({"centralization": interval}).ok
+    # ... a reversed interval or one outside [0, 1] is not.
+    reversed_ = replace(interval, "hhi_lo", 0, 0.7)
+    assert ("centralization", "column_A=hhi_hi") in failed(validate_batch({"centralization": reversed_}))
+    negative = replace(interval, "hhi_lo", 0, -0.1)
+    assert ("centralization", "hhi_lo") in failed(validate_batch({"centralization": negative}))
 
 
 def test_unknown_table_is_an_error(chain):
