@@ -33,7 +33,7 @@ MAX_FUTURE_BLOCK_TIME = 2 * 60 * 60
 EARLIEST_BLOCK_TIME = 1231006505
 # Shares and indices are floats computed by DuckDB/numpy; sums may differ from 1 in the last bits.
 FLOAT_TOLERANCE = 1e-9
-UNKNOWN_POOL_ID = "unknown"  # pipeline.attribution's id for blocks no rule matched
+UNKNOWN_POOL_ID = "unknown"  # pipeline.attribution.engine's id for blocks no rule matched
 # Script types with an address on every network, and those that never have one.
 ADDRESS_REQUIRED = frozenset({"p2pkh", "p2sh", "p2wpkh", "p2wsh", "p2tr"})
 ADDRESS_FORBIDDEN = frozenset({"p2pk", "multisig", "op_return", "nonstandard", "witness_commitment"})
