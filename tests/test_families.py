@@ -91,3 +91,25 @@ def test_suggest_proposes_rules_a_person_can_accept(warehouse, pool_lists_dir, t
     accepted = parse_registry(document)
     assert accepted.by_id["binance-pool"].family_at(900000, parse_time("2025-06-15T00:00:00Z")) == "bitmain"
     assert accepted.by_id["binance-pool"].family_at(899999, parse_time("2025-06-15T00:00:00Z")) is None
+
+
+def test_a_capture_below_the_threshold_leaves_the_metric_tables_as_they_are(tmp_path: Path):
+    """An import of template links changes the data revision (the stored metric tables read as
+    stale); a refresh then finds that the links the metrics count did not change and records it
+    without recomputing. Links that reach the threshold change the inputs: everything is recomputed."""
+    from test_metrics import build_warehouse, demo_pools
+
+    from pipeline.metrics import compute as m
+
+    wh = build_warehouse(tmp_path / "wh", demo_pools(300))
+    m.refresh_metrics(wh, draws=50)
+    before = wh.meta["metrics_inputs"]
+    import_templates(wh, read_capture(write(tmp_path, "one.jsonl", JOBS[:2])), load_registry())
+    assert wh.freshness()["stale"] and "data revision" in wh.freshness()["reason"]
+    again = m.refresh_metrics(wh, draws=50)
+    assert again.mode == "up to date (inputs unchanged)" and not wh.freshness()["stale"]
+    assert wh.meta["metrics_inputs"] == before
+    # the same link at a second height reaches the default threshold of 2: the inputs change
+    import_templates(wh, read_capture(write(tmp_path, "two.jsonl", JOBS[4:])), load_registry())
+    with pytest.raises(m.MetricsError, match="not stored in pool_definitions"):
+        m.refresh_metrics(wh, draws=50)  # this warehouse's attributions name no stored registry
