@@ -326,7 +326,7 @@ def families(registry_path, suggest, min_template_heights, min_co_spends, as_csv
         print_csv(["level", "kind", "entity", "entity_name", "pool_a", "pool_b", "when", "sources", "evidence",
                    "counted"], rows)
         return
-    print_table([Column("family"), Column("name"), Column("pools", wrap=True)],
+    print_table([Column("family"), Column("name"), Column("pools (at any time)", wrap=True)],
                 [[r["entity"], r["name"], r["pools"]] for r in family_rows],
                 title=f"families of registry {registry.version}")
     out.print()

@@ -170,8 +170,10 @@ def notes(links: list[InferredLink], state: Mapping[str, str], settings: Inferen
     kinds = defaultdict(int)
     for link in used:
         kinds[link.kind] += 1
+    absent = [t for t, s in sorted(state.items()) if s == "absent"]
     return [f"the inferred level joins pools by {kinds['template']} template link(s) and {kinds['custody']} custody "
-            f"link(s) at or above the threshold ({settings.describe()}); {len(links) - len(used)} below it"]
+            f"link(s) at or above the threshold ({settings.describe()}); {len(links) - len(used)} below it"
+            + (f"; no {' or '.join(absent)} table" if absent else "")]
 
 
 # ------------------------------------------------------------------------------------------------ SQL
