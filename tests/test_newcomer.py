@@ -3,6 +3,7 @@ the notebook, the DuckDB shell), each run exactly as printed, in a shell, as a u
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -135,3 +136,9 @@ def test_demo_output_ends_with_commands_that_work_as_printed(regtest_binary, tmp
     for command in commands[1:]:
         stdin = "SELECT count(*) AS n FROM blocks;\n" if command.startswith("duckdb ") else None
         check_step(command, run_in_shell([commands[0], command], tmp_path, env, stdin), warehouse, 201)
+    # the demo chain holds legal-family pools and a shared-template capture: the levels differ
+    levels = run_in_shell([commands[0], "poolwatch --warehouse warehouse/demo metrics --window all --json "
+                           "--no-bootstrap"], tmp_path, env)
+    assert levels.returncode == 0, levels.stderr
+    row = json.loads(levels.stdout)["levels"][0]
+    assert row["hhi_pool"] < row["hhi_legal"] < row["hhi_inferred"], row
