@@ -25,6 +25,9 @@ P2PKH_B = bytes.fromhex("76a914") + b"\x0b" * 20 + bytes.fromhex("88ac")
 P2SH_C = bytes.fromhex("a914") + b"\x0c" * 20 + b"\x87"
 
 
+BETA_WINDOW = {"from_height": 0, "to_height": 1000}
+
+
 def a(script: bytes, network=MAIN) -> str:
     return script_to_address(script, network)
 
@@ -39,7 +42,8 @@ def registry(extra: list[dict] | None = None):
         {"id": "alpha", "name": "Alpha", "tags": [{"tag": "/alpha/"}],
          "addresses": [{"address": a(P2PKH_A), "network": "main"}, {"address": a(P2TR), "network": "main"}],
          "family": [{"family": "holding", "from_height": 100}]},
-        {"id": "beta", "name": "Beta", "tags": [{"tag": "Beta"}, {"tag": "八宝池"}],
+        # "Beta" is a short tag (4 bytes): it only counts inside a closed window (docs/registry.md).
+        {"id": "beta", "name": "Beta", "tags": [{"tag": "Beta", **BETA_WINDOW}, {"tag": "八宝池"}],
          "addresses": [{"address": a(P2WSH), "network": "main"},
                        {"address": a(P2PKH_B, TEST), "network": "test"}]},
         {"id": "gamma", "name": "Gamma", "tags": [{"tag": "/alpha/gamma/"}, {"tag": "old-gamma", "to_height": 99}],
@@ -122,7 +126,7 @@ def test_case_rule_ascii_folded_utf8_exact():
 
 
 def test_tags_are_literal_bytes_not_patterns():
-    reg = registry([{"id": "dots", "name": "Dots", "tags": [{"tag": "$a.b$"}, {"tag_hex": "ff2e2aff"}]}])
+    reg = registry([{"id": "dots", "name": "Dots", "tags": [{"tag": "$a.b$"}, {"tag_hex": "ff2e2aff", **BETA_WINDOW}]}])
     assert one(150, b"x$a.b$x", reg=reg)["pool_id"] == "dots"
     assert one(150, b"x$aXb$x", reg=reg)["pool_id"] == "unknown"  # '.' is not a wildcard
     assert one(150, b"\xff.*\xff", reg=reg)["pool_id"] == "dots"
@@ -209,7 +213,7 @@ def test_changed_blocks_between_versions():
     old = registry()
     new_doc = json.loads(json.dumps(old.document))
     new_doc["pools"][1]["tags"] = [{"tag": "八宝池"}]          # beta loses "Beta"
-    new_doc["pools"][2]["tags"].append({"tag": "Beta"})       # gamma gains it
+    new_doc["pools"][2]["tags"].append({"tag": "Beta", **BETA_WINDOW})  # gamma gains it
     new = parse_registry(new_doc)
     tb, to = tables([(1, b"Beta", []), (2, b"/alpha/", []), (3, b"zz", [])])
     t_old = attribute_tables(tb, to, old, "main")["attributions"]
