@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.attribution.engine import Candidate, Matcher, attribute_tables, changed_blocks, decide, suggest_entries
+from pipeline.attribution.engine import (Candidate, Matcher, attribute_tables, attribution_version, changed_blocks,
+                                         decide, suggest_entries)
 from pipeline.chain.networks import MAIN, TEST
 from pipeline.attribution.registry import parse_registry
 from pipeline.chain.scripts import address_to_script, script_to_address
@@ -158,9 +159,11 @@ def test_candidates_table_records_every_match():
     tb, to = tables([(500, b"/alpha/", [(7, P2WSH), (3, P2TR)])])
     out = attribute_tables(tb, to, registry(), "main")
     cands = out["attribution_candidates"].to_pylist()
+    # alpha is paid and tagged, beta only paid (more): the agreeing evidence wins (docs/attribution.md).
     assert sorted((c["pool_id"], c["method"], c["output_index"], c["tag_offset"], c["chosen"]) for c in cands) == [
-        ("alpha", "address", 1, None, False), ("alpha", "tag", None, 0, False), ("beta", "address", 0, None, True)]
-    version = registry().version
+        ("alpha", "address", 1, None, True), ("alpha", "tag", None, 0, True), ("beta", "address", 0, None, False)]
+    version = attribution_version(registry().version, False)
+    assert version == registry().version + "+rules-2"
     assert set(out["attributions"]["registry_version"].to_pylist()) == {version}
     assert set(out["attribution_candidates"]["registry_version"].to_pylist()) == {version}
 
@@ -294,7 +297,8 @@ def test_cli_attribute_keeps_each_version_and_diff_and_suggest(regtest_wh):
     rows = warehouse.read("attributions").to_pylist()
     v_old, v_new = parse_registry(json.loads(old.read_text())).version, parse_registry(json.loads(new.read_text())).version
     # rows carry the attribution version: the registry's hash plus the non-default setting
-    a_old, a_new = v_old + "+cross-network", v_new + "+cross-network"
+    a_old, a_new = attribution_version(v_old, True), attribution_version(v_new, True)
+    assert a_new == v_new + "+rules-2+cross-network"
     assert {r["registry_version"] for r in rows} == {a_old, a_new}
     by = {(r["registry_version"], r["height"]): r["pool_id"] for r in rows}
     assert [by[(a_old, h)] for h in range(1, 6)] == ["alpha", "beta", "unknown", "unknown", "unknown"]
