@@ -101,7 +101,7 @@ def node_benchmarks(args: argparse.Namespace, results: dict[str, Any]) -> None:
     from benchmarks import etl
     from benchmarks.chain import build_chain
     from pipeline.attribution.registry import load_registry
-    from pipeline.devnode.regtest import RegtestNode
+    from pipeline.devnode.node import RegtestNode
 
     node_dir = args.out / "node"
     reused = load_kept_chain(node_dir, args) if args.reuse_chain else None

@@ -1,6 +1,6 @@
 """Build a regtest chain of realistic ~1 MB blocks on a local node, for the backfill benchmarks.
 
-Every block's coinbase comes from ``pipeline.devnode.regtest.demo_specs`` (real pool tags and payout
+Every block's coinbase comes from ``pipeline.devnode.demo.demo_specs`` (real pool tags and payout
 addresses from the shipped registry, several payout outputs for some pools) plus one spendable output.
 The block is filled with ordinary-looking transactions that spend each other in a chain:
 
@@ -23,8 +23,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipeline.devnode.regtest import (CoinbaseSpec, RegtestNode, block_hash, build_block, compact_size, demo_specs,
-                              mine_chain)
+from pipeline.chain.decode import header_hash as block_hash
+from pipeline.devnode.blocks import build_block, compact_size
+from pipeline.devnode.chains import mine_chain
+from pipeline.devnode.demo import demo_specs
+from pipeline.devnode.node import RegtestNode
 
 log = logging.getLogger("benchmarks.chain")
 

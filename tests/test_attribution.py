@@ -17,7 +17,7 @@ from pipeline.attribution.engine import (Candidate, Matcher, attribute_tables, a
                                          decide, suggest_entries)
 from pipeline.chain.networks import MAIN, TEST
 from pipeline.attribution.registry import parse_registry
-from pipeline.chain.scripts import address_to_script, script_to_address
+from pipeline.chain.scripts import script_to_address
 
 P2TR = b"\x51\x20" + bytes(range(32))
 P2WSH = b"\x00\x20" + bytes(range(32, 64))
@@ -240,9 +240,10 @@ def test_suggest_groups_recurring_tags_and_addresses():
 
 def _regtest_warehouse(root: Path, specs) -> None:
     """Store real serialized blocks (built with chosen coinbases) the way sync would."""
-    from pipeline.chain.decode import blocks_to_tables, decode_block
+    from pipeline.chain.decode import decode_block
+    from pipeline.load.tables import blocks_to_tables
     from pipeline.chain.networks import REGTEST
-    from pipeline.devnode.regtest import build_block
+    from pipeline.devnode.blocks import build_block
     from pipeline.store.warehouse import Warehouse
 
     prev, decoded = REGTEST.genesis_hash, []
@@ -259,7 +260,7 @@ def _regtest_warehouse(root: Path, specs) -> None:
 
 @pytest.fixture()
 def regtest_wh(tmp_path: Path) -> tuple[Path, Path, Path]:
-    from pipeline.devnode.regtest import CoinbaseSpec
+    from pipeline.devnode.blocks import CoinbaseSpec
 
     old = tmp_path / "old.json"
     old.write_text(json.dumps(registry().document))

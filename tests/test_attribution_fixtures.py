@@ -14,7 +14,8 @@ import pyarrow as pa
 import pytest
 
 from pipeline.attribution.engine import attribute_tables
-from pipeline.chain.decode import blocks_to_tables, decode_block, parse_coinbase
+from pipeline.chain.decode import decode_block, parse_coinbase
+from pipeline.load.tables import blocks_to_tables
 from pipeline.chain.networks import MAIN
 from pipeline.attribution.registry import load_registry
 from pipeline.chain.scripts import address_to_script, classify

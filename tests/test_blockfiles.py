@@ -244,7 +244,8 @@ def test_scan_file_stops_at_padding_and_truncation(mainnet_chain, tmp_path: Path
 @pytest.mark.node
 def test_regtest_node_blk_files_give_the_rpc_tables(regtest_node, tmp_path: Path) -> None:
     from pipeline.source.client import NodeClient
-    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.devnode.chains import mine_chain
+    from pipeline.devnode.demo import demo_specs
     from pipeline.attribution.registry import load_registry
 
     specs = demo_specs(load_registry(), 120, allow_p2sh=regtest_node.flavor == "core")

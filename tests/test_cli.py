@@ -205,7 +205,7 @@ def test_node_errors_and_table_cells_are_printed_verbatim(tmp_path: Path, wh) ->
     status = run(["--warehouse", folder / "wh", "status", "--rpc-url", f"http://u:p@[::1]:{free_port()}"],
                  columns=250)
     assert str(folder / "wh") in status.output, status.output
-    assert f"[::1]:" in status.output and "cannot reach" in status.output, status.output
+    assert "[::1]:" in status.output and "cannot reach" in status.output, status.output
     cells = run(["--warehouse", wh.root, "sql", f"SELECT '{BRACKETS}' AS s, 'pools[3]' AS \"[b]col\""])
     assert cells.exit_code == 0, cells.output
     assert_on_a_line(cells, BRACKETS, "[b]col")

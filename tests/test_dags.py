@@ -123,7 +123,8 @@ def airflow_env(airflow_db, regtest_node, tmp_path, monkeypatch):
 
 def _mine(node, n: int) -> list[str]:
     from pipeline.attribution.registry import load_registry
-    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.devnode.chains import mine_chain
+    from pipeline.devnode.demo import demo_specs
 
     specs = demo_specs(load_registry(), n, allow_p2sh=node.flavor == "core")
     return mine_chain(node, specs)

@@ -16,15 +16,14 @@ from pipeline.chain.decode import (
     DecodeError,
     DecodedBlock,
     bip34_height,
-    blocks_to_tables,
     coinbase_tag,
     decode_block,
     decode_header,
     difficulty_from_bits,
-    iter_blk_records,
     parse_coinbase,
 )
 from pipeline.chain.networks import MAIN, REGTEST, block_subsidy
+from pipeline.load.tables import blocks_to_tables
 from pipeline.store.schemas import table_spec
 from pipeline.chain.scripts import address_to_script, classify, script_to_address
 
@@ -357,6 +356,17 @@ def test_coinbase_tag_rules() -> None:
 
 # --- blk*.dat record streams ----------------------------------------------------------------------
 
+def iter_blk_records(stream: bytes) -> list[bytes]:
+    """Test-side reader of the fixtures' blk-format streams (magic + length + block, repeated); the
+    pipeline's own reader of Core's block files is pipeline.source.blockfiles (tests/test_blockfiles.py)."""
+    out, pos = [], 0
+    while pos + 8 <= len(stream) and stream[pos:pos + 4] == MAIN.magic:
+        (length,) = struct.unpack_from("<I", stream, pos + 4)
+        out.append(stream[pos + 8:pos + 8 + length])
+        pos += 8 + length
+    return out
+
+
 def _check_chain(raw_blocks: list[bytes], first_height: int) -> list[DecodedBlock]:
     decoded = [decode_block(raw, MAIN, height=first_height + i) for i, raw in enumerate(raw_blocks)]
     for prev, block in zip(decoded, decoded[1:]):
@@ -379,17 +389,6 @@ def test_btcd_streams(fixtures_dir: Path) -> None:
     assert len(blocks) == 255
     (single,) = list(iter_blk_records(bz2.decompress((fixtures_dir / "btcsuite+btcd/277647.dat.bz2").read_bytes())))
     assert decode_block(single, MAIN).height == 277647
-
-
-def test_blk_framing_errors() -> None:
-    block = b"\x01" * 100
-    good = MAIN.magic + struct.pack("<I", len(block)) + block
-    assert list(iter_blk_records(good + good + bytes(64))) == [block, block]  # zero padding ends the file
-    with pytest.raises(DecodeError, match="expected magic"):
-        list(iter_blk_records(good + b"junk" + good))
-    with pytest.raises(DecodeError, match="claims 100 bytes"):
-        list(iter_blk_records(good[:-1]))
-    assert list(iter_blk_records(REGTEST.magic + struct.pack("<I", 3) + b"abc", magic=REGTEST.magic)) == [b"abc"]
 
 
 # --- malformed input ------------------------------------------------------------------------------
@@ -451,7 +450,7 @@ def _coinbase_tx(script_sig: bytes, outputs: list[tuple[int, bytes]], witness: b
 
 
 def test_synthetic_regtest_block() -> None:
-    """A regtest block as pipeline.devnode.regtest will build them: OP_n height, bcrt payout, 150-block halvings."""
+    """A regtest block as pipeline.devnode.blocks builds them: OP_n height, bcrt payout, 150-block halvings."""
     payout, network = address_to_script(script_to_address(b"\x00\x14" + bytes(20), REGTEST))
     assert network is REGTEST
     header = header_bytes(0x20000000, "11" * 32, "22" * 32, 1_700_000_000, "207fffff", 7)

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.chain.decode import DecodeError, blocks_to_tables, coinbase_tag, decode_block, iter_blk_records, parse_coinbase
+from pipeline.chain.decode import DecodeError, coinbase_tag, decode_block, parse_coinbase
+from pipeline.load.tables import blocks_to_tables
 from pipeline.chain.networks import MAIN
 from pipeline.chain.scripts import SCRIPT_TYPES, address_to_script, classify, script_to_address
 from conftest import FIXTURES  # tests/ is on sys.path (pytest prepend import mode)
@@ -102,13 +103,22 @@ def test_address_parser_only_raises_value_error(text: str) -> None:
 
 
 @FUZZ
-@given(data=st.binary(max_size=300))
-def test_blk_framing(data: bytes) -> None:
-    try:
-        for record in iter_blk_records(MAIN.magic + data):
-            assert isinstance(record, bytes)
-    except DecodeError:
-        pass
+@given(data=st.binary(max_size=300), key=st.sampled_from([bytes(8), bytes(range(1, 9))]))
+def test_blk_file_scan_never_raises_and_stays_in_the_file(data: bytes, key: bytes) -> None:
+    """The block-file indexer (pipeline.source.blockfiles.scan_file) on arbitrary bytes after a
+    magic: no exception, and every record it indexes lies inside the file."""
+    import tempfile
+
+    from pipeline.source.blockfiles import scan_file, xor_at
+
+    stream = xor_at(MAIN.magic + data, key, 0)
+    with tempfile.TemporaryFile() as f:
+        f.write(stream)
+        f.flush()
+        result = scan_file(f.fileno(), 0, len(stream), MAIN.magic, key)
+    assert 0 <= result.resume_at <= len(stream)
+    for _, loc in result.records:
+        assert 8 <= loc.offset and loc.offset + loc.length <= len(stream)
 
 
 def test_fixture_paths_exist_when_shared_is_present() -> None:

@@ -19,10 +19,11 @@ from click.testing import CliRunner
 
 from pipeline.attribution.engine import attribute_tables, compiled_matcher
 from pipeline.cli import main
-from pipeline.chain.decode import DecodeError, blocks_to_tables, decode_block
+from pipeline.chain.decode import DecodeError, decode_block
+from pipeline.load.tables import blocks_to_tables
 from pipeline.chain.networks import MAIN, REGTEST
 from pipeline.attribution.registry import RegistryError, load_registry, parse_registry
-from pipeline.devnode.regtest import CoinbaseSpec, build_block, compact_size
+from pipeline.devnode.blocks import build_block, CoinbaseSpec, compact_size
 from pipeline.load.jobs import reattribute
 from pipeline.load.loop import read_decoded
 from pipeline.source.base import BlockSource, Located, RawBlock
@@ -368,7 +369,8 @@ def test_block_bytes_for_another_hash_are_refused():
 def test_sync_with_garbage_block_stores_nothing(regtest_node, tmp_path: Path, monkeypatch):
     """Through sync_range against a real node: a batch with one undecodable block is not committed."""
     from pipeline.source.client import NodeClient
-    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.devnode.chains import mine_chain
+    from pipeline.devnode.demo import demo_specs
     from pipeline.load.jobs import sync_range
 
     signal.alarm(120)  # a node test: starting the node and two syncs take longer than the default

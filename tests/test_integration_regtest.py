@@ -45,7 +45,8 @@ def _sync(node, warehouse: Path, *extra: str):
 
 
 def test_sync_loads_what_was_built(regtest_node, warehouse_dir: Path):
-    from pipeline.devnode.regtest import CoinbaseSpec, mine_chain
+    from pipeline.devnode.blocks import CoinbaseSpec
+    from pipeline.devnode.chains import mine_chain
 
     scripts = _payout_scripts()
     if regtest_node.flavor == "sv":
@@ -94,7 +95,8 @@ def test_sync_loads_what_was_built(regtest_node, warehouse_dir: Path):
 
 
 def test_sync_twice_is_idempotent_and_incremental(regtest_node, warehouse_dir: Path):
-    from pipeline.devnode.regtest import CoinbaseSpec, mine_chain
+    from pipeline.devnode.blocks import CoinbaseSpec
+    from pipeline.devnode.chains import mine_chain
 
     script = _payout_scripts()["p2wpkh"]
     mine_chain(regtest_node, [CoinbaseSpec(tag=b"/first/", payouts=[(script, 1)])] * 20, start_time=1_700_000_000)
@@ -139,7 +141,8 @@ def _table_rows(warehouse: Path, table: str, order: str) -> list:
 def test_workers_and_block_files_give_the_same_tables(regtest_node, tmp_path: Path):
     """`sync --workers 2` and `sync --source blkfiles` load exactly what the plain RPC path loads."""
     from pipeline.attribution.registry import load_registry
-    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.devnode.chains import mine_chain
+    from pipeline.devnode.demo import demo_specs
 
     specs = demo_specs(load_registry(), 45, seed=3, allow_p2sh=regtest_node.flavor == "core")
     mine_chain(regtest_node, specs)

@@ -39,7 +39,9 @@ def chain(regtest_binary, tmp_path_factory):
     """A 240-block regtest chain whose coinbases pay mainnet pools' scripts (so cross-network matching
     changes attributions) and the CLI arguments that reach it."""
     from pipeline.attribution.registry import load_registry
-    from pipeline.devnode.regtest import RegtestNode, demo_specs, mine_chain
+    from pipeline.devnode.chains import mine_chain
+    from pipeline.devnode.demo import demo_specs
+    from pipeline.devnode.node import RegtestNode
 
     with RegtestNode(binary=regtest_binary, datadir=tmp_path_factory.mktemp("lineage-node")) as node:
         mine_chain(node, demo_specs(load_registry(), 240, seed=11, allow_p2sh=node.flavor == "core"))

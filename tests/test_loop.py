@@ -69,7 +69,7 @@ def test_worker_error_reaches_the_caller(mainnet_blocks_dir, tmp_path: Path) -> 
 
 
 def test_arguments_are_checked(mainnet_blocks_dir) -> None:
-    from pipeline.load.jobs import open_block_source
+    from pipeline.source.choice import open_block_source
 
     node = FakeNode({})
     with pytest.raises(ValueError, match="unknown block source"):
@@ -89,7 +89,8 @@ def test_default_workers_bounded() -> None:
 @pytest.mark.node
 def test_node_sources_in_workers_give_the_tables_of_one_process(regtest_node) -> None:
     from pipeline.attribution.registry import load_registry
-    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.devnode.chains import mine_chain
+    from pipeline.devnode.demo import demo_specs
     from pipeline.source.client import NodeClient
     from pipeline.source.rest import RestSource
     from pipeline.source.rpc import RpcSource
@@ -154,7 +155,8 @@ def test_load_refuses_a_batch_that_does_not_link(mainnet_blocks_dir, tmp_path: P
 def test_parallel_backfill_equals_sync_range(regtest_node, tmp_path: Path) -> None:
     """Workers that decode, attribute and validate give the warehouse `poolwatch sync` gives."""
     from pipeline.attribution.registry import load_registry
-    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.devnode.chains import mine_chain
+    from pipeline.devnode.demo import demo_specs
     from pipeline.load.jobs import reattribute, sync_range
     from pipeline.source.client import NodeClient
     from pipeline.store.warehouse import Warehouse

@@ -180,23 +180,66 @@ def test_wilson_interval_hand_value():
     assert (a.share_lo, a.share_hi) == pytest.approx((0.16818, 0.68733), abs=5e-5)
 
 
+def test_unbiased_hhi_and_standard_error_hand_values():
+    # [4, 3, 1], N = 8. Falling factorials (c)_2 = 12, 6, 0; (c)_3 = 24, 6, 0; (c)_4 = 24, 0, 0.
+    assert m.hhi_unbiased([4, 3, 1]) == pytest.approx(18 / 56)
+    # Σp³ ≈ 30/336 = 5/56; HHI² ≈ (18² − (144 + 36) + 24)/1680 = 1/10;
+    # Var = [4·6·(5/56 − 1/10) + 2·(18/56 − 1/10)] / 56 = 52/15680
+    assert m.hhi_standard_error([4, 3, 1]) == pytest.approx(math.sqrt(52 / 15680))
+    assert m.hhi_unbiased([1]) is None and m.hhi_standard_error([1]) is None
+    assert m.hhi_standard_error([7]) == 0.0  # one entity, every block: nothing varies
+
+
+def test_hhi_variance_formula_matches_simulation():
+    """The exact multinomial variance behind the standard error, and its estimate's mean, against
+    the spread of the unbiased HHI over simulated windows."""
+    rng = np.random.default_rng(7)
+    p, n = np.array([0.45, 0.3, 0.15, 0.1]), 30
+    draws = rng.multinomial(n, p, size=200_000)
+    estimates, se = m._hhi_estimate_and_se(draws, n, axis=1)
+    assert estimates.mean() == pytest.approx((p * p).sum(), rel=0.005)  # unbiased
+    h, cube = (p * p).sum(), (p ** 3).sum()
+    exact = (4 * (n - 2) * (cube - h * h) + 2 * (h - h * h)) / (n * (n - 1))
+    assert estimates.var() == pytest.approx(exact, rel=0.02)
+    assert (se ** 2).mean() == pytest.approx(exact, rel=0.03)  # the variance estimate is unbiased too
+
+
 def test_bootstrap_intervals_are_sane_and_reproducible():
     counts = np.array([300, 250, 200, 150, 100])
     h_lo, h_hi, k_lo, k_hi = m.bootstrap_intervals(counts, 2000, seed=1)
-    point = m.hhi(counts)
-    assert h_lo < point < h_hi and h_hi - h_lo < 0.03
+    # an interval for the population HHI, around the unbiased estimate (the plug-in is 0.001 higher)
+    assert h_lo < m.hhi_unbiased(counts) < h_hi and h_hi - h_lo < 0.03
     assert k_lo <= m.nakamoto(counts) <= k_hi and k_lo >= 1
     assert m.bootstrap_intervals(counts, 2000, seed=1) == (h_lo, h_hi, k_lo, k_hi)
-    # one entity takes every block: no uncertainty left
+    # one entity takes every block: no uncertainty left that a resample could show
     assert m.bootstrap_intervals(np.array([50]), 200, seed=1) == (1.0, 1.0, 1, 1)
+    # one block says nothing about the population
+    assert m.bootstrap_intervals(np.array([1]), 200, seed=1)[:2] == (0.0, 1.0)
     # a borderline majority (51%) leaves the coefficient undecided between 1 and 2
     assert m.bootstrap_intervals(np.array([51, 49]), 1000, seed=1)[2:] == (1, 2)
+
+
+def test_studentized_interval_survives_replicates_with_one_entity():
+    # A 2010 day under one_entity: 142 unknown blocks and 2 by a known pool. About 13% of the
+    # replicates give the unknown miner every block (se* = 0); they must not blow the interval up.
+    lo, hi, _, _ = m.bootstrap_intervals(np.array([142, 2]), 1000, seed=3)
+    assert 0.9 < lo < m.hhi_unbiased([142, 2]) < hi <= 1.0
+
+
+def test_studentized_interval_corrects_the_plug_in_bias():
+    # A typical day of ten equal pools (true HHI 0.1): the plug-in HHI is 0.1057, about (1 - HHI)/N
+    # too high; the percentile interval around it was [0.104, 0.124] and missed the truth.
+    counts = np.array([20, 18, 17, 15, 14, 13, 12, 12, 10, 9])
+    lo, hi, _, _ = m.bootstrap_intervals(counts, 1000, seed=5)
+    assert lo <= 0.1 <= hi
+    assert lo < m.hhi_unbiased(counts) < hi
 
 
 def test_bootstrap_columns_in_result():
     cent = example_result().centralization
     for r in cent.itertuples():
-        assert 1 / r.n_entities - 1e-12 <= r.hhi_lo <= r.hhi_hi <= 1.0
+        # The population may hold miners this window never saw: the lower end can go below 1/n.
+        assert 0.0 <= r.hhi_lo <= r.hhi_unbiased <= r.hhi_hi <= 1.0
         assert 1 <= r.nakamoto_lo <= r.nakamoto_hi <= r.n_entities
         assert r.bootstrap_draws == m.BOOTSTRAP_DRAWS
 
@@ -216,8 +259,51 @@ def test_calendar_windows_and_low_sample_flag():
     assert set(week.window_id) == {"2024-W01"}
     month = m.compute_metrics(con, "month", registry_version="v1", bootstrap=False).centralization
     assert set(month.window_id) == {"2024-01"}
-    short = m.compute_metrics(con, "blocks:100", registry_version="v1", bootstrap=False).centralization
-    assert short.low_sample.all()
+    # 100 blocks split evenly between two pools leave no doubt about the HHI (0.49-0.50): not flagged;
+    # windows of 5 blocks are.
+    blocks100 = m.compute_metrics(con, "blocks:100", registry_version="v1", bootstrap=False).centralization
+    assert not blocks100.low_sample.any()
+    short = m.compute_metrics(con, "blocks:5", registry_version="v1", bootstrap=False)
+    assert short.centralization.low_sample.all() and short.pool_share.low_sample.all()
+
+
+def test_low_sample_rule_hand_cases():
+    # one block, or a handful: flagged
+    assert m.low_sample([1]) and m.low_sample([1, 1]) and m.low_sample([4, 3, 2, 1])
+    # one pool with every block: se is 0, the Wilson bound of its share decides (5 blocks: HHI >= 0.32)
+    assert m.low_sample([5]) and not m.low_sample([100])
+    # even halves over 100 blocks: HHI within 0.48-0.51
+    assert not m.low_sample([50, 50])
+
+
+def test_low_sample_never_flags_a_mainnet_day_and_always_a_tiny_window():
+    from benchmarks.coverage import FLAT_10, MAINNET_2024
+
+    rng = np.random.default_rng(143)
+    for mix in (MAINNET_2024, FLAT_10):
+        p = np.append(mix.known_shares("pool"), mix.unknown)
+        assert not any(m.low_sample(c) for c in rng.multinomial(143, p, size=1000))
+        assert all(m.low_sample(c) for c in rng.multinomial(10, p, size=1000))
+
+
+def test_low_sample_flag_is_the_windows_on_both_tables():
+    """A 143-block day of a 2024-like mix through the SQL path: not flagged; the 5-block day after it is."""
+    from benchmarks.coverage import MAINNET_2024
+
+    rng = np.random.default_rng(2024)
+    names = list(MAINNET_2024.pools) + [None]
+    p = np.append(MAINNET_2024.known_shares("pool"), MAINNET_2024.unknown)
+    day1 = [names[i] for i in rng.choice(len(names), size=143, p=p)]
+    blocks, attributions = synthetic_tables(day1 + [None] + ["alpha"] * 5)  # 143 blocks fill day 1 to 23:40
+    # block 143 (unknown, 23:50) is dropped so day 1 holds 143 blocks; day 2 holds the 5 after it.
+    keep = [i for i in range(blocks.num_rows) if i != 143]
+    con = connect(blocks.take(keep), attributions.take(keep))
+    res = m.compute_metrics(con, "day", registry_version="v1", bootstrap=False)
+    cent, share = res.centralization, res.pool_share
+    assert cent.groupby("window_id")["blocks_total"].first().to_dict() == {"2024-01-01": 143, "2024-01-02": 5}
+    flags = {w: set(g.low_sample) for w, g in cent.groupby("window_id")}
+    assert flags == {"2024-01-01": {False}, "2024-01-02": {True}}  # one flag per window, every row
+    assert {w: set(g.low_sample) for w, g in share.groupby("window_id")} == flags
 
 
 def test_epoch_and_rolling_windows():
@@ -346,7 +432,9 @@ def test_arrow_conformance_and_views():
     con.register("centralization", cent.set_column(0, "window_kind", pa.array(["epoch"] * cent.num_rows)))
     con.register("pool_share", share.set_column(0, "window_kind", pa.array(["epoch"] * share.num_rows)))
     con.execute("CREATE VIEW freshness AS SELECT false AS stale")
-    names = m.register_views(con)
+    for path in sorted(m.METRIC_VIEWS_DIR.glob("*.sql")):  # as Warehouse.refresh_catalog loads them
+        con.execute(f"CREATE VIEW {path.stem} AS {path.read_text()}")
+    names = {path.stem for path in m.METRIC_VIEWS_DIR.glob("*.sql")}
     assert "centralization_family_epoch" in names and "pool_share_day" in names
     n = con.execute("SELECT count(*) FROM centralization_epoch").fetchone()[0]
     assert n == 2 * len(m.TREATMENTS)  # two windows x three treatments at pool level

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from pipeline.chain.networks import MAIN
-from pipeline.source.base import Located, node_source
+from pipeline.source.base import Located
+from pipeline.source.choice import node_source
 from pipeline.source.client import NodeClient
 from pipeline.source.config import NodeConfig
 from pipeline.source.errors import (HeightAboveTipError, NodeAuthError, NodeError, NodeInInitialDownloadError,

@@ -258,7 +258,7 @@ def test_real_node_cookie_auth_and_reads(regtest_node) -> None:
     assert client.block_hashes([0]) == [client.network().genesis_hash]
     mtp = client.median_times([client.network().genesis_hash])
     assert isinstance(mtp[0], int) and mtp[0] > 0
-    from pipeline.source.base import node_source
+    from pipeline.source.choice import node_source
     from pipeline.source.rest import RestSource
 
     probing = NodeClient(dataclasses.replace(regtest_node.client_config(), use_rest=None))
@@ -311,7 +311,7 @@ def _free_port() -> int:
 @pytest.mark.node
 def test_real_node_warming_up(regtest_binary, tmp_path: Path) -> None:
     """Start bitcoind ourselves (RegtestNode waits for readiness) and talk to it while it loads."""
-    from pipeline.devnode.regtest import RegtestNode
+    from pipeline.devnode.node import RegtestNode
 
     node = RegtestNode(binary=regtest_binary, datadir=tmp_path / "node")
     node.port = _free_port()

@@ -70,7 +70,8 @@ def test_notebook_runs_on_a_regtest_built_warehouse(regtest_node, tmp_path, monk
     """The issue's setting: blocks mined on a regtest node, synced and attributed by the pipeline."""
     from pipeline.source.client import NodeClient
     from pipeline.attribution.registry import load_registry
-    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.devnode.chains import mine_chain
+    from pipeline.devnode.demo import demo_specs
     from pipeline.load.jobs import sync_range
     from pipeline.store.warehouse import Warehouse
 

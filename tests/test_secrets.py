@@ -27,7 +27,9 @@ from pipeline.source.errors import NodeAuthError, NodeError
 from pipeline.source.client import NodeClient
 from pipeline.source.config import NodeConfig
 from pipeline.attribution.registry import load_registry
-from pipeline.devnode.regtest import RegtestNode, demo_specs, mine_chain
+from pipeline.devnode.chains import mine_chain
+from pipeline.devnode.demo import demo_specs
+from pipeline.devnode.node import RegtestNode
 from pipeline.load.jobs import sync_range
 from pipeline.store.warehouse import Warehouse
 

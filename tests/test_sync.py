@@ -96,7 +96,8 @@ def test_a_load_follows_a_reattribution_made_while_it_runs(regtest_node, tmp_pat
     the change and the rest is attributed with B; every stored block then has a B attribution."""
     from pipeline.attribution.engine import attribution_version
     from pipeline.source.client import NodeClient
-    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.devnode.chains import mine_chain
+    from pipeline.devnode.demo import demo_specs
     from pipeline.load.jobs import reattribute, sync_range
     from pipeline.store.warehouse import Warehouse
 
@@ -129,7 +130,8 @@ def test_a_load_follows_a_reattribution_made_while_it_runs(regtest_node, tmp_pat
 def test_an_explicit_registry_is_not_silently_replaced(regtest_node, tmp_path):
     from pipeline.source.client import NodeClient
     from pipeline.load.loop import RegistryChangedError
-    from pipeline.devnode.regtest import demo_specs, mine_chain
+    from pipeline.devnode.chains import mine_chain
+    from pipeline.devnode.demo import demo_specs
     from pipeline.load.jobs import reattribute, sync_range
     from pipeline.store.warehouse import Warehouse
 

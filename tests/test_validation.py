@@ -9,17 +9,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.chain.decode import blocks_to_tables, decode_block
+from pipeline.chain.decode import decode_block
+from pipeline.load.tables import blocks_to_tables
 from pipeline.chain.networks import REGTEST
-from pipeline.devnode.regtest import CoinbaseSpec, block_times, build_block
+from pipeline.devnode.blocks import build_block, CoinbaseSpec
+from pipeline.devnode.chains import block_times
 from pipeline.store.schemas import all_table_specs, table_spec
 from pipeline.store.checks import INVARIANTS
+from pipeline.store.datadocs import build_data_docs
 from pipeline.store.validation import (
     BatchRejected,
     ValidationReport,
     all_suite_decls,
-    build_data_docs,
-    check_batch,
     suite_decl,
     validate_batch,
 )
@@ -202,6 +203,14 @@ def test_metric_suites_catch_bad_shares_and_hhi():
     assert ("centralization", "hhi_in_bounds") in failed(validate_batch({"centralization": low}))
     above = replace(cent, "top1_share_of_all", 0, 0.8)  # more of all blocks than of the known ones
     assert ("centralization", "top_shares_ordered") in failed(validate_batch({"centralization": above}))
+    # The interval is for the population HHI: below 1/n and below the plug-in hhi is fine ...
+    interval = replace(replace(cent, "hhi_lo", 0, 0.2), "hhi_hi", 0, 0.6)
+    assert validate_batch({"centralization": interval}).ok
+    # ... a reversed interval or one outside [0, 1] is not.
+    reversed_ = replace(interval, "hhi_lo", 0, 0.7)
+    assert ("centralization", "column_A=hhi_hi") in failed(validate_batch({"centralization": reversed_}))
+    negative = replace(interval, "hhi_lo", 0, -0.1)
+    assert ("centralization", "hhi_lo") in failed(validate_batch({"centralization": negative}))
 
 
 def test_unknown_table_is_an_error(chain):
@@ -241,17 +250,22 @@ def test_rejected_batch_is_quarantined_and_not_loaded(chain, tmp_path: Path):
     assert warehouse.read("coinbase_outputs").num_rows == good["coinbase_outputs"].num_rows
 
 
-def test_check_batch_and_data_docs(chain, tmp_path: Path):
-    root = tmp_path / "warehouse"
-    assert check_batch(root, chain, GENESIS_CONTEXT).ok
-    broken = dict(chain, blocks=replace(chain["blocks"], "height", 1, 1))
-    with pytest.raises(BatchRejected) as caught:
-        check_batch(root, broken, GENESIS_CONTEXT)
+def test_gate_and_data_docs(chain, tmp_path: Path):
+    from pipeline.store.validation import gate
+    from pipeline.store.warehouse import Warehouse
+
+    warehouse = Warehouse(tmp_path / "warehouse")
+    root = warehouse.root
+    with warehouse.writer():
+        gate(warehouse, chain, validate_batch(chain, GENESIS_CONTEXT))
+        broken = dict(chain, blocks=replace(chain["blocks"], "height", 1, 1))
+        with pytest.raises(BatchRejected) as caught:
+            gate(warehouse, broken, validate_batch(broken, GENESIS_CONTEXT))
     assert caught.value.quarantine_path.is_dir()
     index = build_data_docs(root)
     assert index == root / "data_docs" / "index.html" and index.exists()
     text = index.read_text()
-    from pipeline.store.datadocs import external_references, saved_results
+    from pipeline.store.datadocs import saved_results
     from pipeline.store.validation import all_suite_decls
 
     kept = saved_results(root)
@@ -267,6 +281,25 @@ def test_check_batch_and_data_docs(chain, tmp_path: Path):
     assert external_references('<link href="https://cdn.example/x.css">') == ["https://cdn.example/x.css"]
     failed = next(p for p in pages if "expect_column_values_to_be_unique(height)" in p and "FAILED" in p)
     assert "height=1" in failed
+
+
+def external_references(page: str) -> list[str]:
+    """URLs a page would load from the network (src/href of link, script, img, iframe)."""
+    from html.parser import HTMLParser
+
+    found: list[str] = []
+
+    class _Scan(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            for name, value in attrs:
+                if value and name in ("src", "href") and tag in ("link", "script", "img", "iframe", "source") \
+                        and "://" in value:
+                    found.append(value)
+            if tag == "script":
+                found.append("<script>")
+
+    _Scan().feed(page)
+    return found
 
 
 def test_report_json_round_trip(chain):

@@ -1,4 +1,4 @@
-"""Raw block bytes -> ``DecodedBlock`` (header, coinbase, outputs) -> Arrow tables.
+"""Raw block bytes -> ``DecodedBlock`` (header, coinbase, outputs), plus the coinbase and script facts the tables need.
 
 Only the header and the coinbase transaction are decoded into fields. The other transactions are
 walked by ``scan_transactions`` just far enough to learn the block's size, stripped size and weight:
@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-import pyarrow as pa
 
 from pipeline import native
-from pipeline.chain.networks import MAIN, Network, block_subsidy
-from pipeline.store.schemas import table_spec
+from pipeline.chain.networks import Network, block_subsidy
 from pipeline.chain.scripts import classify, script_to_address
 
 HEADER_SIZE = 80
@@ -226,6 +223,20 @@ def scan_transactions(raw: bytes, pos: int, count: int) -> tuple[int, int]:
     if found is not None:
         return found
     return _scan_transactions(raw, pos, count)
+
+
+def transaction_ids(raw: bytes, pos: int = 0) -> tuple[bytes, bytes, int]:
+    """(txid, wtxid, end position) of the transaction at ``pos``, both hashes in internal byte order
+    (as merkle trees and outpoints use them). The txid hashes the serialization without marker, flag
+    and witness, which the walk measures: those bytes sit after the 4-byte version and before the
+    4-byte locktime. A transaction without witness has wtxid == txid."""
+    end, witness = scan_transactions(raw, pos, 1)
+    full = bytes(raw[pos:end])
+    if not witness:
+        txid = sha256d(full)
+        return txid, txid, end
+    stripped = full[:4] + full[6:len(full) - 4 - (witness - 2)] + full[-4:]
+    return sha256d(stripped), sha256d(full), end
 
 
 def _scan_transactions(raw: bytes, pos: int, count: int) -> tuple[int, int]:
@@ -506,63 +517,3 @@ def _assemble(header: dict, coinbase: Coinbase, tx_count: int, size: int, witnes
         coinbase_value_sat=value, subsidy_sat=subsidy, fees_sat=value - subsidy,
         output_count=len(outputs), outputs=outputs, **header,
     )
-
-
-_BLOCK_COLUMNS = [f.name for f in fields(DecodedBlock) if f.name != "outputs"]
-_TIMESTAMP = pa.timestamp("s", tz="UTC")
-
-
-def blocks_to_tables(blocks: Sequence[DecodedBlock]) -> dict[str, pa.Table]:
-    """{"blocks": ..., "coinbase_outputs": ...}, conformed to schemas/tables/*.json."""
-    columns: dict[str, pa.Array | list] = {name: [getattr(b, name) for b in blocks] for name in _BLOCK_COLUMNS}
-    columns["time"] = pa.array(columns["time"], type=_TIMESTAMP)
-    columns["median_time"] = pa.array(columns["median_time"], type=_TIMESTAMP)
-    blocks_table = table_spec("blocks").conform(pa.table(
-        {name: col if isinstance(col, pa.Array) else pa.array(col) for name, col in columns.items()}
-        if blocks else {name: pa.array([], type=table_spec("blocks").arrow_schema.field(name).type)
-                        for name in _BLOCK_COLUMNS}))
-    heights, hashes, index, values, scripts, types, addresses = [], [], [], [], [], [], []
-    for b in blocks:
-        for out in b.outputs:
-            heights.append(b.height)
-            hashes.append(b.hash)
-            index.append(out.index)
-            values.append(out.value_sat)
-            scripts.append(out.script_hex)
-            types.append(out.script_type)
-            addresses.append(out.address)
-    spec = table_spec("coinbase_outputs")
-    schema = spec.arrow_schema
-    outputs_table = spec.conform(pa.table({
-        "height": pa.array(heights, type=schema.field("height").type),
-        "block_hash": pa.array(hashes, type=pa.string()),
-        "output_index": pa.array(index, type=schema.field("output_index").type),
-        "value_sat": pa.array(values, type=pa.int64()),
-        "script_hex": pa.array(scripts, type=pa.string()),
-        "script_type": pa.array(types, type=pa.string()),
-        "address": pa.array(addresses, type=pa.string()),
-    }))
-    return {"blocks": blocks_table, "coinbase_outputs": outputs_table}
-
-
-def iter_blk_records(data: bytes, magic: bytes = MAIN.magic) -> Iterator[bytes]:
-    """Blocks of a Core ``blk*.dat`` stream: repeated magic + uint32 LE length + block.
-
-    Zero padding after the last record (Core preallocates blk files) ends the stream; any other
-    mismatch is a DecodeError naming the offset.
-    """
-    pos, end = 0, len(data)
-    while pos < end:
-        if data[pos:pos + 4] != magic:
-            if not any(data[pos:pos + 4]) and not any(data[pos:]):
-                return
-            raise DecodeError(f"blk stream: expected magic {magic.hex()} at offset {pos}, "
-                              f"found {bytes(data[pos:pos + 4]).hex()}")
-        if pos + 8 > end:
-            raise DecodeError(f"blk stream: record header at offset {pos} is truncated")
-        (length,) = struct.unpack_from("<I", data, pos + 4)
-        if pos + 8 + length > end:
-            raise DecodeError(f"blk stream: record at offset {pos} claims {length} bytes, "
-                              f"only {end - pos - 8} left")
-        yield bytes(data[pos + 8:pos + 8 + length])
-        pos += 8 + length

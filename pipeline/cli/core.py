@@ -331,8 +331,9 @@ def sql(ctx, query, as_csv, as_json, limit):
 def demo(ctx, n_blocks, demo_dir, seed):
     """Run the whole pipeline on a local regtest chain (no node of your own needed)."""
     from pipeline.source.client import NodeClient
-    from pipeline.devnode.regtest import RegtestNode, demo_specs, find_bitcoind, mine_chain
-    from pipeline.store.warehouse import Warehouse
+    from pipeline.devnode.chains import mine_chain
+    from pipeline.devnode.demo import demo_specs
+    from pipeline.devnode.node import find_bitcoind, RegtestNode
 
     demo_dir = demo_dir or Path(ctx.obj["warehouse"]) / "demo"
     _reset_demo_warehouse(demo_dir)

@@ -74,7 +74,9 @@ def start(directory: Path, blocks: int = 3000, seed: int = 7) -> DevnodeState:
     """Start a regtest node under ``directory`` (reusing its chain if one is there) and mine up to
     ``blocks`` demo blocks; the node keeps running after this returns."""
     from pipeline.attribution.registry import load_registry
-    from pipeline.devnode.regtest import RegtestNode, demo_specs, find_bitcoind, mine_chain
+    from pipeline.devnode.chains import mine_chain
+    from pipeline.devnode.demo import demo_specs
+    from pipeline.devnode.node import find_bitcoind, RegtestNode
 
     state = read_state(directory)
     if state is not None and is_running(state):

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.chain.networks import Network
 from pipeline.load.loop import (COMMIT_LOCK_WAIT, BatchPlan, ChainChangedError, RegistryChangedError, load,
                                 plan_chunks)
+from pipeline.source.choice import open_block_source
 from pipeline.source.client import NodeClient
 from pipeline.source.errors import HeightAboveTipError, NodeError
 
@@ -311,29 +311,6 @@ def _apply_registry(warehouse: Warehouse, choice: RegistryChoice, result: SyncRe
     return registry, cross
 
 
-def open_block_source(client: NodeClient, network: Network, source: str = "node",
-                      datadir: Path | None = None) -> BlockSource:
-    """The ``BlockSource`` a job reads from: ``node`` (REST when the node serves it, else JSON-RPC),
-    or ``rest``, ``rpc``, ``blkfiles`` (the node's block files under ``datadir``)."""
-    from pipeline.source.base import KINDS, node_source
-
-    if source == "node":
-        return node_source(client, network)
-    if source == "blkfiles":
-        from pipeline.source.blockfiles import BlockFileSource
-
-        return BlockFileSource(client, network, datadir=datadir)
-    if source == "rest":
-        from pipeline.source.rest import RestSource
-
-        return RestSource(client, network)
-    if source == "rpc":
-        from pipeline.source.rpc import RpcSource
-
-        return RpcSource(client, network)
-    raise ValueError(f"unknown block source {source!r}; expected node or one of {', '.join(KINDS)}")
-
-
 def _load_resuming(client: NodeClient, warehouse: Warehouse, blocks: BlockSource, start: int, end: int,
                    result: SyncResult, *, plan: BatchPlan, batch_size: int, progress: Progress | None,
                    writer_wait: float, workers: int) -> None:
@@ -385,7 +362,7 @@ def _stale_end(client: NodeClient, warehouse: Warehouse, end: int) -> int | None
 
 
 def _build_data_docs(warehouse: Warehouse) -> None:
-    from pipeline.store.validation import build_data_docs
+    from pipeline.store.datadocs import build_data_docs
 
     try:
         build_data_docs(warehouse.root)

@@ -49,7 +49,8 @@ import pyarrow as pa
 from pipeline.chain.decode import DecodedBlock, DecodeError, decode_block, decode_block_head
 from pipeline.load.processes import HelperDiedError, HelperPool, HelperStartError
 from pipeline.load.tables import build_tables
-from pipeline.source.base import BlockSource, Located, RawBlock, SourceRecipe, open_source
+from pipeline.source.base import BlockSource, Located, RawBlock, SourceRecipe
+from pipeline.source.choice import open_source
 
 if TYPE_CHECKING:
     from pipeline.attribution.registry import Registry

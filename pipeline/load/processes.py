@@ -265,11 +265,6 @@ class HelperPool:
         self.shutdown()
 
 
-def ping() -> int:
-    """A call that only says which process ran it (tests, start-up checks)."""
-    return os.getpid()
-
-
 # --------------------------------------------------------------------------------------------
 # The child side
 

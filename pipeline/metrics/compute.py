@@ -40,9 +40,13 @@ UNKNOWN_ID = "unknown"
 EPOCH_BLOCKS = 2016
 TARGET_SPACING = 600  # seconds per block the difficulty adjustment aims at
 HASHES_PER_DIFFICULTY = 2**32  # expected hashes to find a block at difficulty 1
-# One day of blocks: below that a share's 95% interval is wider than about +-7.5 points for a 30% pool
-# (Wilson, n=144), too wide to tell a top pool's rise from chance. Documented in docs/metrics.md.
-LOW_SAMPLE_BLOCKS = 144
+# A window is low_sample when the upper end of its HHI's 95% interval is at least this many times the
+# lower end: 1/HHI is the number of equal miners with the same HHI, so such an interval cannot tell 4
+# equal miners (HHI 0.25, highly concentrated) from 8 (0.125, unconcentrated). Width, not a block
+# count, decides: a 143-block day of a 2024-like mix spans about x1.5 (its windows are mostly flagged
+# below ~55 blocks, never from 100).
+# Justified with measurements in docs/metrics.md.
+LOW_SAMPLE_HHI_RATIO = 2.0
 CONFIDENCE = 0.95
 BOOTSTRAP_DRAWS = 1000
 # The bootstrap draws a (draws x entities) matrix; windows with thousands of singleton entities
@@ -423,7 +427,7 @@ def _centralization_sql() -> str:
 
 def _pool_share_sql() -> str:
     """Share of every entity (unknown included) in all of the window's blocks, Wilson interval."""
-    return f"""
+    return """
         SELECT c.window_key, c.level, c.entity_id, c.entity_name, c.is_unknown, c.blocks,
                w.blocks_total, c.blocks::DOUBLE / w.blocks_total AS share,
                CASE WHEN c.is_unknown OR w.blocks_total = w.unknown_blocks THEN NULL
@@ -484,25 +488,142 @@ def gini(counts: Sequence[int] | np.ndarray) -> float:
     return float(max(0.0, 2 * (ranks * c).sum() / (n * c.sum()) - (n + 1) / n))
 
 
+def hhi_unbiased(counts: Sequence[int] | np.ndarray) -> float | None:
+    """Unbiased estimate of the population HHI (sum of squared hashrate shares): Σc(c−1) / (N(N−1)).
+
+    The plug-in HHI (Σ(c/N)²) overestimates it by about (1 − HHI)/N: one block counted against itself.
+    None for fewer than 2 blocks, where it is undefined.
+    """
+    c = np.asarray(counts, dtype=float)
+    total = c.sum()
+    return None if total < 2 else float((c * (c - 1)).sum() / (total * (total - 1)))
+
+
+def _hhi_estimate_and_se(counts: np.ndarray, total: int, axis: int | None = None,
+                         unbiased_variance: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Unbiased HHI and its standard error for counts summing to ``total`` >= 2 (``axis=1``: one row
+    per multinomial replicate).
+
+    The unbiased HHI Û is a U-statistic of order 2 (kernel: two blocks share a miner), so its exact
+    multinomial variance is [4(N−2)(Σp³ − H²) + 2(H − H²)] / (N(N−1)) with H = Σp². Σp³ and H² are
+    replaced by their unbiased estimates from falling factorials (c)_k = c(c−1)..(c−k+1):
+    Σ(c)_3/(N)_3 and [(Σ(c)_2)² − Σ(c)_2² + Σ(c)_4]/(N)_4, which makes the variance estimate unbiased.
+    Measured, that balances the two tails of the studentized interval on day windows of a flat mix
+    (coverage 94.4-95.6% instead of 95.9-96.9% with the observed shares in the formula;
+    benchmarks/coverage.md). Where the unbiased
+    estimate is not positive (fewer than 4 blocks, or by chance in a flat window), or with
+    ``unbiased_variance=False``, the observed shares go into the formula; that variance is 0 only
+    when one entity has every block.
+    """
+    n = float(total)
+    # Power sums Σc², Σc³, Σc⁴ (floats: c⁴ overflows int64 beyond 55,000 blocks of one entity); the
+    # falling-factorial sums follow from them, which keeps the replicate matrix to three passes.
+    c = counts.astype(float)
+    c2 = c * c
+    s2, s3 = c2.sum(axis=axis), (c2 * c).sum(axis=axis)
+    hhi = (s2 - n) / (n * (n - 1.0))
+    p2, p3 = s2 / (n * n), s3 / (n * n * n)
+    # Rounding can leave a -1e-17 where the variance is exactly 0 (one entity with every block).
+    variance = np.maximum(4.0 * (n - 2.0) * (p3 - p2 * p2) + 2.0 * (p2 - p2 * p2), 0.0) / (n * (n - 1.0))
+    if unbiased_variance and total >= 4:
+        s4 = (c2 * c2).sum(axis=axis)
+        f2 = s2 - n  # Σ(c)_2
+        f3 = s3 - 3.0 * s2 + 2.0 * n  # Σ(c)_3
+        f4 = s4 - 6.0 * s3 + 11.0 * s2 - 6.0 * n  # Σ(c)_4
+        f2_squared = s4 - 2.0 * s3 + s2  # Σ(c)_2²
+        cube = f3 / (n * (n - 1.0) * (n - 2.0))
+        square = (f2 * f2 - f2_squared + f4) / (n * (n - 1.0) * (n - 2.0) * (n - 3.0))
+        unbiased = (4.0 * (n - 2.0) * (cube - square) + 2.0 * (hhi - square)) / (n * (n - 1.0))
+        variance = np.where(unbiased > 0, unbiased, variance)
+    return hhi, np.sqrt(variance)
+
+
+def hhi_standard_error(counts: Sequence[int] | np.ndarray) -> float | None:
+    """Standard error of ``hhi_unbiased`` (see _hhi_estimate_and_se); None below 2 blocks."""
+    c = np.asarray(counts, dtype=np.int64)
+    total = int(c.sum())
+    if total < 2:
+        return None
+    return float(_hhi_estimate_and_se(c, total)[1])
+
+
+def low_sample(counts: Sequence[int] | np.ndarray, confidence: float = CONFIDENCE) -> bool:
+    """True when a window's HHI is too uncertain to tell a concentrated window from a dispersed one.
+
+    ``counts``: the window's blocks per entity, unknown blocks as one entity (all of its blocks). The
+    interval is the normal approximation Û ± z·se around the unbiased HHI, so the flag needs no random
+    draws and is the same without the bootstrap; the window is flagged when its upper end is at least
+    LOW_SAMPLE_HHI_RATIO times its lower end (see the constant and docs/metrics.md). When one entity
+    has every block, se is 0 (no resample can differ) and would call a 3-block window certain; the
+    lower end is then the square of that entity's Wilson lower bound (an HHI is at least the largest
+    share squared).
+    """
+    c = np.asarray(counts, dtype=np.int64)
+    c = c[c > 0]
+    total = int(c.sum())
+    if total < 2:
+        return True
+    # Observed shares in the variance: it errs wide in small windows, where the unbiased variance
+    # estimate is noisy (simulated 2024-like windows of 10-30 blocks: 9-13% pass unflagged with it,
+    # at most 1% with this one); the two agree from ~80 blocks on.
+    estimate, se = _hhi_estimate_and_se(c, total, unbiased_variance=False)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    if len(c) == 1:
+        lo, hi = float(wilson_interval(total, total, confidence)[0]) ** 2, 1.0
+    else:
+        lo, hi = float(estimate - z * se), float(min(estimate + z * se, 1.0))
+    return lo <= 0 or hi >= LOW_SAMPLE_HHI_RATIO * lo
+
+
+def studentized_hhi_interval(counts: np.ndarray, sample: np.ndarray, confidence: float = CONFIDENCE
+                             ) -> tuple[float, float]:
+    """Bootstrap-t interval for the population HHI from multinomial resamples ``sample`` of ``counts``.
+
+    In the resampling world the true HHI is the observed plug-in Σ(c/N)², so t* = (Û* − Σ(c/N)²) / se*
+    has the distribution of (Û − HHI) / se; inverting it around the unbiased Û gives
+    [Û − t*_hi·se, Û − t*_lo·se]. Unlike the percentile interval of the plug-in HHI it is centred on an
+    unbiased estimate and takes the skew of small windows from the replicates (docs/metrics.md has the
+    coverage measured against the alternatives). Clipped to [0, 1], the range of an HHI.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total < 2:
+        return 0.0, 1.0  # one block says nothing about how concentrated the miners are
+    estimate, se = _hhi_estimate_and_se(counts, total)
+    if se == 0:  # one entity has every block: so has every replicate (the bootstrap's blind spot)
+        return float(estimate), float(estimate)
+    replicate, replicate_se = _hhi_estimate_and_se(sample, total, axis=1)
+    plug_in = float((counts.astype(float) ** 2).sum()) / float(total) ** 2
+    deviation = replicate - plug_in
+    # A replicate where one entity took every block has se* = 0 (its shares are 0 and 1), which says
+    # nothing about the spread; dividing by it would put it infinitely far out and turn a 2010 day
+    # (one_entity: almost every block unknown) into [0, 1]. It is scaled by the window's se instead.
+    t = deviation / np.where(replicate_se > 0, replicate_se, se)
+    alpha = (1 - confidence) / 2
+    t_lo, t_hi = np.quantile(t, [alpha, 1 - alpha])
+    return float(np.clip(estimate - t_hi * se, 0.0, 1.0)), float(np.clip(estimate - t_lo * se, 0.0, 1.0))
+
+
 def bootstrap_intervals(counts: np.ndarray, draws: int, seed: int, confidence: float = CONFIDENCE
                         ) -> tuple[float, float, int, int]:
     """Multinomial (parametric) bootstrap: (hhi_lo, hhi_hi, nakamoto_lo, nakamoto_hi).
 
-    Each replicate redraws the window's N blocks among its entities with the observed shares; the
-    interval is the percentile interval of the metric over the replicates.
+    Each replicate redraws the window's N blocks among its entities with the observed shares. HHI:
+    the studentized (bootstrap-t) interval for the population HHI (``studentized_hhi_interval``).
+    Nakamoto coefficient: the percentile interval over the replicates (inverted CDF, so bounds are
+    attained values).
     """
     counts = np.asarray(counts, dtype=np.int64)
     total = int(counts.sum())
     rng = np.random.default_rng(seed)
     sample = rng.multinomial(total, counts / total, size=draws)
-    hhis = (sample.astype(float) ** 2).sum(axis=1) / float(total) ** 2
+    h_lo, h_hi = studentized_hhi_interval(counts, sample, confidence)
     ordered = -np.sort(-sample, axis=1)
     before = np.cumsum(ordered, axis=1) - ordered  # blocks of the larger entities
     naks = ((2 * before <= total) & (ordered > 0)).sum(axis=1)
     alpha = (1 - confidence) / 2
-    h_lo, h_hi = np.quantile(hhis, [alpha, 1 - alpha])
     n_lo, n_hi = np.quantile(naks, [alpha, 1 - alpha], method="inverted_cdf")
-    return float(h_lo), float(h_hi), int(n_lo), int(n_hi)
+    return h_lo, h_hi, int(n_lo), int(n_hi)
 
 
 def _draws_for(entities: int, draws: int) -> int:
@@ -604,7 +725,7 @@ def _assemble(window: WindowScheme, windows: pd.DataFrame, cent: pd.DataFrame, s
     info = windows[info_cols + ["network_hashrate", "hashrate_method", "elapsed_seconds",
                                 "unattributed_blocks"]].copy()
     info["unknown_share"] = info["unknown_blocks"] / info["blocks_total"]
-    info["low_sample"] = info["blocks_total"] < LOW_SAMPLE_BLOCKS
+    info["low_sample"] = _window_low_sample(info, per_window)
     info["expected_blocks"] = info["elapsed_seconds"] / TARGET_SPACING
     unattributed = int(info["unattributed_blocks"].sum())
     if unattributed:
@@ -627,19 +748,42 @@ def _assemble(window: WindowScheme, windows: pd.DataFrame, cent: pd.DataFrame, s
     return MetricsResult(window, _order(cent, CENTRALIZATION_COLUMNS), _order(share, POOL_SHARE_COLUMNS))
 
 
+def treatment_counts(known: np.ndarray, unknown: int, treatment: str) -> np.ndarray:
+    """A window's blocks per entity under an unknown treatment (``known``: the attributed entities')."""
+    known = np.asarray(known, dtype=np.int64)
+    if treatment == "one_entity" and unknown:
+        return np.append(known, unknown)
+    if treatment == "each_own" and unknown:
+        return np.concatenate([known, np.ones(unknown, dtype=np.int64)])
+    return known
+
+
+def _known_counts(per_window: pd.DataFrame) -> dict[tuple[int, str], np.ndarray]:
+    return {(int(r.window_key), r.level): np.asarray(r.known, dtype=np.int64)
+            for r in per_window.itertuples(index=False)}
+
+
+def _window_low_sample(info: pd.DataFrame, per_window: pd.DataFrame) -> pd.Series:
+    """One flag per window (both levels, every treatment and the pool_share rows agree), from its
+    pool-level counts with unknown blocks as one entity: every block of the window counts, as in
+    pool_share's shares, and no treatment's assumption about the unknown miners decides it. Always
+    judged on the 95% interval, whatever confidence the caller asked of the intervals, so that
+    low_sample means one thing in every table."""
+    known = _known_counts(per_window)
+    empty = np.zeros(0, dtype=np.int64)
+    flags = [low_sample(treatment_counts(known.get((int(key), "pool"), empty), int(unknown), "one_entity"))
+             for key, unknown in zip(info["window_key"].tolist(), info["unknown_blocks"].tolist(), strict=True)]
+    return pd.Series(flags, index=info.index, dtype=bool)
+
+
 def _add_bootstrap(window: WindowScheme, cent: pd.DataFrame, per_window: pd.DataFrame, bootstrap: bool,
                    draws: int, confidence: float) -> pd.DataFrame:
-    known = {(int(r.window_key), r.level): np.asarray(r.known, dtype=np.int64)
-             for r in per_window.itertuples(index=False)}
+    known = _known_counts(per_window)
     cols: dict[str, list] = {"hhi_lo": [], "hhi_hi": [], "nakamoto_lo": [], "nakamoto_hi": [],
                              "bootstrap_draws": []}
     for row in cent.itertuples(index=False):
-        counts = known.get((int(row.window_key), row.level), np.zeros(0, dtype=np.int64))
-        unknown = int(row.unknown_blocks)
-        if row.unknown_treatment == "one_entity" and unknown:
-            counts = np.append(counts, unknown)
-        elif row.unknown_treatment == "each_own" and unknown:
-            counts = np.concatenate([counts, np.ones(unknown, dtype=np.int64)])
+        counts = treatment_counts(known.get((int(row.window_key), row.level), np.zeros(0, dtype=np.int64)),
+                                  int(row.unknown_blocks), row.unknown_treatment)
         if not bootstrap or counts.sum() == 0:
             for name in cols:
                 cols[name].append(None)
@@ -727,14 +871,6 @@ def write_view_files(directory: Path = METRIC_VIEWS_DIR) -> list[Path]:
         path.write_text(f"-- Generated from pipeline.metrics.metric_views(); tests/test_metrics.py keeps it in sync.\n{sql}\n")
         paths.append(path)
     return paths
-
-
-def register_views(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Create the metric views on ``con`` (which must already have pool_share, centralization and
-    freshness: ``Warehouse.connect()`` gives all three)."""
-    for name, sql in metric_views().items():
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
-    return list(metric_views())
 
 
 def to_arrow(frame: pd.DataFrame, table: str) -> pa.Table:

@@ -120,13 +120,14 @@ def _title_suffix(data: ReportData) -> str:
 
 
 def _mark_low_sample(ax, rows: pd.DataFrame, window: m.WindowScheme) -> None:
-    """Shade low-sample windows over exactly the span their step covers (``_edges``)."""
+    """Shade low_sample windows (HHI interval spanning a factor of LOW_SAMPLE_HHI_RATIO or more) over
+    exactly the span their step covers (``_edges``), so nobody reads them as signal."""
     flagged = rows[rows["low_sample"].astype(bool)]
     left, right = _edges(flagged, window)
     for lo, hi in zip(left, right, strict=True):
         ax.axvspan(lo, hi, color="#f4d0d0", alpha=0.6, zorder=0, linewidth=0)
     if len(flagged):
-        ax.fill_between([], [], color="#f4d0d0", label="low sample (interval too wide to read)")
+        ax.fill_between([], [], color="#f4d0d0", label=f"low sample (HHI interval spans x{m.LOW_SAMPLE_HHI_RATIO:g} or more)")
 
 
 def _break_at_gaps(x: np.ndarray, ys: list[np.ndarray], rows: pd.DataFrame,

@@ -8,33 +8,23 @@ first bytes of a block (its header and coinbase) when that is all the decoder ne
 says when it needs the rest (``read_whole``).
 
 Each source can be cloned (own connections and file handles, for another thread) and described by a
-picklable ``SourceRecipe`` from which a worker process builds its own (``open_source``).
+picklable ``SourceRecipe`` from which a worker process builds its own
+(``pipeline.source.choice.open_source``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.chain.networks import Network, network_for_chain
+from pipeline.chain.networks import Network
+from pipeline.source.client import Located, NodeClient  # noqa: F401 (Located: part of this interface)
 
 if TYPE_CHECKING:
-    from pipeline.source.client import NodeClient
     from pipeline.source.config import NodeConfig
 
 KINDS = ("rest", "rpc", "blkfiles")
-
-
-@dataclass(frozen=True)
-class Located:
-    """A height range's place on the node's active chain."""
-
-    heights: list[int]
-    hashes: list[str]
-    median_times: list[int | None]
-    previous: tuple[str | None, int | None]  # the node's (hash, median time) at heights[0] - 1, if asked
 
 
 @dataclass(frozen=True)
@@ -111,40 +101,4 @@ class BlockSource(ABC):
         self.close()
 
 
-def open_source(recipe: SourceRecipe) -> BlockSource:
-    """A source from its recipe (in a worker process, or a clone for a thread)."""
-    from pipeline.source.client import NodeClient
-
-    client = NodeClient(recipe.node) if recipe.node is not None else None
-    network = network_for_chain(recipe.network)
-    if recipe.kind == "rest":
-        from pipeline.source.rest import RestSource
-
-        return RestSource(client, network)
-    if recipe.kind == "rpc":
-        from pipeline.source.rpc import RpcSource
-
-        return RpcSource(client, network)
-    if recipe.kind == "blkfiles":
-        from pipeline.source.blockfiles import BlockFileSource
-
-        return BlockFileSource(client, network, blocks_dir=Path(recipe.blocks_dir or ""))
-    if client is None:
-        raise ValueError(f"a {recipe.kind} source needs the node's connection")
-    raise ValueError(f"unknown block source {recipe.kind!r}; expected one of {', '.join(KINDS)}")
-
-
-def node_source(client: NodeClient, network: Network | None = None) -> BlockSource:
-    """REST when the node serves it (the connection's ``use_rest``, else probed once: ~10x faster
-    than ``getblock``), JSON-RPC otherwise."""
-    from pipeline.source.rest import RestSource, rest_available
-    from pipeline.source.rpc import RpcSource
-
-    network = network or client.network()
-    use_rest = client.config.use_rest
-    if use_rest is None:
-        use_rest = rest_available(client)
-    return RestSource(client, network) if use_rest else RpcSource(client, network)
-
-
-__all__ = ["BlockSource", "KINDS", "Located", "RawBlock", "SourceRecipe", "node_source", "open_source"]
+__all__ = ["BlockSource", "KINDS", "Located", "RawBlock", "SourceRecipe"]

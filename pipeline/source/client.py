@@ -11,15 +11,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.chain.networks import Network, network_for_chain
-from pipeline.source.base import Located
 from pipeline.source.config import NodeConfig
 from pipeline.source.errors import HeightAboveTipError, NodeInInitialDownloadError, NodePrunedError
 from pipeline.source.transport import Transport
 
 log = logging.getLogger("pipeline.source.client")
+
+
+@dataclass(frozen=True)
+class Located:
+    """A height range's place on the node's active chain."""
+
+    heights: list[int]
+    hashes: list[str]
+    median_times: list[int | None]
+    previous: tuple[str | None, int | None]  # the node's (hash, median time) at heights[0] - 1, if asked
 
 
 class NodeClient:

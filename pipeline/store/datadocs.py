@@ -175,7 +175,7 @@ def saved_results(warehouse_root: Path) -> list[tuple[str, Path, bool]]:
     return found
 
 
-def build_site(warehouse_root: Path | str, limit: int = DEFAULT_RESULTS,
+def build_data_docs(warehouse_root: Path | str, limit: int = DEFAULT_RESULTS,
                suites: Iterable[SuiteDecl] | None = None) -> Path:
     """Render the site into ``<warehouse>/data_docs`` (built aside, swapped in whole); returns index.html.
     The caller holds the warehouse's writer lock (the temp folders are cleaned by the next writer)."""
@@ -218,23 +218,3 @@ def build_site(warehouse_root: Path | str, limit: int = DEFAULT_RESULTS,
     if old.exists():
         shutil.rmtree(old)
     return site / "index.html"
-
-
-def external_references(page: str) -> list[str]:
-    """URLs a page would load from the network (src/href of link, script, img, iframe): none, here."""
-    from html.parser import HTMLParser
-
-    found: list[str] = []
-
-    class _Scan(HTMLParser):
-        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-            for name, value in attrs:
-                if value and name in ("src", "href") and tag in ("link", "script", "img", "iframe", "source") \
-                        and "://" in value:
-                    found.append(value)
-            if tag == "script":
-                found.append("<script>")
-
-    _Scan().feed(page)
-    return found
-

@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -560,22 +560,3 @@ def gate(warehouse: Any, tables: Mapping[str, pa.Table], report: ValidationRepor
     warehouse.commit(tables, **commit)
     if report is not None:
         save_report(warehouse.root, report)
-
-
-def check_batch(warehouse_root: Path | str, tables: Mapping[str, pa.Table],
-                context: Mapping[str, Any] | None = None) -> ValidationReport:
-    """validate_batch + quarantine on failure (raises BatchRejected) + save_report on success."""
-    report = validate_batch(tables, context)
-    if not report.ok:
-        where = quarantine(warehouse_root, tables, report)
-        raise BatchRejected(report.summary(), where)
-    save_report(warehouse_root, report)
-    return report
-
-
-def build_data_docs(warehouse_root: Path | str, limit: int | None = None) -> Path:
-    """Render the suites and the kept validation results as static, offline HTML in
-    <warehouse>/data_docs/ (``pipeline.store.datadocs``); returns the path of index.html."""
-    from pipeline.store.datadocs import DEFAULT_RESULTS, build_site
-
-    return build_site(warehouse_root, limit or DEFAULT_RESULTS)
