@@ -367,9 +367,10 @@ def test_attribution_version_carries_the_engine_rules_version():
 
 
 def _warehouse_with_blocks(root: Path) -> None:
-    from pipeline.chain.decode import blocks_to_tables, decode_block
+    from pipeline.chain.decode import decode_block
     from pipeline.chain.networks import REGTEST
-    from pipeline.devnode.regtest import CoinbaseSpec, build_block
+    from pipeline.devnode.blocks import CoinbaseSpec, build_block
+    from pipeline.load.tables import blocks_to_tables
     from pipeline.store.warehouse import Warehouse
 
     ckpool_only = CoinbaseSpec(tag=b"ckpool\x0c/mypool.net/", payouts=[(b"\x51\x20" + b"\x07" * 32, 1)])
