@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.attribution.registry import (FORMAT, FORMAT_VERSION, UNKNOWN_POOL_ID, format_time, parse_registry)
+from pipeline.attribution.registry import (FORMAT, FORMAT_VERSION, SHORT_TAG_BYTES, UNKNOWN_POOL_ID, format_time,
+                                           parse_registry)
 
 SOURCE_KINDS = ("mempool-v2", "v1", "bitcoin-data", "legal-links")
 
@@ -310,7 +311,7 @@ def load_rules(path: Path | None = None) -> dict[str, Any]:
     path = Path(path) if path else Path(__file__).resolve().parent.parent / "data" / "registry_rules.json"
     rules = _load_json(path)
     rules.setdefault("source_priority", [])
-    for key in ("pools", "owners", "windows", "drop", "families", "memberships", "legal_pools"):
+    for key in ("pools", "owners", "windows", "drop", "families", "memberships", "tag_rules", "legal_pools"):
         rules.setdefault(key, [])
     return rules
 
@@ -380,6 +381,7 @@ def merge_sources(sources: list[SourceList], rules: dict[str, Any] | None = None
     owners = {(o["kind"], o["value"].lower() if o["kind"] == "tag" else o["value"]): o for o in rules.get("owners", [])}
     drops = {(d["kind"], d["value"].lower() if d["kind"] == "tag" else d["value"]): d for d in rules.get("drop", [])}
     windows = {(w["kind"], w["value"].lower() if w["kind"] == "tag" else w["value"]): w for w in rules.get("windows", [])}
+    tag_rules = {r["value"].lower(): r for r in rules.get("tag_rules", [])}
     pool_tags: dict[str, list[dict]] = defaultdict(list)
     pool_addresses: dict[str, list[dict]] = defaultdict(list)
     for ckey, claim in sorted(claims.items(), key=lambda kv: repr(kv[0])):
@@ -406,6 +408,14 @@ def merge_sources(sources: list[SourceList], rules: dict[str, Any] | None = None
                                               f"valid {window.get('from_height', '')}..{window.get('to_height', '')}",
                                               "window:" + claim.value, window.get("reason", "")))
         if claim.kind == "tag":
+            if rule_key[1] in tag_rules:
+                entry.update(_apply_tag_rule(tag_rules[rule_key[1]], subject, winner, claim_map, disagreements))
+            if not _tag_is_confined(claim.value, entry):
+                disagreements.append(Disagreement(
+                    "short-tag", subject, claim_map, "dropped", "short-tags",
+                    f"under {SHORT_TAG_BYTES} bytes with no known height window or position (no 'windows' or "
+                    "'tag_rules' entry): random extranonce bytes would match it"))
+                continue
             spelled = _best_spelling(claim, sources, priority)
             pool_tags[winner].append({"tag": spelled, **entry})
         else:
@@ -487,7 +497,8 @@ def _legal_name_index(pools: list[dict[str, Any]]) -> tuple[dict[str, set[str]],
         for name in [pool["name"], pool["id"], *pool.get("former_names", [])]:
             by_name[normalize_name(name)].add(pool["id"])
         for tag in pool.get("tags", []):
-            by_tag[tag["tag"].encode("utf-8").lower()] = pool["id"]
+            text = tag["tag"].encode("utf-8") if "tag" in tag else bytes.fromhex(tag["tag_hex"])
+            by_tag[text.lower()] = pool["id"]
     return by_name, by_tag
 
 
@@ -682,6 +693,29 @@ def _check_legal_overlaps(links: list[LegalLink]) -> None:
                                       f"{b.parent!r} at the same time ({_when(lo if lo > -(1 << 62) else None)}); "
                                       "'to' is exclusive, so a link ending 2020-12 and one starting 2020-12 do not "
                                       "overlap")
+
+
+_TAG_RULE_FIELDS = ("position", "software", "user_text_after")
+
+
+def _apply_tag_rule(rule: dict[str, Any], subject: str, winner: str, claim_map: dict[str, list[str]],
+                    disagreements: list[Disagreement]) -> dict[str, Any]:
+    """The matching conditions a ``tag_rules`` entry adds to a tag (position, software, user text),
+    reported with the rule's reason and evidence like every other written rule."""
+    fields = {k: rule[k] for k in _TAG_RULE_FIELDS if k in rule}
+    if not fields:
+        raise SourceListError(f"rule tag_rules[{rule['value']!r}] sets none of {', '.join(_TAG_RULE_FIELDS)}")
+    decision = "; ".join(f"{k} {json.dumps(v, ensure_ascii=False)}" for k, v in sorted(fields.items()))
+    disagreements.append(Disagreement("tag-rule", subject, {winner: claim_map[winner]}, decision,
+                                      "tag-rule:" + rule["value"], rule.get("reason", "")))
+    return fields
+
+
+def _tag_is_confined(tag: str, entry: dict[str, Any]) -> bool:
+    """The registry's rule for short tags (pipeline.attribution.registry.Tag.confined)."""
+    if len(tag.encode("utf-8")) >= SHORT_TAG_BYTES or "position" in entry:
+        return True
+    return entry.get("from_height") is not None and entry.get("to_height") is not None
 
 
 def _nested_tag_reports(pools: list[dict[str, Any]]) -> list[Disagreement]:
