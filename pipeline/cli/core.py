@@ -144,6 +144,8 @@ def print_sync_result(result) -> None:
                   f"node in {result.seconds:.1f} s ({result.blocks_per_second:,.0f} blocks/s)")
     else:
         out.print(f"up to date: nothing new to load on {result.chain}")
+    for note in result.notes:  # e.g. blocks whose coinbase spends were not recorded, and why
+        out.print(f"[yellow]note:[/] {note}")
 
 
 @click.command()
