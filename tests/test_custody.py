@@ -16,7 +16,7 @@ from pipeline import native
 from pipeline.chain.coinbases import CoinbaseIndex, txid_bytes
 from pipeline.chain.decode import decode_block, transaction_ids
 from pipeline.chain.networks import MAIN
-from pipeline.load.custody import custody_links
+from pipeline.load.custody import custody_links, links_after
 from pipeline.store.schemas import table_spec
 
 # Block 170's transaction: Satoshi pays Hal Finney 10 BTC from block 9's coinbase, the first
@@ -323,8 +323,9 @@ def test_custody_links_on_a_real_core_chain(regtest_node, tmp_path, source: str)
 
     client = NodeClient(regtest_node.client_config())
     warehouse = Warehouse(tmp_path / "w")
+    # Batches 0..54, 55..109, 110: the second co-spend's batch adds to the links the first one stored.
     result = sync_range(client, warehouse, registry=_registry(), source=source, datadir=regtest_node.datadir,
-                        batch_size=40)
+                        batch_size=55)
     assert result.spends_checked == second + 1 and result.notes == []
 
     spends = warehouse.read("coinbase_spends")
@@ -342,6 +343,7 @@ def test_custody_links_on_a_real_core_chain(regtest_node, tmp_path, source: str)
     links = warehouse.read("custody_links").to_pylist()
     assert links == [{"pool_a": "alpha", "pool_b": "beta", "co_spend_txs": 2, "first_height": first,
                       "last_height": second, "attribution_version": warehouse.attribution_version}]
+    assert links_after(warehouse, {}, warehouse.attribution_version, force=True).to_pylist() == links  # = from scratch
     # The catalog's view reads the same rows.
     import duckdb
 
@@ -349,8 +351,31 @@ def test_custody_links_on_a_real_core_chain(regtest_node, tmp_path, source: str)
     assert con.sql("SELECT pool_a, pool_b, co_spend_txs FROM custody_links").fetchall() == [("alpha", "beta", 2)]
     con.close()
 
+    # Loading stored heights again replaces their spends: the links are recomputed, not added twice.
+    sync_range(client, warehouse, 100, second, registry=_registry(), source=source, datadir=regtest_node.datadir)
+    assert warehouse.read("custody_links").to_pylist() == links
+
     # A reorg that removes the second co-spend takes its link evidence with it, in the same commit.
     regtest_node.invalidate(regtest_node.rpc("getblockhash", second))
     sync_range(client, warehouse, registry=_registry(), source=source, datadir=regtest_node.datadir)
     assert warehouse.read("custody_links").select(["co_spend_txs", "last_height"]).to_pylist() == [
         {"co_spend_txs": 1, "last_height": first}]
+
+
+def test_c_index_answers_as_the_dict_on_hits_and_misses() -> None:
+    """The C table's filter and probing against the dict backend: every key found with its height,
+    nothing else found (the filter's false positives fall through to the table)."""
+    import random
+
+    if not native.AVAILABLE:
+        pytest.skip("the C index is not built")
+    rng = random.Random(7)
+    keys = [rng.randbytes(32) for _ in range(5000)]
+    c_index, py_index = CoinbaseIndex(capacity=16, use_c=True), CoinbaseIndex(use_c=False)
+    for index in (c_index, py_index):
+        for start in range(0, 5000, 700):  # several adds: the C table grows and rebuilds its filter
+            index.add_many(b"".join(keys[start:start + 700]), range(start, min(start + 700, 5000)))
+    assert len(c_index) == len(py_index) == 5000 and c_index.complete_below == 5000
+    assert all(c_index.height_of(k) == py_index.height_of(k) == h for h, k in enumerate(keys))
+    misses = [rng.randbytes(32) for _ in range(20000)]
+    assert all(c_index.height_of(k) is None and py_index.height_of(k) is None for k in misses)

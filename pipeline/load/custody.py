@@ -76,29 +76,82 @@ def links_after(warehouse: Warehouse, tables: Mapping[str, pa.Table], attributio
                 force: bool = False) -> pa.Table | None:
     """custody_links as they must read once ``tables`` (a batch not yet committed) are, or None
     when the batch cannot change them (no spend in it, and none stored of a coinbase it
-    attributes) and ``force`` is off. The caller holds the writer lock."""
+    attributes) and ``force`` is off. The caller holds the writer lock.
+
+    Links are sums over spending transactions, each at one height, so a batch that only adds
+    spends at heights holding none yet, and attributes no coinbase a stored spend refers to, adds
+    its own transactions' pairs to the stored links (the common case: a load appending blocks; it
+    reads only the batch's range of stored rows). Anything else (a batch replacing stored spends or
+    the pools of spent coinbases, stored links of another attribution version, ``force``) is
+    recomputed from every stored spend."""
     batch_spends = tables.get("coinbase_spends")
-    batch_scans = tables.get("spend_scans")
     attributions = tables.get("attributions")
     if attributions is not None:
         attributions = attributions.filter(pc.equal(attributions.column("registry_version"), attribution_version))
+    scanned, attributed = _heights(tables.get("spend_scans")), _heights(attributions)
+    new_spends = batch_spends is not None and batch_spends.num_rows > 0
+    if not force:
+        replaced = _stored_spends_at(warehouse, scanned, attributed)
+        if not replaced and not new_spends:
+            return None
+        stored_links = warehouse.read("custody_links")
+        versions = set(stored_links.column("attribution_version").to_pylist())
+        if not replaced and versions <= {attribution_version}:
+            added = custody_links(batch_spends, _pools(warehouse, attribution_version, batch_spends, attributions),
+                                  attribution_version)
+            return _merge(stored_links, added)
     stored = warehouse.read("coinbase_spends", columns=_SPEND_COLUMNS)
     # A scanned height's spends are the batch's (coinbase_spends is replaced by height).
-    spends = _not_in(stored, "height", _heights(batch_scans))
-    if batch_spends is not None and batch_spends.num_rows:
+    spends = _not_in(stored, "height", scanned)
+    if new_spends:
         spends = pa.concat_tables([spends, batch_spends.select(_SPEND_COLUMNS).cast(spends.schema)])
-    attributed = _heights(attributions)
-    touched = (batch_spends is not None and batch_spends.num_rows > 0) or spends.num_rows != stored.num_rows or (
-        attributed is not None and stored.num_rows > 0
-        and pc.any(pc.is_in(stored.column("coinbase_height"), value_set=attributed)).as_py())
-    if not touched and not force:
-        return None
+    return custody_links(spends, _pools(warehouse, attribution_version, spends, attributions), attribution_version)
+
+
+def _stored_spends_at(warehouse: Warehouse, scanned: pa.Array | None, attributed: pa.Array | None) -> bool:
+    """Whether a stored spend is at a height the batch scans again, or spends a coinbase the batch
+    attributes (range conditions first, so Parquet statistics skip most files)."""
+    conditions = []
+    for column, heights in (("height", scanned), ("coinbase_height", attributed)):
+        if heights is not None:
+            lo, hi = pc.min(heights).as_py(), pc.max(heights).as_py()
+            values = ", ".join(str(int(h)) for h in heights.to_pylist())
+            conditions.append(f"({column} BETWEEN {int(lo)} AND {int(hi)} AND {column} IN ({values}))")
+    if not conditions:
+        return False
+    return warehouse.read("coinbase_spends", where=" OR ".join(conditions), columns=["height"]).num_rows > 0
+
+
+def _pools(warehouse: Warehouse, attribution_version: str, spends: pa.Table | None,
+           attributions: pa.Table | None) -> pa.Table:
+    """(height, pool_id) under ``attribution_version`` for the heights ``spends`` spend coinbases
+    of: the batch's attributions over the stored ones."""
+    empty = pa.table({"height": pa.array([], pa.int32()), "pool_id": pa.array([], pa.string())})
+    if spends is None or spends.num_rows == 0:
+        return empty
+    lo, hi = pc.min(spends.column("coinbase_height")).as_py(), pc.max(spends.column("coinbase_height")).as_py()
     escaped = attribution_version.replace("'", "''")
-    pools = warehouse.read("attributions", where=f"registry_version = '{escaped}'", columns=["height", "pool_id"])
+    pools = warehouse.read("attributions", columns=["height", "pool_id"],
+                           where=f"registry_version = '{escaped}' AND height BETWEEN {int(lo)} AND {int(hi)}")
+    attributed = _heights(attributions)
     if attributed is not None:
         pools = pa.concat_tables([_not_in(pools, "height", attributed),
                                   attributions.select(["height", "pool_id"]).cast(pools.schema)])
-    return custody_links(spends, pools, attribution_version)
+    return pools
+
+
+def _merge(stored: pa.Table, added: pa.Table) -> pa.Table:
+    """Links of two disjoint sets of spending transactions: counts add, heights span both."""
+    if added.num_rows == 0:
+        return stored
+    both = pa.concat_tables([stored, added])
+    merged = both.group_by(["pool_a", "pool_b", "attribution_version"]).aggregate(
+        [("co_spend_txs", "sum"), ("first_height", "min"), ("last_height", "max")])
+    merged = merged.rename_columns({"co_spend_txs_sum": "co_spend_txs", "first_height_min": "first_height",
+                                    "last_height_max": "last_height"})
+    spec = table_spec("custody_links")
+    merged = merged.select(spec.column_names).cast(spec.arrow_schema)
+    return merged.sort_by([("pool_a", "ascending"), ("pool_b", "ascending")])
 
 
 def with_custody_links(warehouse: Warehouse, tables: dict[str, pa.Table], report: ValidationReport | None,
