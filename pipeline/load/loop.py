@@ -567,8 +567,10 @@ def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: Batc
                             f"the node's block at height {batch.lo - 1} is now {batch.previous_hash}, not the stored "
                             f"{stored_prev}: its chain changed during the load. Run sync again: it repairs reorgs",
                             height=batch.lo - 1, resume_from=batch.lo)
+                custody_started = time.perf_counter()
                 tables, report = with_custody_links(warehouse, batch.tables, batch.report,
                                                     batch_context(plan, batch.lo, (None, None)), expected_registry)
+                _timed(timings, "custody", custody_started)  # part of "commit": links follow what is stored
                 gate(warehouse, tables, report)
             done = time.perf_counter()
             for stage, seconds in batch.timings.items():
