@@ -274,12 +274,13 @@ def test_loop_checks_nothing_above_a_gap_until_it_is_filled(early_chain, tmp_pat
 # --------------------------------------------------------------------------- a real Core chain
 
 
-def _registry():
+def _registry(*extra: dict):
     from pipeline.attribution.registry import parse_registry
 
     return parse_registry({"format": "poolwatch-registry", "format_version": 1, "families": [], "pools": [
         {"id": "alpha", "name": "Alpha", "tags": [{"tag": "/alpha/"}], "addresses": []},
         {"id": "beta", "name": "Beta", "tags": [{"tag": "/beta/"}], "addresses": []},
+        *extra,
     ]})
 
 
@@ -360,6 +361,16 @@ def test_custody_links_on_a_real_core_chain(regtest_node, tmp_path, source: str)
     sync_range(client, warehouse, registry=_registry(), source=source, datadir=regtest_node.datadir)
     assert warehouse.read("custody_links").select(["co_spend_txs", "last_height"]).to_pylist() == [
         {"co_spend_txs": 1, "last_height": first}]
+
+    # A registry that knows the "/nobody/" block's pool: re-attribution links it to beta, same commit.
+    from pipeline.load.jobs import reattribute
+
+    with warehouse.writer():
+        reattribute(warehouse, _registry({"id": "gamma", "name": "Gamma", "tags": [{"tag": "/nobody/"}],
+                                          "addresses": []}))
+    assert [(r["pool_a"], r["pool_b"], r["co_spend_txs"], r["attribution_version"])
+            for r in warehouse.read("custody_links").to_pylist()] == [
+        ("alpha", "beta", 1, warehouse.attribution_version), ("beta", "gamma", 1, warehouse.attribution_version)]
 
 
 def test_c_index_answers_as_the_dict_on_hits_and_misses() -> None:
