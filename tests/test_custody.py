@@ -214,41 +214,51 @@ def _blk_dir(chain: dict[int, bytes], folder: Path) -> Path:
     return folder
 
 
-def test_loop_records_spends_and_says_which_head_only_reads_it_skipped(early_chain, tmp_path, monkeypatch) -> None:
-    """Block files: with the usual head read every early block fits and is checked; with a head
-    read shorter than the blocks holding transactions those are decoded from their head and the
-    load says that their spends were not recorded."""
+def test_block_files_are_read_whole_to_record_spends_and_heads_only_without(early_chain, tmp_path,
+                                                                             monkeypatch) -> None:
+    """Block files with a head read shorter than the blocks holding transactions: recording spends
+    reads those blocks whole and checks every block; with recording off the heads are enough and
+    the load says that no block was checked."""
     from pipeline.load.loop import BatchPlan, load
-    from pipeline.load.spends import SKIP_HEAD_ONLY
+    from pipeline.load.spends import SKIP_OFF
     from pipeline.source import blockfiles
     from pipeline.source.blockfiles import BlockFileSource
     from pipeline.store.warehouse import Warehouse
 
     blocks_dir = _blk_dir(early_chain, tmp_path / "blocks")
-    plan = BatchPlan(registry=None, chain="main", validate=True)
     top = max(early_chain)
-
-    warehouse = Warehouse(tmp_path / "whole")
-    with BlockFileSource(FakeNode(early_chain, median_times=False), MAIN, blocks_dir=blocks_dir) as source:
-        result = load(source, warehouse, 0, top, plan, batch_size=100)
-    assert result.spends_checked == top + 1 and result.spends_skipped == []
-    scans = warehouse.read("spend_scans")
-    assert scans["height"].to_pylist() == list(range(top + 1))
-    spends = warehouse.read("coinbase_spends")
-    assert spends.slice(0, 1).select(["height", "spending_txid", "coinbase_height"]).to_pylist() == [
-        {"height": 170, "spending_txid": FIRST_SPEND_TXID, "coinbase_height": 9}]
-    assert sum(scans["spends"].to_pylist()) == spends.num_rows
-
     big = [h for h, raw in early_chain.items() if len(raw) > 300]
     assert big, "some early blocks hold transactions"
     monkeypatch.setattr(blockfiles, "HEAD_READ", 300)
-    warehouse = Warehouse(tmp_path / "heads")
-    with BlockFileSource(FakeNode(early_chain, median_times=False), MAIN, blocks_dir=blocks_dir) as source:
-        result = load(source, warehouse, 0, top, plan, batch_size=100)
-    assert result.spends_checked == top + 1 - len(big)
-    assert len(result.spends_skipped) == 1 and SKIP_HEAD_ONLY in result.spends_skipped[0]
-    assert f"{len(big)} block(s)" in result.spends_skipped[0]
-    assert sorted(set(range(top + 1)) - set(warehouse.read("spend_scans")["height"].to_pylist())) == big
+    whole_reads: list[int] = []
+    read_whole = BlockFileSource.read_whole
+
+    def counting(self, raw):  # noqa: ANN001, ANN202
+        whole_reads.append(raw.height)
+        return read_whole(self, raw)
+
+    monkeypatch.setattr(BlockFileSource, "read_whole", counting)
+    for record in (True, False):
+        whole_reads.clear()
+        plan = BatchPlan(registry=None, chain="main", validate=True, record_spends=record)
+        warehouse = Warehouse(tmp_path / f"w{record}")
+        with BlockFileSource(FakeNode(early_chain, median_times=False), MAIN, blocks_dir=blocks_dir) as source:
+            result = load(source, warehouse, 0, top, plan, batch_size=100)
+        if record:
+            assert sorted(whole_reads) == big
+            assert result.spends_checked == top + 1 and result.spends_skipped == []
+            scans = warehouse.read("spend_scans")
+            assert scans["height"].to_pylist() == list(range(top + 1))
+            spends = warehouse.read("coinbase_spends")
+            assert spends.slice(0, 1).select(["height", "spending_txid", "coinbase_height"]).to_pylist() == [
+                {"height": 170, "spending_txid": FIRST_SPEND_TXID, "coinbase_height": 9}]
+            assert sum(scans["spends"].to_pylist()) == spends.num_rows
+        else:
+            assert whole_reads == []  # every early block is exact from its head
+            assert result.spends_checked == 0
+            assert result.spends_skipped == [f"coinbase spends not recorded for {top + 1} block(s) ({SKIP_OFF}): "
+                                             f"heights 0..{top}"]
+            assert warehouse.read("spend_scans").num_rows == 0
 
 
 def test_loop_checks_nothing_above_a_gap_until_it_is_filled(early_chain, tmp_path) -> None:
@@ -390,3 +400,23 @@ def test_c_index_answers_as_the_dict_on_hits_and_misses() -> None:
     assert all(c_index.height_of(k) == py_index.height_of(k) == h for h, k in enumerate(keys))
     misses = [rng.randbytes(32) for _ in range(20000)]
     assert all(c_index.height_of(k) is None and py_index.height_of(k) is None for k in misses)
+
+
+@pytest.mark.node
+def test_sync_no_spends_says_what_it_did_not_record(regtest_node, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from pipeline.devnode.blocks import CoinbaseSpec
+    from pipeline.devnode.chains import mine_chain
+
+    mine_chain(regtest_node, [CoinbaseSpec(tag=b"/alpha/", payouts=[(OP_TRUE_P2WSH, 1)])] * 3)
+    args = ["--warehouse", str(tmp_path / "w"), "sync", "--no-metrics", "--rpc-url", regtest_node.rpc_url,
+            "--rpc-cookie", str(regtest_node.cookie_file)]
+    result = CliRunner().invoke(main, [*args, "--no-spends"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "coinbase spends not recorded for 4 block(s) (recording switched off (--no-spends)): heights 0..3" \
+        in " ".join(result.output.split())
+    mine_chain(regtest_node, [CoinbaseSpec(tag=b"/alpha/", payouts=[(OP_TRUE_P2WSH, 1)])])
+    result = CliRunner().invoke(main, args, catch_exceptions=False)  # recording on again: checked from height 0
+    assert result.exit_code == 0 and "not recorded" not in result.output, result.output

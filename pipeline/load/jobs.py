@@ -221,7 +221,7 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
                on_plan: Callable[[int, int], None] | None = None, writer_wait: float = 0.0,
                workers: int = 1, source: str = "node", datadir: Path | None = None,
                default_registry: Callable[[], Registry] | None = None, default_cross_network: bool = False,
-               change_settings: bool = False) -> SyncResult:
+               change_settings: bool = False, record_spends: bool = True) -> SyncResult:
     """Load heights [start, end] (default: from the stored tip + 1 to the node's tip).
 
     ``registry``: apply this registry (history is re-attributed first if the warehouse uses another);
@@ -275,7 +275,7 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
     next_lo = start
     try:
         while True:
-            plan = BatchPlan(registry, network.name, allow_cross_network, validate)
+            plan = BatchPlan(registry, network.name, allow_cross_network, validate, record_spends)
             try:
                 _load_resuming(client, warehouse, blocks, next_lo, end, result, plan=plan, batch_size=batch_size,
                                progress=progress, writer_wait=writer_wait, workers=workers)

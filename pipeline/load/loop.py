@@ -49,7 +49,7 @@ import pyarrow as pa
 from pipeline.chain.decode import DecodedBlock, DecodeError, decode_block, decode_block_head
 from pipeline.load.custody import with_custody_links
 from pipeline.load.processes import HelperDiedError, HelperPool, HelperStartError
-from pipeline.load.spends import SKIP_WORKERS, SpendRecorder
+from pipeline.load.spends import SKIP_OFF, SKIP_WORKERS, SpendRecorder
 from pipeline.load.tables import build_tables
 from pipeline.source.base import BlockSource, Located, RawBlock, SourceRecipe
 from pipeline.source.choice import open_source
@@ -167,13 +167,15 @@ def decode_raw(source: BlockSource, raw: RawBlock, spends: SpendRecorder | None 
     commitment, so no witness bytes anywhere), else from the whole block (read now if needed).
     The bytes must hash to the block the node located: anything else is never stored.
 
-    ``spends``: the run's coinbase index. A whole block whose lower heights are all in it is walked
-    with the lookup (its ``spends`` set); a block decoded from its head alone is not (its other
-    transactions are never read) and the recorder counts it as skipped for that reason."""
+    ``spends``: the run's coinbase index. A block whose lower heights are all in it is read whole
+    (even where its head would do) and walked with the lookup (its ``spends`` set); without a
+    recorder (spends switched off) a head is enough, and the recorder says which blocks it skipped."""
     where = f"block {raw.hash} at height {raw.height}" + (f" ({raw.where})" if raw.where else "")
     coinbases = spends.index if spends is not None and spends.ready(raw.height) else None
     try:
         block = None
+        if not raw.whole and coinbases is not None:
+            raw = source.read_whole(raw)  # the other transactions are what the lookup reads
         if not raw.whole:
             block = decode_block_head(raw.data, raw.size, source.network, height=raw.height,
                                       median_time=raw.median_time)
@@ -586,9 +588,12 @@ def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: Batc
     if spends is not None:
         result.spends_checked = spends.checked
         result.spends_skipped = spends.summary()
-        for line in result.spends_skipped:
-            log.warning("%s; reload them from a source that reads whole blocks once the heights below are "
-                        "stored (docs/custody.md)", line)
+    elif result.blocks:
+        result.spends_skipped = [f"coinbase spends not recorded for {result.blocks} block(s) ({SKIP_OFF}): "
+                                 f"heights {lo}..{hi}"]
+    for line in result.spends_skipped:
+        log.warning("%s; load them again once the heights below are stored, in one process, with spends on "
+                    "(docs/custody.md)", line)
     return result
 
 

@@ -13,11 +13,11 @@ When heights below the run are missing (a warehouse that starts above 0, a gap, 
 backfill chunks of which a lower one is still loading), the run's blocks are decoded as before
 (the block files' header-and-coinbase read included) and not checked; before each batch the index
 looks again whether the missing heights have been stored meanwhile, and checks the rest of the run
-once they are. A block the block-file reader decoded from its head alone (header and coinbase:
-every block without a witness commitment) is not checked either: its other transactions were
-never read. The loop reports the heights left unchecked and why (``SpendRecorder.skipped``);
-reloading them (``poolwatch sync --from H --to H``) once the heights below are stored, from a
-source that reads whole blocks, checks them.
+once they are. A block the recorder can check is read whole, also from block files (whose reader
+otherwise reads only the header and coinbase of a block without a witness commitment); with
+spends switched off (``poolwatch sync --no-spends``) that head-only read stays, and nothing is
+checked. The loop reports the heights left unchecked and why (``SpendRecorder.skipped``);
+reloading them (``poolwatch sync --from H --to H``) once the heights below are stored checks them.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ log = logging.getLogger("pipeline.load.spends")
 
 # Why a decoded block was not checked (keys of ``SpendRecorder.skipped``).
 SKIP_MISSING = "lower heights missing"
-SKIP_HEAD_ONLY = "head-only block-file read"
 SKIP_WORKERS = "decoded in parallel worker processes"
+SKIP_OFF = "recording switched off (--no-spends)"
 
 # (height, coinbase txid in display hex) of the stored blocks with lo <= height <= hi.
 StoredCoinbases = Callable[[int, int], list[tuple[int, str]]]
@@ -88,7 +88,8 @@ class SpendRecorder:
             if block.spends is not None:
                 self.checked += 1
             else:
-                self._skip(SKIP_HEAD_ONLY if self.ready(block.height) else SKIP_MISSING, block.height, block.height)
+                # decode_raw walks every block the index is ready for: an unchecked one was not ready.
+                self._skip(SKIP_MISSING, block.height, block.height)
             self.index.add_display([(block.height, block.coinbase_txid)])
 
     def skip(self, reason: str, lo: int, hi: int) -> None:
@@ -114,4 +115,4 @@ class SpendRecorder:
         return lines
 
 
-__all__ = ["SKIP_HEAD_ONLY", "SKIP_MISSING", "SKIP_WORKERS", "SpendRecorder", "StoredCoinbases"]
+__all__ = ["SKIP_MISSING", "SKIP_OFF", "SKIP_WORKERS", "SpendRecorder", "StoredCoinbases"]
