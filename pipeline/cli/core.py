@@ -242,10 +242,16 @@ def status(ctx, rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, offline, 
     gaps = warehouse.gaps() if stored else []
     table.add_row("gaps", ", ".join(f"{a}..{b}" for a, b in gaps[:20]) + (" ..." if len(gaps) > 20 else "")
                   if gaps else "none", [list(gap) for gap in gaps])
-    from pipeline.attribution.engine import recorded_settings
+    from pipeline.attribution.engine import recorded_settings, rules_staleness
 
     settings = recorded_settings(meta)
     table.add_row("attribution version", Text(str(warehouse.attribution_version or "-")), warehouse.attribution_version)
+    if warehouse.attribution_version:
+        # Rows from older engine rules are not current: the next sync or attribute re-attributes.
+        old_rules = rules_staleness(warehouse.attribution_version)
+        table.add_row("attributions", Text(f"STALE: {old_rules} (`poolwatch attribute` or the next `poolwatch sync` "
+                                           "re-attributes)" if old_rules else "current engine rules"),
+                      {"stale": bool(old_rules), "reason": old_rules})
     table.add_row("attribution settings", Text(settings.describe() if settings else "-"),
                   settings.to_meta() if settings else None)
     fresh = warehouse.freshness()
