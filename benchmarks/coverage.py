@@ -99,7 +99,7 @@ class Mix:
 
     @property
     def levels(self) -> tuple[str, ...]:
-        return ("pool", "family") if self.families else ("pool",)
+        return ("pool", "legal") if self.families else ("pool",)  # legal: the registry-family level
 
 
 # Rounded shares of 2024 blocks as public pool trackers reported them (Foundry ~30%, AntPool ~25%, ...,

@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "attribution": {"chain"},
     "store": {"chain"},
     "load": {"chain", "source", "attribution", "store"},
-    "metrics": {"store"},
+    "metrics": {"store", "attribution"},  # the registry's families: the legal and inferred levels
     "devnode": {"chain", "source", "attribution"},
     "orchestration": {"chain", "source", "attribution", "store", "load", "metrics", "devnode"},
     "cli": {"chain", "source", "attribution", "store", "load", "metrics", "devnode", "orchestration"},

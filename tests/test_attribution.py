@@ -142,6 +142,27 @@ def test_windows_for_tags_addresses_and_families():
     assert one(100, b"/alpha/")["family"] == "holding"
 
 
+def test_family_dated_by_block_time_follows_the_header_time():
+    """The shipped registry's legal families hold by block header time (legal_links.json's months):
+    BTC.com's blocks belong to Bitmain, then Bitdeer, then BIT Mining."""
+    from datetime import UTC, datetime
+
+    from pipeline.attribution.registry import load_registry
+
+    reg = load_registry(Path(__file__).resolve().parent.parent / "pipeline" / "data" / "registry.json")
+    times = ["2020-11-30T23:59:59", "2020-12-01T00:00:00", "2021-03-31T23:59:59", "2021-04-01T00:00:00"]
+    tb, to = tables([(650_000 + i, b"\x03abc/BTC.COM/", []) for i in range(len(times))])
+    stamps = [datetime.fromisoformat(t).replace(tzinfo=UTC) for t in times]
+    tb = tb.append_column("time", pa.array(stamps, pa.timestamp("us", tz="UTC")))
+    rows = attribute_tables(tb, to, reg, "main")["attributions"].to_pylist()
+    assert [r["pool_id"] for r in rows] == ["btc-com"] * 4
+    assert [r["family"] for r in rows] == ["bitmain", "bitdeer", "bitdeer", "bit-mining"]
+    # without the blocks' time a time-dated membership cannot be decided: an error, not "no family"
+    tb, to = tables([(650_000, b"\x03abc/BTC.COM/", [])])
+    with pytest.raises(ValueError, match="dated by block time"):
+        attribute_tables(tb, to, reg, "main")
+
+
 def test_networks_never_cross_except_regtest_when_asked():
     testnet_b = P2PKH_B
     assert one(5, b"", [(5, testnet_b)])["pool_id"] == "unknown"          # testnet rule on mainnet

@@ -286,7 +286,7 @@ def test_metrics_csv_and_json(wh, tmp_path: Path) -> None:
     assert len(data["pool_share"]) == 6 and {r["window_id"] for r in data["pool_share"]} == {"2024-W03"}
     as_csv = run([*base, "--csv"])
     assert as_csv.exit_code == 0, as_csv.output
-    rows = parse_csv(as_csv.output)
+    rows = parse_csv(as_csv.stdout)  # notes go to stderr
     assert list(rows[0]) == m.CENTRALIZATION_COLUMNS and len(rows) == 2 * len(m.TREATMENTS)
     # the folder of CSV files, as before, under its own name
     folder = run([*base, "--csv-dir", tmp_path / "out"])
@@ -414,7 +414,7 @@ def test_negative_zero_is_printed_as_zero_in_metrics(one_pool_wh, monkeypatch: p
     text = run([*base, "--json"]).output
     _no_negative_zero(text)
     assert {r["entropy_bits"] for r in json.loads(text)["centralization"]} == {0.0}
-    as_csv = run([*base, "--csv"]).output
+    as_csv = run([*base, "--csv"]).stdout  # notes go to stderr
     _no_negative_zero(as_csv)
     assert {r["entropy_bits"] for r in parse_csv(as_csv)} == {"0.0"}
     # and every number shown in the table: give the shown columns -0.0 too

@@ -67,7 +67,7 @@ def test_installable_duckdb_cli_queries_every_view(catalog, version):
     cli = duckdb_cli(version)
     views = view_names(catalog)
     # every table and extra view of the catalog (pipeline/sql/**), metrics included
-    assert {"blocks", "attributions_current", "centralization_week", "pool_share_family_epoch"} <= set(views)
+    assert {"blocks", "attributions_current", "centralization_week", "pool_share_legal_epoch", "centralization_inferred_week"} <= set(views)
     assert len(views) >= 20
     counts = " UNION ALL ".join(f"SELECT '{v}', count(*) FROM \"{v}\"" for v in views) + " ORDER BY 1"
     expected = in_process(catalog, counts)

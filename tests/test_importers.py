@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.attribution.importers import (SourceListError, build_default, load_rules, merge_sources, read_bitcoin_data,
-                                read_mempool_v2, read_v1, write_registry)
+                                read_legal_links, read_mempool_v2, read_v1, write_registry)
 from pipeline.chain.networks import MAIN, TEST
 from pipeline.attribution.registry import load_registry, parse_registry
 from pipeline.chain.scripts import script_to_address
@@ -291,3 +291,111 @@ def test_documented_import_command_on_the_real_lists(pool_lists_dir, tmp_path):
     foundry = registry.by_id["foundry-usa"]
     assert {s for t in foundry.tags for s in t.sources} >= {"mempool-v2"}
     assert {s for a in foundry.addresses for s in a.sources} == {"mempool-v2", "v1"}
+
+
+# ------------------------------------------------------------------------------ legal links (families)
+
+def _legal_list(tmp_path: Path, doc: dict, identifiers: dict | None = None) -> Path:
+    folder = tmp_path / "cd"
+    folder.mkdir(exist_ok=True)
+    (folder / "legal_links.json").write_text(json.dumps(doc))
+    if identifiers is not None:
+        (folder / "identifiers-bitcoin.json").write_text(json.dumps(identifiers))
+    return folder / "legal_links.json"
+
+
+def _pools_list(tmp_path: Path, names: list[str]) -> Path:
+    path = tmp_path / "pools-v2.json"
+    path.write_text(json.dumps([{"id": i + 1, "name": n, "addresses": [], "tags": [f"/{n.lower()}/"], "link": ""}
+                                for i, n in enumerate(names)]))
+    return path
+
+
+def _merged(tmp_path: Path, names: list[str], legal: dict, identifiers: dict | None = None):
+    sources = [read_mempool_v2(_pools_list(tmp_path, names), "v2"),
+               read_legal_links(_legal_list(tmp_path, legal, identifiers))]
+    doc, disagreements = merge_sources(sources)
+    return parse_registry(doc), doc, disagreements
+
+
+def _t(text: str) -> int:
+    from pipeline.attribution.registry import parse_time
+    return parse_time(text)
+
+
+def test_legal_links_become_dated_families_with_provenance(tmp_path: Path):
+    legal = {"Big": [{"name": "Alpha", "from": "", "to": "2020-12", "source": "https://a"}],
+             "Mid": [{"name": "Alpha", "from": "2020-12", "to": "2021-04", "source": "https://b"},
+                     {"name": "Beta", "from": "2021-02", "to": "", "source": "https://c"}],
+             "Top": [{"name": "Mid", "from": "2021-03", "to": "", "source": "https://d"}]}
+    reg, doc, disagreements = _merged(tmp_path, ["Alpha", "Beta", "Gamma"], legal)
+    alpha, beta, gamma = (reg.by_id[p] for p in ("alpha", "beta", "gamma"))
+    # months are block-time windows, 'to' exclusive
+    assert alpha.family_at(1, _t("2020-11-30T23:59:59Z")) == "big"
+    assert alpha.family_at(1, _t("2020-12-01T00:00:00Z")) == "mid"
+    # a parent with a parent gives way to the root (Mid belongs to Top from 2021-03)
+    assert alpha.family_at(1, _t("2021-03-01T00:00:00Z")) == "top"
+    assert alpha.family_at(1, _t("2021-04-01T00:00:00Z")) is None
+    assert beta.family_at(1, _t("2021-01-31T23:59:59Z")) is None
+    assert beta.family_at(1, _t("2021-02-15T00:00:00Z")) == "mid"
+    assert beta.family_at(1, _t("2030-01-01T00:00:00Z")) == "top"
+    assert gamma.family == ()
+    # provenance: the source list and the link chain as the list states it
+    top = next(m for m in alpha.family if m.family == "top")
+    assert top.sources == ("legal-links",)
+    assert [(e.parent, e.name, e.link) for e in top.evidence] == [("Mid", "Alpha", "https://b"), ("Top", "Mid", "https://d")]
+    assert top.evidence[0].matched == "name"
+    assert {f.id: f.name for f in reg.families} == {"big": "Big", "mid": "Mid", "top": "Top"}
+    assert any(s["kind"] == "legal-links" and len(s["sha256"]) == 64 for s in doc["sources"])
+    # a block's family needs its time when a membership is dated by time: no silent "no family"
+    with pytest.raises(ValueError, match="dated by block time"):
+        alpha.family_at(1)
+
+
+def test_a_parent_that_is_a_pool_is_its_own_family_and_reported(tmp_path: Path):
+    legal = {"Alpha": [{"name": "Beta", "from": "2021-02", "to": "", "source": "https://x"}]}
+    reg, _, disagreements = _merged(tmp_path, ["Alpha", "Beta"], legal)
+    assert reg.by_id["alpha"].family_at(1, _t("2000-01-01T00:00:00Z")) == "alpha"
+    assert reg.by_id["beta"].family_at(1, _t("2021-01-31T00:00:00Z")) is None
+    assert reg.by_id["beta"].family_at(1, _t("2021-02-01T00:00:00Z")) == "alpha"
+    assert any(d.kind == "legal-parent-is-pool" and "'Alpha'" in d.subject for d in disagreements)
+
+
+def test_unmatched_legal_names_are_reported_not_guessed(tmp_path: Path):
+    legal = {"Big": [{"name": "Nowhere Pool", "from": "", "to": "", "source": "https://x"},
+                     {"name": "Alias", "from": "", "to": "", "source": "https://y"}]}
+    # the identifiers file files the registry's tag '/alpha/' under 'Alias': matched by that tag
+    reg, _, disagreements = _merged(tmp_path, ["Alpha"], legal, {"/alpha/": {"name": "Alias", "link": ""}})
+    assert reg.by_id["alpha"].family_at(1, 0) == "big"
+    assert reg.by_id["alpha"].family[0].evidence[0].matched == "tags '/alpha/'"
+    unmatched = [d for d in disagreements if d.kind == "legal-unmatched"]
+    assert len(unmatched) == 1 and "Nowhere Pool" in unmatched[0].subject
+
+
+@pytest.mark.parametrize("legal, message", [
+    ({"A": [{"name": "Alpha", "from": "2020-13", "to": "", "source": ""}]}, r"'2020-13' is not a month"),
+    ({"A": [{"name": "Alpha", "from": "2021-01", "to": "2021-01", "source": ""}]}, "holds at no time"),
+    ({"A": [{"name": "Alpha", "from": "", "to": "2021-03", "source": ""}],
+      "B": [{"name": "Alpha", "from": "2021-02", "to": "", "source": ""}]}, "linked to 'A' and to 'B' at the same time"),
+    ({"A": [{"name": "B", "from": "", "to": "", "source": ""}], "B": [{"name": "A", "from": "", "to": "", "source": ""}]},
+     "circular parents"),
+    ({"A": [{"from": "", "to": ""}]}, "needs a non-empty 'name'"),
+])
+def test_bad_legal_links_are_refused_naming_the_entry(tmp_path: Path, legal, message):
+    with pytest.raises(SourceListError, match=message):
+        _merged(tmp_path, ["Alpha", "A", "B"], legal)
+
+
+def test_shipped_registry_has_the_dated_legal_families():
+    reg = load_registry(Path(__file__).resolve().parent.parent / "pipeline" / "data" / "registry.json")
+    btc = reg.by_id["btc-com"]
+    assert btc.family_at(600_000, _t("2020-11-30T23:59:59Z")) == "bitmain"
+    assert btc.family_at(660_000, _t("2020-12-01T00:00:00Z")) == "bitdeer"
+    assert btc.family_at(680_000, _t("2021-04-01T00:00:00Z")) == "bit-mining"
+    assert reg.by_id["antpool"].family_at(800_000, _t("2024-01-01T00:00:00Z")) == "bitmain"
+    assert reg.by_id["novablock"].family_at(1, _t("2021-01-31T23:59:59Z")) is None
+    assert reg.by_id["novablock"].family_at(1, _t("2021-02-01T00:00:00Z")) == "poolin"
+    assert reg.by_id["poolin"].family_at(1, 0) == "poolin"
+    link = next(m for m in btc.family if m.family == "bitdeer").evidence[0]
+    assert link.link == "https://www.theblock.co/post/84370/bitmain-bitcoin-spinoff-fight-end"
+    assert {s["kind"] for s in reg.document["sources"]} >= {"legal-links", "identifiers"}

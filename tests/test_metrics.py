@@ -148,7 +148,7 @@ def test_sql_agrees_with_reference_functions_on_random_windows():
         assert 0.0 <= r.entropy_normalized <= 1.0 + 1e-12
 
 
-def test_pool_shares_and_family_level():
+def test_pool_shares_and_legal_level():
     res = example_result()
     share = res.pool_share
     a = row(share, level="pool", entity_id="alpha")
@@ -157,18 +157,105 @@ def test_pool_shares_and_family_level():
     assert a.share_of_known == pytest.approx(0.5)
     u = row(share, level="pool", entity_id="unknown")
     assert bool(u.is_unknown) and pd.isna(u.share_of_known) and u.share == pytest.approx(0.2)
-    # family level: alpha (4) is in AlphaGroup; gamma and delta have no family -> their own
-    fam = share[share.level == "family"].set_index("entity_id")["blocks"].to_dict()
-    assert fam == {"AlphaGroup": 4, "gamma": 3, "delta": 1, "unknown": 2}
+    # legal level: alpha (4) is in family AlphaGroup; gamma and delta have no family -> their own
+    legal = share[share.level == "legal"].set_index("entity_id")["blocks"].to_dict()
+    assert legal == {"family:AlphaGroup": 4, "gamma": 3, "delta": 1, "unknown": 2}
+    # no evidence tables: the inferred level is the legal level
+    inferred = share[share.level == "inferred"].set_index("entity_id")["blocks"].to_dict()
+    assert inferred == legal
 
 
-def test_family_level_merges_proxy_pools():
+def test_legal_level_merges_proxy_pools():
     con = connect(*synthetic_tables(["alpha"] * 3 + ["beta"] * 3 + ["gamma"] * 4))
     cent = m.compute_metrics(con, "all", registry_version="v1").centralization
     pool = row(cent, level="pool", unknown_treatment="excluded")
-    family = row(cent, level="family", unknown_treatment="excluded")
+    legal = row(cent, level="legal", unknown_treatment="excluded")
     assert (pool.n_entities, pool.nakamoto, pool.hhi) == (3, 2, pytest.approx(0.34))
-    assert (family.n_entities, family.nakamoto, family.hhi) == (2, 1, pytest.approx(0.52))
+    assert (legal.n_entities, legal.nakamoto, legal.hhi) == (2, 1, pytest.approx(0.52))
+
+
+def _links_registry():
+    from pipeline.attribution.registry import parse_registry
+
+    return parse_registry({
+        "format": "poolwatch-registry", "format_version": 1,
+        "families": [{"id": "AlphaGroup".lower(), "name": "Alpha Group"}, {"id": "later", "name": "Later Co"}],
+        "pools": [{"id": "alpha", "name": "Alpha", "family": [{"family": "alphagroup"}]},
+                  {"id": "beta", "name": "Beta", "family": [{"family": "alphagroup"}]},
+                  {"id": "gamma", "name": "Gamma"},
+                  {"id": "delta", "name": "Delta",
+                   "family": [{"family": "later", "from_time": "2024-01-01T01:00:00Z"}]},
+                  {"id": "eps", "name": "Eps"}]})
+
+
+def _with_links(pools, families, template=(), custody=()):
+    blocks, attributions = synthetic_tables(pools)
+    attributions = attributions.set_column(attributions.schema.get_field_index("family"), "family",
+                                           pa.array(families, pa.string()))
+    con = connect(blocks, attributions)
+    if template is not None:
+        con.execute("CREATE TABLE template_links (pool_a VARCHAR, pool_b VARCHAR, shared_groups INTEGER, "
+                    "heights_seen INTEGER, first_height INTEGER, last_height INTEGER)")
+        for a, b, seen in template:
+            con.execute("INSERT INTO template_links VALUES (?, ?, ?, ?, 100, 200)", [a, b, seen, seen])
+    if custody is not None:
+        con.execute("CREATE TABLE custody_links (pool_a VARCHAR, pool_b VARCHAR, co_spend_txs INTEGER, "
+                    "first_height INTEGER, last_height INTEGER)")
+        for a, b, txs in custody:
+            con.execute("INSERT INTO custody_links VALUES (?, ?, ?, 100, 200)", [a, b, txs])
+    return con
+
+
+def test_inferred_level_joins_legal_entities_by_links_above_the_threshold():
+    pools = ["alpha"] * 3 + ["beta"] * 3 + ["gamma"] * 2 + ["eps"] * 2 + ["delta"] * 2
+    # delta's family starts at 01:00 (block 6 at 600 s spacing): its two blocks (10, 11) are in it
+    families = ["alphagroup"] * 6 + [None] * 4 + ["later"] * 2
+    # gamma-eps share templates at 2 heights (counts); eps-delta at 1 (below the default of 2);
+    # beta-gamma co-spend in 3 transactions (counts)
+    con = _with_links(pools, families, template=[("eps", "gamma", 2), ("delta", "eps", 1)],
+                      custody=[("beta", "gamma", 3)])
+    reg = _links_registry()
+    res = m.compute_metrics(con, "all", registry_version="v1", registry=reg, bootstrap=False)
+    shares = {lv: res.pool_share[res.pool_share.level == lv].set_index("entity_id")["blocks"].to_dict()
+              for lv in m.LEVELS}
+    assert shares["legal"] == {"family:alphagroup": 6, "gamma": 2, "eps": 2, "family:later": 2}
+    # beta stands for its family, so the custody link joins all of Alpha Group; ids never collide
+    assert shares["inferred"] == {"group:family:alphagroup": 10, "family:later": 2}
+    names = res.pool_share[res.pool_share.level == "inferred"].set_index("entity_id")["entity_name"].to_dict()
+    assert names["group:family:alphagroup"] == "Alpha Group group"
+    cent = res.centralization[res.centralization.unknown_treatment == "excluded"].set_index("level")
+    # pool: 3+3+2 of 12 blocks pass half; legal: Alpha Group's 6 of 12 is not more than half
+    assert (cent.loc["pool", "nakamoto"], cent.loc["legal", "nakamoto"], cent.loc["inferred", "nakamoto"]) == (3, 2, 1)
+    assert cent.loc["inferred", "hhi"] == pytest.approx((10 / 12) ** 2 + (2 / 12) ** 2)
+    # a lower threshold lets the single shared template count: delta's family joins too
+    low = m.compute_metrics(con, "all", registry_version="v1", registry=reg, bootstrap=False,
+                            inference=m.InferenceSettings(min_template_heights=1))
+    inferred = low.pool_share[low.pool_share.level == "inferred"].set_index("entity_id")["blocks"].to_dict()
+    assert inferred == {"group:family:alphagroup": 12}
+    notes = m.data_notes(con, inference=m.InferenceSettings())
+    assert any("1 template link(s) and 1 custody link(s)" in n and "1 below it" in n for n in notes)
+
+
+def test_inferred_level_follows_a_dated_family_per_block():
+    # delta is in Later Co from 01:00 (block 6). A block counts with the links as they stand at its
+    # own time: eps's blocks (00:00-00:30) and delta's first two join delta; delta's later blocks
+    # are Later Co's, joined to eps then (two groups, one id each, no collision)
+    pools = ["eps"] * 4 + ["delta"] * 8
+    families = [None] * 6 + ["later"] * 6
+    con = _with_links(pools, families, template=[("delta", "eps", 5)], custody=None)
+    res = m.compute_metrics(con, "all", registry_version="v1", registry=_links_registry(), bootstrap=False)
+    inferred = res.pool_share[res.pool_share.level == "inferred"].set_index("entity_id")["blocks"].to_dict()
+    assert inferred == {"group:delta": 4 + 2, "group:family:later": 6}
+    assert "custody_links" not in m.fam.present_tables(con)  # absent custody table: taken as empty
+
+
+def test_inferred_level_needs_the_registry_of_linked_pools():
+    con = _with_links(["alpha", "gamma"], [None, None], template=[("alpha", "gamma", 2)], custody=None)
+    with pytest.raises(m.MetricsError, match="not stored in pool_definitions"):
+        m.compute_metrics(con, "all", registry_version="v1", bootstrap=False)
+    con.execute("CREATE OR REPLACE TABLE custody_links (pool_a VARCHAR, pool_b VARCHAR)")
+    with pytest.raises(m.MetricsError, match="custody_links has no column"):
+        m.compute_metrics(con, "all", registry_version="v1", bootstrap=False)
 
 
 def test_wilson_interval_hand_value():
@@ -435,7 +522,8 @@ def test_arrow_conformance_and_views():
     for path in sorted(m.METRIC_VIEWS_DIR.glob("*.sql")):  # as Warehouse.refresh_catalog loads them
         con.execute(f"CREATE VIEW {path.stem} AS {path.read_text()}")
     names = {path.stem for path in m.METRIC_VIEWS_DIR.glob("*.sql")}
-    assert "centralization_family_epoch" in names and "pool_share_day" in names
+    assert {"centralization_legal_epoch", "centralization_inferred_epoch", "pool_share_day"} <= names
+    assert not any("family" in name for name in names)
     n = con.execute("SELECT count(*) FROM centralization_epoch").fetchone()[0]
     assert n == 2 * len(m.TREATMENTS)  # two windows x three treatments at pool level
     assert math.isclose(con.execute("SELECT sum(share) FROM pool_share_epoch WHERE window_id = '0-4'").fetchone()[0], 1.0)
@@ -500,7 +588,7 @@ def test_refresh_metrics_materializes_tables_and_views(tmp_path):
     assert kinds == set(m.MATERIALIZED_WINDOWS)
     days = con.execute("SELECT count(DISTINCT window_id) FROM centralization_day").fetchone()[0]
     assert days == 5  # 600 blocks every 10 minutes from midnight: 4 days and a sixth
-    total = con.execute("SELECT sum(blocks) FROM pool_share_family_epoch").fetchone()[0]
+    total = con.execute("SELECT sum(blocks) FROM pool_share_legal_epoch").fetchone()[0]
     assert total == 600
     # a second (full) refresh replaces the rows instead of adding to them
     m.refresh_metrics(wh, draws=200, full=True)
@@ -652,3 +740,16 @@ def test_the_default_report_covers_the_stored_data_not_the_calendar_since_genesi
 
     left, right = fig.axes[0].get_xlim()
     assert mdates.num2date(left).year == 2026  # the axis starts at the data, not in 2011
+
+
+def test_refresh_records_the_inference_settings_and_recomputes_when_they_change(tmp_path):
+    wh = build_warehouse(tmp_path / "wh", demo_pools(300))
+    first = m.refresh_metrics(wh, draws=50, inference=m.InferenceSettings(min_template_heights=3))
+    assert first.rows["centralization"] > 0
+    assert wh.meta["metrics_settings"] == {"min_template_heights": 3, "min_co_spend_txs": 2}
+    assert m.inference_settings(wh) == m.InferenceSettings(min_template_heights=3)
+    assert m.refresh_metrics(wh, draws=50).mode == "up to date"  # None keeps the recorded settings
+    again = m.refresh_metrics(wh, draws=50, inference=m.InferenceSettings(min_co_spend_txs=5))
+    assert again.rows["centralization"] > 0 and wh.meta["metrics_settings"]["min_co_spend_txs"] == 5
+    levels = wh.connect().execute("SELECT DISTINCT level FROM centralization ORDER BY level").fetchall()
+    assert [r[0] for r in levels] == sorted(m.LEVELS)

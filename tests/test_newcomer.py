@@ -3,6 +3,7 @@ the notebook, the DuckDB shell), each run exactly as printed, in a shell, as a u
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -47,7 +48,9 @@ def check_step(command: str, run, warehouse: Path, blocks: int) -> None:
     elif " sql " in command:
         assert "blocks" in run.stdout and "pool_name" in run.stdout
     elif " metrics " in command:
-        assert "day windows" in run.stdout
+        assert "day windows" in run.stdout and "inferred" in run.stdout  # the three levels
+    elif " pools families" in command:
+        assert "family:bitmain" in run.stdout and "legal links" in run.stdout
     elif " notebook " in command:
         html = (warehouse / "reports" / "analysis.html").read_text(encoding="utf-8")
         assert html.count('src="data:image/png;base64,') == 5
@@ -57,7 +60,7 @@ def check_step(command: str, run, warehouse: Path, blocks: int) -> None:
         raise AssertionError(f"unexpected next step {command!r}")
 
 
-def test_printed_next_steps_cover_report_sql_metrics_notebook_duckdb(tmp_path, monkeypatch):
+def test_printed_next_steps_cover_report_sql_metrics_families_notebook_duckdb(tmp_path, monkeypatch):
     from pipeline.cli.core import demo_next_steps
 
     monkeypatch.chdir(tmp_path)
@@ -69,6 +72,7 @@ def test_printed_next_steps_cover_report_sql_metrics_notebook_duckdb(tmp_path, m
         'poolwatch --warehouse warehouse/demo sql "SELECT pool_name, count(*) AS blocks FROM attributions_current '
         'GROUP BY 1 ORDER BY 2 DESC"',
         "poolwatch --warehouse warehouse/demo metrics --window day",
+        "poolwatch --warehouse warehouse/demo pools families",
         "poolwatch --warehouse warehouse/demo notebook --window day",
         "duckdb -readonly warehouse/demo/poolwatch.duckdb",
     ]
@@ -126,9 +130,15 @@ def test_demo_output_ends_with_commands_that_work_as_printed(regtest_binary, tmp
             break
         block.append(line[2:])
     commands = [line for line in block if not line.startswith("#")]
-    assert len(commands) == 6 and commands[0].startswith(("source ", "export PATH="))
+    assert len(commands) == 7 and commands[0].startswith(("source ", "export PATH="))
     assert all(line.startswith("#") for line in block[::2]), "one comment line before each command"
     warehouse = tmp_path / "warehouse" / "demo"
     for command in commands[1:]:
         stdin = "SELECT count(*) AS n FROM blocks;\n" if command.startswith("duckdb ") else None
         check_step(command, run_in_shell([commands[0], command], tmp_path, env, stdin), warehouse, 201)
+    # the demo chain holds legal-family pools and a shared-template capture: the levels differ
+    levels = run_in_shell([commands[0], "poolwatch --warehouse warehouse/demo metrics --window all --json "
+                           "--no-bootstrap"], tmp_path, env)
+    assert levels.returncode == 0, levels.stderr
+    row = json.loads(levels.stdout)["levels"][0]
+    assert row["hhi_pool"] < row["hhi_legal"] < row["hhi_inferred"], row

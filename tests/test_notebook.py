@@ -42,7 +42,7 @@ def images(nb) -> int:
 def check_executed(nb, warehouse_root: Path) -> None:
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, errors
-    assert images(nb) == 5  # shares, Nakamoto, HHI, top pools, family Nakamoto
+    assert images(nb) == 5  # shares, Nakamoto, HHI, top pools, the three levels
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert str(warehouse_root.resolve()) in text
 
@@ -120,7 +120,7 @@ def make_notebook(demo_warehouse: Path, *extra: str, timeout: int = 900):
 
 def check_html(page: Path, warehouse_root: Path) -> None:
     html = page.read_text(encoding="utf-8")
-    assert html.count('src="data:image/png;base64,') == 5  # shares, Nakamoto, HHI, top pools, family Nakamoto
+    assert html.count('src="data:image/png;base64,') == 5  # shares, Nakamoto, HHI, top pools, the three levels
     assert f"warehouse {warehouse_root.resolve()}" in html
     assert "Traceback" not in html and 'data-mime-type="application/vnd.jupyter.stderr"' not in html
 

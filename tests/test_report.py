@@ -36,11 +36,30 @@ def test_figures_have_the_expected_content():
     assert max(b.get_width() for b in bars) == pytest.approx(overall["share"].max())
 
 
-def test_family_level_report():
+def test_legal_level_report():
     con = connect(*synthetic_tables(demo_pools(400)))
-    data = r.load_report_data(con, "blocks:100", level="family", registry_version="v1", draws=100)
+    data = r.load_report_data(con, "blocks:100", level="legal", registry_version="v1", draws=100)
     labels = {t.get_text() for t in r.pool_shares_figure(data).axes[0].get_legend().get_texts()}
     assert "AlphaGroup" in labels and "Alpha" not in labels
+
+
+def test_levels_chart_and_summary_show_the_three_levels(tmp_path):
+    con = connect(*synthetic_tables(demo_pools(400)))
+    data = r.load_report_data(con, "blocks:100", registry_version="v1", draws=100)
+    nak_ax, hhi_ax = r.levels_figure(data).axes
+    lines = {line.get_label(): line for line in nak_ax.get_lines()}
+    assert [label.split(":")[0] for label in lines] == list(m.LEVELS)
+    levels = m.level_comparison(data.series.centralization)
+    # the drawn steps are the computed coefficients (each window's value held over its span)
+    for level in m.LEVELS:
+        drawn = [v for v in lines[next(k for k in lines if k.startswith(level))].get_ydata() if v == v]
+        assert drawn[::2] == levels[f"nakamoto_{level}"].tolist()
+    assert len(hhi_ax.get_lines()) == 3
+    page = (r.write_report(data, tmp_path)[-1]).read_text()
+    assert "Nakamoto pool / legal / inferred" in page and "HHI pool / legal / inferred" in page
+    first = levels.iloc[0]
+    cell = m.format_levels([first[f"nakamoto_{lv}"] for lv in m.LEVELS], "d")
+    assert f"<td>{cell}</td>" in page
 
 
 def test_empty_range_is_a_clear_error():
@@ -77,7 +96,8 @@ def test_metrics_command_prints_a_table(warehouse, tmp_path):
     assert res.exit_code == 0, res.output
     assert "2024-W01" in res.output and "2024-W03" in res.output
     assert "Alpha" in res.output  # the pool table of the latest window
-    assert (tmp_path / "centralization.csv").read_text().count("2024-W02") == 2 * len(m.TREATMENTS)
+    assert (tmp_path / "centralization.csv").read_text().count("2024-W02") == len(m.LEVELS) * len(m.TREATMENTS)
+    assert "Nakamoto pool / legal / inferred" in res.output and "HHI pool / legal / inferred" in res.output
     bad = CliRunner().invoke(main, ["--warehouse", str(warehouse.root), "metrics", "--window", "fortnight"])
     assert bad.exit_code != 0 and "unknown window" in bad.output
     missing = CliRunner().invoke(main, ["--warehouse", str(tmp_path / "nowhere"), "metrics"])

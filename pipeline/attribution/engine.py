@@ -12,7 +12,9 @@ Matching (docs/attribution.md):
 - Addresses are matched as scriptPubKeys: each registry address is turned into its script once, and
   every value-bearing coinbase output of any script type is looked up by its script bytes. An
   address only matches on its own network (regtest may borrow mainnet scripts when asked).
-- Windows (from/to height, inclusive) are respected for tags, addresses and families.
+- Windows (from/to height, inclusive) are respected for tags, addresses and families; a family
+  membership may also be dated by block header time (from/to time, inclusive), which then needs
+  the blocks' ``time`` column.
 - A tag's own conditions (registry fields, docs/attribution.md "Robustness rules"): a short tag with
   neither a closed window nor a position never matches; a positioned tag matches only at an
   occurrence that stands where its position says; a software signature (ckpool's ``ckpool``) and
@@ -412,13 +414,14 @@ def attribute_with(matcher: Matcher, blocks: pa.Table, outputs: pa.Table) -> dic
     heights = blocks["height"].to_pylist()
     hashes = blocks["hash"].to_pylist()
     sigs = blocks["coinbase_script_sig_hex"].to_pylist()
+    times = _block_times(blocks)
     pools = registry.by_id
     families = registry.family_names
     a_cols: dict[str, list] = {k: [] for k in ("height", "block_hash", "pool_id", "pool_name", "family", "method",
                                                "rule", "candidate_count", "candidate_pool_ids", "conflict")}
     c_cols: dict[str, list] = {k: [] for k in ("height", "block_hash", "pool_id", "method", "rule", "output_index",
                                                "value_sat", "tag_offset", "chosen")}
-    for height, block_hash, sig_hex in zip(heights, hashes, sigs):
+    for height, block_hash, sig_hex, time in zip(heights, hashes, sigs, times):
         cands = matcher.candidates(height, bytes.fromhex(sig_hex), by_block.get((height, block_hash), ()))
         d = decide(cands)
         pool = pools.get(d.pool_id)
@@ -426,7 +429,7 @@ def attribute_with(matcher: Matcher, blocks: pa.Table, outputs: pa.Table) -> dic
         a_cols["block_hash"].append(block_hash)
         a_cols["pool_id"].append(d.pool_id)
         a_cols["pool_name"].append(pool.name if pool else UNKNOWN_POOL_NAME)
-        family = pool.family_at(height) if pool else None
+        family = pool.family_at(height, time) if pool else None
         a_cols["family"].append(family if family is None or family in families else None)
         a_cols["method"].append(d.method)
         a_cols["rule"].append(d.rule)
@@ -451,6 +454,17 @@ def attribute_with(matcher: Matcher, blocks: pa.Table, outputs: pa.Table) -> dic
     }
 
 
+def _block_times(blocks: pa.Table) -> list[int | None]:
+    """Header times in unix seconds (family memberships dated by time need them); Nones when the
+    caller's table has no ``time`` column, so that only a membership that needs a time fails."""
+    if "time" not in blocks.column_names:
+        return [None] * blocks.num_rows
+    column = blocks["time"]
+    if pa.types.is_timestamp(column.type):
+        column = pc.cast(column.cast(pa.timestamp("s", tz="UTC")), pa.int64())
+    return column.to_pylist()
+
+
 def _build(name: str, cols: dict[str, list]) -> pa.Table:
     spec = table_spec(name)
     schema = spec.arrow_schema
@@ -473,11 +487,22 @@ def pool_definitions_table(registry: Registry) -> pa.Table:
                          "network": a.network, "from_height": a.heights.from_height,
                          "to_height": a.heights.to_height, "sources": list(a.sources)})
         for m in p.family:
-            rows.append({**base, "kind": "family", "value": m.family, "from_height": m.heights.from_height,
-                         "to_height": m.heights.to_height})
+            # A membership dated by block time keeps its times in the value (the table has height
+            # columns only, and a new column would need every stored file rewritten).
+            value = m.family if m.times.is_open else f"{m.family} @ {_times_label(m.times)}"
+            rows.append({**base, "kind": "family", "value": value, "from_height": m.heights.from_height,
+                         "to_height": m.heights.to_height, "sources": list(m.sources)})
     cols = {c: [r.get(c) for r in rows] for c in spec.column_names if c != "registry_version"}
     cols["registry_version"] = [registry.version] * len(rows)
     return _build("pool_definitions", cols)
+
+
+def _times_label(times) -> str:
+    from pipeline.attribution.registry import format_time
+
+    lo = "" if times.from_time is None else format_time(times.from_time)
+    hi = "" if times.to_time is None else format_time(times.to_time)
+    return f"{lo}..{hi}"
 
 
 def registry_from_definitions(definitions: pa.Table, version: str) -> Registry:
@@ -518,7 +543,7 @@ def stored_or_computed(warehouse, registry: Registry, chain: str, allow_cross_ne
     parts = []
     for lo in range(stored[0], stored[1] + 1, chunk_size):
         where = f"height BETWEEN {lo} AND {lo + chunk_size - 1}"
-        blocks = warehouse.read("blocks", where=where, columns=["height", "hash", "coinbase_script_sig_hex"])
+        blocks = warehouse.read("blocks", where=where, columns=["height", "hash", "time", "coinbase_script_sig_hex"])
         outputs = warehouse.read("coinbase_outputs", where=where,
                                  columns=["height", "block_hash", "output_index", "value_sat", "script_hex"])
         parts.append(attribute_with(matcher, blocks, outputs)["attributions"])

@@ -1,7 +1,9 @@
 """Importers for the community pool lists, and the merge that turns several lists into one registry.
 
 Readers: mempool's ``pools-v2.json``, the legacy v1 ``pools.json`` (mempool's old file, btc.com's
-Blockchain-Known-Pools, 0xB10C's known-mining-pools) and bitcoin-data's per-pool folder.
+Blockchain-Known-Pools, 0xB10C's known-mining-pools) and bitcoin-data's per-pool folder; and
+consensus-decentralization's ``legal_links.json`` (dated parent organisations of pools), which
+becomes the registry's families (``_legal_families``; matching and dating rules in docs/registry.md).
 
 Merging never picks silently: every disagreement (one tag or address claimed by several pools, a
 pool that appears under different names, an entry that cannot be used) becomes a ``resolutions``
@@ -17,6 +19,8 @@ Regenerate the shipped default registry with::
 from __future__ import annotations
 
 import argparse
+import calendar
+import hashlib
 import json
 import re
 import sys
@@ -26,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.attribution.registry import FORMAT, FORMAT_VERSION, SHORT_TAG_BYTES, UNKNOWN_POOL_ID, parse_registry
+from pipeline.attribution.registry import (FORMAT, FORMAT_VERSION, SHORT_TAG_BYTES, UNKNOWN_POOL_ID, format_time,
+                                           parse_registry)
 
-SOURCE_KINDS = ("mempool-v2", "v1", "bitcoin-data")
+SOURCE_KINDS = ("mempool-v2", "v1", "bitcoin-data", "legal-links")
 
 
 @dataclass
@@ -41,6 +46,35 @@ class SourcePool:
     network: str | None = None  # forced network for every address (signet lists); None = from encoding
 
 
+@dataclass(frozen=True)
+class LegalLink:
+    """One entry of legal_links.json: ``name`` belonged to ``parent`` from ``from_month`` (inclusive)
+    to ``to_month`` (exclusive, as the list's own consumer reads it), as block header times."""
+
+    parent: str
+    name: str
+    from_month: str
+    to_month: str
+    link: str | None
+    where: str              # legal_links.json["Bitmain"][1]: for error messages
+    start: int | None       # first second (UTC) the link holds; None = open
+    end: int | None         # last second (UTC) the link holds; None = open
+
+    def holds_at(self, t: int | None) -> bool:
+        """Whether the link holds at ``t`` (None = before every finite time)."""
+        if t is None:
+            return self.start is None
+        return (self.start is None or t >= self.start) and (self.end is None or t <= self.end)
+
+
+@dataclass
+class LegalLinks:
+    links: list[LegalLink]
+    identifiers: dict[str, str]           # tag -> pool name, from the list's identifiers file
+    identifiers_path: str | None
+    identifiers_sha256: str | None
+
+
 @dataclass
 class SourceList:
     id: str
@@ -48,6 +82,8 @@ class SourceList:
     path: str
     pools: list[SourcePool]
     origin: str | None = None
+    sha256: str | None = None           # of the file, for lists read from one file
+    legal: LegalLinks | None = None     # kind legal-links: the dated parent links (no pools)
 
 
 @dataclass
@@ -152,8 +188,84 @@ def read_bitcoin_data(folder: Path, source_id: str = "bitcoin-data") -> SourceLi
     return SourceList(source_id, "bitcoin-data", str(folder), pools, _origin(folder))
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+_PERIOD_RE = re.compile(r"^(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?$")
+
+
+def period_start(text: str, where: str) -> int:
+    """First second (UTC) of ``YYYY``, ``YYYY-MM`` or ``YYYY-MM-DD``: the forms legal_links.json's
+    consumer accepts (consensus_decentralization.helper.get_timeframe_beginning)."""
+    m = _PERIOD_RE.match(text)
+    try:
+        if not m:
+            raise ValueError
+        year, month, day = int(m.group(1)), int(m.group(2) or 1), int(m.group(3) or 1)
+        if not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
+            raise ValueError
+    except ValueError:
+        raise SourceListError(f"{where}: {text!r} is not a month (YYYY-MM), a day (YYYY-MM-DD) or a year (YYYY)") \
+            from None
+    return calendar.timegm((year, month, day, 0, 0, 0))
+
+
+def _identifiers_file(path: Path) -> Path | None:
+    """The list's identifiers file beside legal_links.json: consensus-decentralization keeps it in
+    mapping_information/identifiers/bitcoin.json; ../shared/pool-lists as identifiers-bitcoin.json."""
+    for candidate in (path.parent / "identifiers-bitcoin.json", path.parent / "identifiers" / "bitcoin.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_legal_links(path: Path, source_id: str = "legal-links", identifiers: Path | None = None) -> SourceList:
+    """consensus-decentralization's ``legal_links.json``: parent organisation -> [{name, from, to,
+    source}], ``from``/``to`` months (``to`` exclusive, '' open). Its pool names are those of the
+    same repository's identifiers file (tag -> {name}), read too when found beside it (or given):
+    matching a name to a registry pool may use the tags filed under it (docs/registry.md)."""
+    path = Path(path)
+    doc = _load_json(path)
+    if not isinstance(doc, dict):
+        raise SourceListError(f"{path}: expected an object of parent organisation -> list of links")
+    links = []
+    for parent, children in doc.items():
+        if not isinstance(parent, str) or not parent.strip() or not isinstance(children, list):
+            raise SourceListError(f"{path}[{parent!r}]: expected a non-empty parent name and a list of links")
+        for i, child in enumerate(children):
+            where = f"{path.name}[{parent!r}][{i}]"
+            if not isinstance(child, dict) or not isinstance(child.get("name"), str) or not child["name"].strip():
+                raise SourceListError(f"{where}: a link needs a non-empty 'name'")
+            frm, to = child.get("from", ""), child.get("to", "")
+            if not isinstance(frm, str) or not isinstance(to, str):
+                raise SourceListError(f"{where}: 'from' and 'to' must be strings ('' = open)")
+            start = period_start(frm, f"{where}.from") if frm else None
+            # 'to' is exclusive: the link ends the second before that period starts.
+            end = period_start(to, f"{where}.to") - 1 if to else None
+            if start is not None and end is not None and start > end:
+                raise SourceListError(f"{where}: from {frm!r} is not before to {to!r} (to is exclusive): the link "
+                                      "holds at no time")
+            link = child.get("source")
+            links.append(LegalLink(parent.strip(), child["name"].strip(), frm, to,
+                                   link if isinstance(link, str) and link else None, where, start, end))
+    ident_path = Path(identifiers) if identifiers is not None else _identifiers_file(path)
+    identifiers_map: dict[str, str] = {}
+    if ident_path is not None:
+        raw = _load_json(ident_path)
+        if not isinstance(raw, dict):
+            raise SourceListError(f"{ident_path}: expected an object of tag -> {{name, link}}")
+        for tag, entry in raw.items():
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                identifiers_map[tag] = entry["name"].strip()
+    legal = LegalLinks(links, identifiers_map, str(ident_path) if ident_path else None,
+                       _sha256(ident_path) if ident_path else None)
+    return SourceList(source_id, "legal-links", str(path), [], _origin(path), _sha256(path), legal)
+
+
 def read_source(kind: str, path: Path, source_id: str | None = None) -> SourceList:
-    readers = {"mempool-v2": read_mempool_v2, "v1": read_v1, "bitcoin-data": read_bitcoin_data}
+    readers = {"mempool-v2": read_mempool_v2, "v1": read_v1, "bitcoin-data": read_bitcoin_data,
+               "legal-links": read_legal_links}
     if kind not in readers:
         raise SourceListError(f"unknown list kind {kind!r}; expected one of {SOURCE_KINDS}")
     return readers[kind](Path(path), source_id or kind)
@@ -199,7 +311,7 @@ def load_rules(path: Path | None = None) -> dict[str, Any]:
     path = Path(path) if path else Path(__file__).resolve().parent.parent / "data" / "registry_rules.json"
     rules = _load_json(path)
     rules.setdefault("source_priority", [])
-    for key in ("pools", "owners", "windows", "drop", "families", "memberships", "tag_rules"):
+    for key in ("pools", "owners", "windows", "drop", "families", "memberships", "tag_rules", "legal_pools"):
         rules.setdefault(key, [])
     return rules
 
@@ -216,7 +328,9 @@ def merge_sources(sources: list[SourceList], rules: dict[str, Any] | None = None
                   description: str = "") -> tuple[dict[str, Any], list[Disagreement]]:
     """Merge lists into one registry document; returns (document, disagreements)."""
     rules = rules or {"source_priority": [], "pools": [], "owners": [], "windows": [], "drop": [],
-                      "families": [], "memberships": []}
+                      "families": [], "memberships": [], "legal_pools": []}
+    legal_sources = [s for s in sources if s.legal is not None]
+    sources = [s for s in sources if s.legal is None]
     priority = _priorities(sources, rules)
     alias_to_id: dict[str, str] = {}
     for entry in rules.get("pools", []):
@@ -310,7 +424,8 @@ def merge_sources(sources: list[SourceList], rules: dict[str, Any] | None = None
     doc_pools = []
     memberships = defaultdict(list)
     for m in rules.get("memberships", []):
-        memberships[m["pool"]].append({k: v for k, v in m.items() if k in ("family", "from_height", "to_height", "note")})
+        memberships[m["pool"]].append({k: v for k, v in m.items()
+                                       if k in ("family", "from_height", "to_height", "from_time", "to_time", "note")})
     for key in sorted(names, key=lambda k: ids[k]):
         pid = ids[key]
         if any(p["id"] == pid for p in doc_pools):
@@ -331,17 +446,253 @@ def merge_sources(sources: list[SourceList], rules: dict[str, Any] | None = None
         doc_pools.append(pool)
 
     disagreements += _nested_tag_reports(doc_pools)
+    families = list(rules.get("families", []))
+    for legal in legal_sources:
+        new_families, new_memberships, reports = _legal_families(legal, doc_pools, rules)
+        taken = {f["id"] for f in families}
+        for family in new_families:
+            if family["id"] in taken:
+                raise SourceListError(f"{legal.path}: family id {family['id']!r} (parent {family['name']!r}) is "
+                                      "already declared by the rules file or another list")
+            families.append(family)
+        for pool in doc_pools:
+            if new_memberships.get(pool["id"]):
+                pool["family"] = _sorted_memberships(pool.get("family", []) + new_memberships[pool["id"]])
+        disagreements += reports
+    sources_json = [{"id": s.id, "kind": s.kind, "path": s.path, **({"origin": s.origin} if s.origin else {}),
+                     **({"sha256": s.sha256} if s.sha256 else {}), "priority": priority[s.id]} for s in sources]
+    for s in legal_sources:  # no priority: they claim no tag or address, only families
+        sources_json.append({"id": s.id, "kind": s.kind, "path": s.path, **({"origin": s.origin} if s.origin else {}),
+                             "sha256": s.sha256})
+        if s.legal.identifiers_path:
+            sources_json.append({"id": f"{s.id}-identifiers", "kind": "identifiers",
+                                 "path": s.legal.identifiers_path,
+                                 "sha256": s.legal.identifiers_sha256})
     document: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "description": description or "Imported by pipeline.attribution.importers from: " + ", ".join(s.id for s in sources),
-        "sources": [{"id": s.id, "kind": s.kind, "path": s.path, **({"origin": s.origin} if s.origin else {}),
-                     "priority": priority[s.id]} for s in sources],
-        "families": rules.get("families", []),
+        "description": description or "Imported by pipeline.attribution.importers from: "
+                                      + ", ".join(s.id for s in sources + legal_sources),
+        "sources": sources_json,
+        "families": families,
         "pools": doc_pools,
         "resolutions": [d.as_json() for d in disagreements],
     }
     return document, disagreements
+
+
+def _sorted_memberships(memberships: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def key(m: dict[str, Any]) -> tuple:
+        return (m.get("from_height") if m.get("from_height") is not None else -1, m.get("from_time") or "", m["family"])
+    return sorted(memberships, key=key)
+
+
+# --------------------------------------------------------------------------------------- legal links
+
+def _legal_name_index(pools: list[dict[str, Any]]) -> tuple[dict[str, set[str]], dict[bytes, str]]:
+    """normalized name/former name/id -> pool ids; tag (ASCII-lowered bytes) -> pool id."""
+    by_name: dict[str, set[str]] = defaultdict(set)
+    by_tag: dict[bytes, str] = {}
+    for pool in pools:
+        for name in [pool["name"], pool["id"], *pool.get("former_names", [])]:
+            by_name[normalize_name(name)].add(pool["id"])
+        for tag in pool.get("tags", []):
+            text = tag["tag"].encode("utf-8") if "tag" in tag else bytes.fromhex(tag["tag_hex"])
+            by_tag[text.lower()] = pool["id"]
+    return by_name, by_tag
+
+
+@dataclass(frozen=True)
+class _Match:
+    pool: str | None
+    how: str                 # rule:..., name, tags: ..., or why nothing matched
+    ambiguous: tuple[str, ...] = ()
+
+
+def _match_legal_name(name: str, legal: LegalLinks, by_name, by_tag, explicit: dict[str, dict]) -> _Match:
+    """The written matching rules (docs/registry.md, "Families"), in order: an explicit
+    ``legal_pools`` rule; the name (case and punctuation ignored) equal to exactly one pool's name,
+    former name or id; the tags the list's identifiers file files under the name, when the registry
+    gives every one it holds to the same pool. Anything else matches nothing and is reported."""
+    rule = explicit.get(normalize_name(name))
+    if rule is not None:
+        return _Match(rule.get("pool"), "rule:" + rule["name"])
+    named = sorted(by_name.get(normalize_name(name), ()))
+    if len(named) == 1:
+        return _Match(named[0], "name")
+    if len(named) > 1:
+        return _Match(None, "several registry pools have this name", tuple(named))
+    tags = sorted(t for t, n in legal.identifiers.items() if normalize_name(n) == normalize_name(name))
+    held = {t: by_tag[t.encode("utf-8").lower()] for t in tags if t.encode("utf-8").lower() in by_tag}
+    owners = sorted(set(held.values()))
+    if len(owners) == 1:
+        return _Match(owners[0], "tags " + ", ".join(repr(t) for t in sorted(held)))
+    if len(owners) > 1:
+        return _Match(None, "its tags in the identifiers file belong to several registry pools", tuple(owners))
+    return _Match(None, "no registry pool has this name" + (
+        f", and no registry pool holds its tags in the identifiers file ({', '.join(repr(t) for t in tags)})" if tags
+        else ", and the identifiers file files no tag under it"))
+
+
+def _legal_families(legal_list: SourceList, pools: list[dict[str, Any]], rules: dict[str, Any]
+                    ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], list[Disagreement]]:
+    """Families and dated memberships from one legal-links list.
+
+    At every time, a pool's family is the root of its chain of parents (a parent that is itself
+    linked to a parent at that time gives way to that one, as in the list's consumer), and a parent
+    organisation that is also a pool (same name, matched by the same rules) is a member of its own
+    family whenever it has no parent. Times come from the list's months (``to`` exclusive); the
+    memberships are cut at every month any link starts or ends and adjacent pieces with the same
+    family and evidence are joined again."""
+    legal = legal_list.legal
+    assert legal is not None
+    by_name, by_tag = _legal_name_index(pools)
+    explicit = {normalize_name(r["name"]): r for r in rules.get("legal_pools", [])}
+    reports: list[Disagreement] = []
+    names = sorted({link.name for link in legal.links})
+    parents = sorted({link.parent for link in legal.links})
+    for rule in explicit.values():
+        if rule.get("pool") is not None and not any(p["id"] == rule["pool"] for p in pools):
+            raise SourceListError(f"rule legal_pools[{rule['name']!r}] names pool {rule['pool']!r}, which is not in "
+                                  "the registry")
+    matches = {n: _match_legal_name(n, legal, by_name, by_tag, explicit) for n in sorted(set(names) | set(parents))}
+    matched_by: dict[str, str] = {}
+    for n, m in matches.items():
+        if m.pool is not None and matched_by.setdefault(m.pool, n) != n:
+            raise SourceListError(f"{legal_list.path}: names {matched_by[m.pool]!r} and {n!r} both match registry "
+                                  f"pool {m.pool!r}; give one of them a legal_pools rule")
+    _check_legal_overlaps(legal.links)
+
+    for n in names:
+        m = matches[n]
+        if m.pool is None:
+            subject = f"pool {n!r} in {Path(legal_list.path).name} (parent " + \
+                ", ".join(sorted({repr(l.parent) for l in legal.links if l.name == n})) + ")"
+            kind = "legal-ambiguous" if m.ambiguous else "legal-unmatched"
+            decision = "not imported" + (": an explicit legal_pools rule says so" if m.how.startswith("rule:") else "")
+            reports.append(Disagreement(kind, subject, {pid: [legal_list.id] for pid in m.ambiguous}, decision,
+                                        m.how if m.how.startswith("rule:") else "legal-match",
+                                        m.how if not m.how.startswith("rule:") else
+                                        explicit[normalize_name(n)].get("reason", "")))
+    for n in sorted(set(names) | set(parents)):
+        m = matches[n]
+        if m.pool is None or m.how != "name":
+            continue
+        # The list's identifiers file may file other tags under the same name that the registry
+        # gives to other pools: those pools are not joined (a family joins registry pools; it does
+        # not move tags), and the disagreement is shown.
+        elsewhere: dict[str, list[str]] = defaultdict(list)
+        for tag, owner in legal.identifiers.items():
+            if normalize_name(owner) == normalize_name(n):
+                pid = by_tag.get(tag.encode("utf-8").lower())
+                if pid is not None and pid != m.pool:
+                    elsewhere[pid].append(tag)
+        if elsewhere:
+            reports.append(Disagreement(
+                "legal-tags-elsewhere", f"name {n!r} in {Path(legal_list.path).name}",
+                {m.pool: [legal_list.id], **{pid: [f"{legal_list.id}-identifiers"] for pid in sorted(elsewhere)}},
+                f"{n!r} is pool {m.pool!r} (by name); {', '.join(sorted(elsewhere))} not joined", "legal-match",
+                "the identifiers file files " + "; ".join(
+                    f"{', '.join(repr(t) for t in sorted(tags))} under {n!r} where the registry has pool {pid}"
+                    for pid, tags in sorted(elsewhere.items()))
+                + ": a family joins registry pools, it does not move tags (a legal_pools rule can name another "
+                  "pool)"))
+    for parent in parents:
+        m = matches[parent]
+        if m.pool is not None:
+            reports.append(Disagreement(
+                "legal-parent-is-pool", f"parent {parent!r} in {Path(legal_list.path).name}",
+                {m.pool: [legal_list.id]},
+                f"pool {m.pool!r} is a member of family {slugify(parent)!r} whenever it has no parent of its own",
+                "legal-parent-is-pool",
+                f"the list names parents and pools alike ({m.how}): its consumer counts the blocks of pool {parent!r} "
+                f"and of the pools linked to parent {parent!r} as one entity"))
+
+    # Cut times at every link boundary; None stands for "before every boundary".
+    cuts = sorted({t for link in legal.links for t in (link.start, None if link.end is None else link.end + 1)
+                   if t is not None})
+    pieces: list[tuple[int | None, int | None]] = [(None, cuts[0] - 1 if cuts else None)]
+    pieces += [(c, cuts[i + 1] - 1 if i + 1 < len(cuts) else None) for i, c in enumerate(cuts)]
+    members: dict[str, list[tuple[int | None, int | None, str, tuple]]] = defaultdict(list)
+    used_families: dict[str, str] = {}
+    for lo, hi in pieces:
+        parent_of = {}
+        for link in legal.links:
+            if link.holds_at(lo):
+                parent_of[link.name] = link
+        for n in sorted(set(names) | set(parents)):
+            pid = matches[n].pool
+            if pid is None:
+                continue
+            chain: list[LegalLink] = []
+            current = n
+            while current in parent_of:
+                step = parent_of[current]
+                if any(c.name == step.name for c in chain):
+                    raise SourceListError(f"{legal_list.path}: circular parents at {_when(lo)}: "
+                                          + " -> ".join([c.name for c in chain] + [step.name]))
+                chain.append(step)
+                current = step.parent
+            if not chain and n not in parents:
+                continue  # no parent now and not a parent itself: no family
+            family = slugify(current)
+            used_families[family] = current
+            evidence = tuple(_evidence(step, legal_list.id, matches[n].how if i == 0 else None)
+                             for i, step in enumerate(chain))
+            members[pid].append((lo, hi, family, evidence))
+    memberships: dict[str, list[dict[str, Any]]] = {}
+    for pid, spans in members.items():
+        joined: list[list] = []
+        for lo, hi, family, evidence in spans:  # pieces are in time order
+            if joined and joined[-1][2] == family and joined[-1][3] == evidence:
+                joined[-1][1] = hi
+            else:
+                joined.append([lo, hi, family, evidence])
+        for lo, hi, family, evidence in joined:
+            entry: dict[str, Any] = {"family": family, "sources": [legal_list.id]}
+            if lo is not None:
+                entry["from_time"] = format_time(lo)
+            if hi is not None:
+                entry["to_time"] = format_time(hi)
+            if evidence:
+                entry["evidence"] = [dict(e) for e in evidence]
+            else:
+                entry["note"] = (f"parent organisation {used_families[family]!r} in {Path(legal_list.path).name} is "
+                                 f"this pool (matched by {matches[used_families[family]].how}), with no parent of "
+                                 "its own at these times")
+            memberships.setdefault(pid, []).append(entry)
+    families = [{"id": fid, "name": name, "note": f"parent organisation in {legal_list.id} ({Path(legal_list.path).name})"}
+                for fid, name in sorted(used_families.items())]
+    return families, memberships, reports
+
+
+def _evidence(link: LegalLink, source_id: str, matched: str | None) -> tuple[tuple[str, Any], ...]:
+    """A link as its list states it, hashable (pieces with equal evidence are joined)."""
+    items: list[tuple[str, Any]] = [("parent", link.parent), ("name", link.name), ("from", link.from_month),
+                                    ("to", link.to_month), ("link", link.link), ("source", source_id)]
+    if matched is not None:
+        items.append(("matched", matched))
+    return tuple(items)
+
+
+def _when(t: int | None) -> str:
+    return "the earliest times" if t is None else format_time(t)
+
+
+def _check_legal_overlaps(links: list[LegalLink]) -> None:
+    """One pool name linked to two parents (or twice to one) at the same time: the list contradicts
+    itself, and no written rule can pick; refused, naming both entries."""
+    for i, a in enumerate(links):
+        for b in links[i + 1:]:
+            if a.name != b.name:
+                continue
+            lo = max(a.start if a.start is not None else -(1 << 62), b.start if b.start is not None else -(1 << 62))
+            hi = min(a.end if a.end is not None else 1 << 62, b.end if b.end is not None else 1 << 62)
+            if lo <= hi:
+                raise SourceListError(f"{a.where} and {b.where}: {a.name!r} is linked to {a.parent!r} and to "
+                                      f"{b.parent!r} at the same time ({_when(lo if lo > -(1 << 62) else None)}); "
+                                      "'to' is exclusive, so a link ending 2020-12 and one starting 2020-12 do not "
+                                      "overlap")
 
 
 _TAG_RULE_FIELDS = ("position", "software", "user_text_after")
@@ -539,6 +890,8 @@ DEFAULT_SOURCES: tuple[tuple[str, str, str], ...] = (
     ("btccom", "v1", "Blockchain-Known-Pools/pools.json"),
     ("mempool-v1", "v1", "mining-pools-mempool/pools.json"),
     ("known-mining-pools", "v1", "known-mining-pools/pools.json"),
+    # Dated parent organisations (families); its identifiers file is read from beside it.
+    ("legal-links", "legal-links", "consensus-decentralization/legal_links.json"),
 )
 
 
@@ -554,6 +907,8 @@ def read_default_sources(lists_dir: Path) -> list[SourceList]:
     for source_id, kind, rel in DEFAULT_SOURCES:
         src = read_source(kind, lists_dir / rel, source_id)
         src.path = rel  # relative: the shipped file must not depend on where the lists were
+        if src.legal is not None and src.legal.identifiers_path is not None:
+            src.legal.identifiers_path = str(Path(src.legal.identifiers_path).relative_to(lists_dir))
         out.append(src)
     return out
 

@@ -11,6 +11,8 @@ Tags are literal byte strings (UTF-8 of ``tag``, or ``tag_hex`` for bytes that a
 A tag may also state where it must stand (``position``), that it names pool software rather than a
 pool (``software``), or that what follows it is text the pool's miners choose (``user_text_after``);
 docs/registry.md describes the fields and docs/attribution.md what the engine does with them.
+Family memberships hold within heights and/or block times (``from_time``/``to_time``: the block
+header's time, UTC; see docs/registry.md, "Families").
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,40 @@ class HeightRange:
     @property
     def is_open(self) -> bool:
         return self.from_height is None and self.to_height is None
+
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # schemas/registry.schema.json, $defs.time
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """Inclusive range of block header times (unix seconds) in which a family membership holds;
+    None = open on that side. Header time, not median time past: it is in every stored block row,
+    so a block's family follows from that row alone (docs/registry.md, "Families")."""
+
+    from_time: int | None = None
+    to_time: int | None = None
+
+    def contains(self, time: int) -> bool:
+        return (self.from_time is None or time >= self.from_time) and (
+            self.to_time is None or time <= self.to_time)
+
+    @property
+    def is_open(self) -> bool:
+        return self.from_time is None and self.to_time is None
+
+
+def format_time(seconds: int) -> str:
+    """Unix seconds -> the registry's time text (``2021-04-01T00:00:00Z``)."""
+    return datetime.fromtimestamp(seconds, UTC).strftime(TIME_FORMAT)
+
+
+def parse_time(text: str) -> int:
+    """The registry's time text -> unix seconds (ValueError names the expected form)."""
+    try:
+        return int(datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC).timestamp())
+    except (TypeError, ValueError):
+        raise ValueError(f"{text!r} is not a UTC time of the form 2021-04-01T00:00:00Z") from None
 
 
 @dataclass(frozen=True)
@@ -156,9 +193,39 @@ class Address:
 
 
 @dataclass(frozen=True)
+class LinkEvidence:
+    """One dated ownership link behind a family membership, as its list states it."""
+
+    parent: str            # parent organisation as the list names it
+    name: str              # the pool as the list names it
+    from_month: str        # as listed ('' = open)
+    to_month: str          # as listed, exclusive ('' = open)
+    link: str | None       # the source the list gives for the link (URL)
+    source: str | None     # id of the list in Registry.document["sources"]
+    matched: str | None = None  # how the list's name was matched to the registry pool
+
+
+@dataclass(frozen=True)
 class FamilyMembership:
     family: str  # id into Registry.families
     heights: HeightRange = HeightRange()
+    times: TimeRange = TimeRange()
+    sources: tuple[str, ...] = ()
+    evidence: tuple[LinkEvidence, ...] = ()
+    note: str | None = None
+
+    def contains(self, height: int, time: int | None) -> bool:
+        """Whether a block at ``height`` with header ``time`` falls in the membership's window.
+        A window dated by time cannot be decided without the block's time: that is an error, not
+        a silent "no family"."""
+        if not self.heights.contains(height):
+            return False
+        if self.times.is_open:
+            return True
+        if time is None:
+            raise ValueError(f"family membership {self.family!r} is dated by block time; the block at height "
+                             f"{height} came without its time")
+        return self.times.contains(time)
 
 
 @dataclass(frozen=True)
@@ -179,12 +246,18 @@ class Pool:
     family: tuple[FamilyMembership, ...] = ()
     former_names: tuple[str, ...] = ()
 
-    def family_at(self, height: int) -> str | None:
-        """The family id this pool belonged to at ``height`` (first matching membership)."""
+    def family_at(self, height: int, time: int | None = None) -> str | None:
+        """The family id this pool belonged to for a block at ``height`` with header ``time`` (unix
+        seconds; needed when a membership is dated by time). Memberships never overlap (validated),
+        so at most one matches."""
         for membership in self.family:
-            if membership.heights.contains(height):
+            if membership.contains(height, time):
                 return membership.family
         return None
+
+    @property
+    def dated_by_time(self) -> bool:
+        return any(not m.times.is_open for m in self.family)
 
 
 @dataclass(frozen=True)
@@ -340,9 +413,14 @@ def parse_registry(document: Any, *, strict: bool = True) -> Registry:
                 addresses.append(Address(a["address"], a["network"], script, heights, tuple(a.get("sources", []))))
         memberships = []
         for j, m in enumerate(raw.get("family", [])):
+            entry = f"{where}.family[{j}]"
             if m["family"] not in family_ids:
-                problems.append(f"{where}.family[{j}].family: {m['family']!r} is not declared in families")
-            memberships.append(FamilyMembership(m["family"], _heights(m, f"{where}.family[{j}]", problems)))
+                problems.append(f"{entry}.family: {m['family']!r} is not declared in families")
+            memberships.append(FamilyMembership(
+                m["family"], _heights(m, entry, problems), _times(m, entry, problems), tuple(m.get("sources", [])),
+                tuple(LinkEvidence(e["parent"], e["name"], e.get("from", ""), e.get("to", ""), e.get("link"),
+                                   e.get("source"), e.get("matched")) for e in m.get("evidence", [])), m.get("note")))
+        problems += _membership_overlaps(memberships, where)
         pools.append(Pool(raw["id"], raw["name"], raw.get("slug") or raw["id"], raw.get("link"), tuple(tags),
                           tuple(addresses), tuple(memberships), tuple(raw.get("former_names", []))))
     problems += _duplicate_rule_problems(pools)
@@ -408,6 +486,40 @@ def _heights(entry: dict, where: str, problems: list[str]) -> HeightRange:
     if lo is not None and hi is not None and lo > hi:
         problems.append(f"{where}.from_height: {lo} is above to_height {hi}")
     return HeightRange(lo, hi)
+
+
+def _times(entry: dict, where: str, problems: list[str]) -> TimeRange:
+    bounds = []
+    for key in ("from_time", "to_time"):
+        text = entry.get(key)
+        if text is None:
+            bounds.append(None)
+            continue
+        try:
+            bounds.append(parse_time(text))
+        except ValueError as exc:
+            problems.append(f"{where}.{key}: {exc}")
+            bounds.append(None)
+    lo, hi = bounds
+    if lo is not None and hi is not None and lo > hi:
+        problems.append(f"{where}.from_time: {entry['from_time']} is after to_time {entry['to_time']}")
+    return TimeRange(lo, hi)
+
+
+def _membership_overlaps(memberships: list[FamilyMembership], where: str) -> list[str]:
+    """Two memberships of one pool that could both hold for some block make its family ambiguous.
+    A window by heights and one by times may both hold (heights and times are not comparable
+    without a chain), so they overlap unless one of the two dimensions separates them."""
+    problems = []
+    for a in range(len(memberships)):
+        for b in range(a + 1, len(memberships)):
+            ma, mb = memberships[a], memberships[b]
+            times_overlap = _overlap(HeightRange(ma.times.from_time, ma.times.to_time),
+                                     HeightRange(mb.times.from_time, mb.times.to_time))
+            if _overlap(ma.heights, mb.heights) and times_overlap:
+                problems.append(f"{where}.family[{b}]: overlaps family[{a}] ({ma.family!r}); a pool belongs to at "
+                                "most one family for any block")
+    return problems
 
 
 def _address_script(address: str, network: str, where: str, problems: list[str]) -> bytes | None:
@@ -476,6 +588,8 @@ def diff_registries(old: Registry, new: Registry) -> dict[str, list[str]]:
                 out[("tag", text, t.heights)] = p.id
             for a in p.addresses:
                 out[("address", a.address, a.network, a.heights)] = p.id
+            for m in p.family:
+                out[("family", f"{p.id} in {m.family}", m.times, m.heights)] = p.id
         return out
 
     old_rules, new_rules = rules(old), rules(new)
@@ -492,6 +606,8 @@ def diff_registries(old: Registry, new: Registry) -> dict[str, list[str]]:
         if o == n:
             continue
         label = f"{key[0]} {key[1]!r}" + (f" [{_heights_text(key[-1])}]" if not key[-1].is_open else "")
+        if key[0] == "family" and not key[2].is_open:
+            label += f" [{_times_text(key[2])}]"
         if o is None:
             changes["rules"].append(f"+ {label} -> {n}")
         elif n is None:
@@ -503,3 +619,8 @@ def diff_registries(old: Registry, new: Registry) -> dict[str, list[str]]:
 
 def _heights_text(w: HeightRange) -> str:
     return f"{'' if w.from_height is None else w.from_height}..{'' if w.to_height is None else w.to_height}"
+
+
+def _times_text(w: TimeRange) -> str:
+    return (f"{'' if w.from_time is None else format_time(w.from_time)}.."
+            f"{'' if w.to_time is None else format_time(w.to_time)}")

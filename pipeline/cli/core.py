@@ -362,6 +362,7 @@ def demo(ctx, n_blocks, demo_dir, seed):
         warehouse, result = run_sync(client, demo_dir, None, None, registry_path=None, cross_network=True,
                                      validate=True, batch_size=500, wait=0, label="sync")
     print_sync_result(result)
+    _demo_templates(warehouse, registry, demo_dir)
     _refresh_metrics(warehouse)
     con = warehouse.connect()
     summary = con.sql("""
@@ -380,6 +381,28 @@ def demo(ctx, n_blocks, demo_dir, seed):
     out.rule("[bold yellow]regtest chain, not mainnet: node stopped")
 
 
+def _demo_templates(warehouse, registry, demo_dir: Path) -> Path:
+    """Write the demo's made-up stratum capture (``devnode.demo.demo_capture``) beside the warehouse
+    and import it as `poolwatch templates import` does: the template links of the inferred level."""
+    import json
+
+    from pipeline.attribution.templates import read_capture
+    from pipeline.devnode.demo import demo_capture
+    from pipeline.load.templates import import_templates
+
+    con = warehouse.connect()
+    try:
+        chain = [(int(h), str(x)) for h, x in con.execute("SELECT height, hash FROM blocks ORDER BY height").fetchall()]
+    finally:
+        con.close()
+    path = demo_dir / "stratum-demo.jsonl"
+    path.write_text("".join(json.dumps(job) + "\n" for job in demo_capture(registry, chain)), encoding="utf-8")
+    done = import_templates(warehouse, read_capture(path), registry)
+    out.print(f"imported a made-up stratum capture ({path.name}): {done.jobs} jobs, {done.shared_groups} shared "
+              f"templates, {done.links} template links")
+    return path
+
+
 def demo_next_steps(demo_dir: Path) -> list[tuple[str, str]]:
     """(what it does, shell line) for the demo warehouse, each runnable as written from the current
     directory, after the previous ones (the first may put this installation on PATH)."""
@@ -395,8 +418,10 @@ def demo_next_steps(demo_dir: Path) -> list[tuple[str, str]]:
         ("SQL over the warehouse's views",
          f'poolwatch --warehouse {wh} sql "SELECT pool_name, count(*) AS blocks FROM attributions_current '
          'GROUP BY 1 ORDER BY 2 DESC"'),
-        ("centralization metrics per day in the terminal",
+        ("centralization metrics per day in the terminal (pool / legal / inferred levels side by side)",
          f"poolwatch --warehouse {wh} metrics --window day"),
+        ("the families and links behind the legal and inferred levels, with their evidence",
+         f"poolwatch --warehouse {wh} pools families"),
         (f"notebooks/analysis.ipynb run headless into {_shell_path(demo_dir / 'reports' / 'analysis.html')}",
          f"poolwatch --warehouse {wh} notebook --window day"),
         ("the DuckDB shell on the catalog (try: SELECT * FROM centralization_week; leave with .quit)"

@@ -68,10 +68,12 @@ def _fmt_hashrate(value) -> str:
 
 def centralization_table(cent: pd.DataFrame, level: str) -> tuple[list[Column], list[list]]:
     """Columns and rows of the centralization table: one row per window, the unknown treatments side
-    by side where they differ. Labels come from ``metrics.column_label`` (the HTML report's and the
+    by side where they differ, and the Nakamoto coefficient and HHI at the three levels (pool /
+    legal / inferred, unknown = one miner; ``cent`` holds every level, the other columns are
+    ``level``'s). Labels come from ``metrics.column_label`` (the HTML report's and the
     notebook's names); the window and blocks columns and the composite HHI / Nakamoto cells use the
     HTML report's wording. Optional columns are left out first in a narrow terminal."""
-    from pipeline.metrics.compute import column_label
+    from pipeline.metrics.compute import LEVELS, column_label, format_levels, level_comparison
 
     columns = [
         Column("window"), Column("blocks", "right"), Column(column_label("unknown_share", level), "right"),
@@ -80,14 +82,17 @@ def centralization_table(cent: pd.DataFrame, level: str) -> tuple[list[Column], 
         Column(column_label("top3_share_of_known", level), "right", optional=True),
         Column(column_label("top5_share_of_known", level), "right", optional=True),
         Column("HHI [95% CI]", "right"), Column("Nakamoto excl. / one / each [95% CI]", "right"),
+        Column("Nakamoto pool / legal / inferred", "right"), Column("HHI pool / legal / inferred", "right"),
         Column(column_label("entropy_normalized", level), "right", optional=True),
         Column(column_label("gini", level), "right", optional=True),
         Column(column_label("network_hashrate", level), "right", optional=True),
         Column("flags"),
     ]
+    levels = level_comparison(cent).set_index(["first_height", "window_id"])
     cent = cent[cent.level == level]
     rows = []
-    for (_, window_id), group in cent.groupby(["first_height", "window_id"], sort=True):
+    for (first, window_id), group in cent.groupby(["first_height", "window_id"], sort=True):
+        across = levels.loc[(first, window_id)]
         by = {r.unknown_treatment: r for r in group.itertuples(index=False)}
         one = by["one_entity"]
         naks = []
@@ -103,6 +108,8 @@ def centralization_table(cent: pd.DataFrame, level: str) -> tuple[list[Column], 
                      str(int(one.known_entities)), _fmt_share(one.top1_share_of_known),
                      _fmt_share(one.top3_share_of_known), _fmt_share(one.top5_share_of_known),
                      _fmt_interval(one.hhi, one.hhi_lo, one.hhi_hi, ".3f"), " / ".join(naks),
+                     format_levels([across[f"nakamoto_{lv}"] for lv in LEVELS], "d"),
+                     format_levels([across[f"hhi_{lv}"] for lv in LEVELS], ".3f"),
                      fmt_number(one.entropy_normalized, ".2f"), fmt_number(one.gini, ".2f"),
                      _fmt_hashrate(one.network_hashrate), Text(" ").join(flags)])
     return columns, rows
@@ -116,10 +123,16 @@ def top_pools(share: pd.DataFrame, level: str, limit: int) -> pd.DataFrame:
     return share[(share.level == level) & (share.window_id == latest)].sort_values("rank").head(limit)
 
 
+LEVEL_ENTITY = {"pool": "pool", "legal": "owner", "inferred": "group"}
+LEVEL_HELP = ("pool: registry pools as reported; legal: pools joined by the registry's dated families "
+              "(family:<id>); inferred: legal owners further joined by template and custody links at or above "
+              "the thresholds (group:<lead>). docs/metrics.md, Levels.")
+
+
 def pool_table(rows: pd.DataFrame, level: str) -> tuple[list[Column], list[list]]:
     from pipeline.metrics.compute import column_label
 
-    columns = [Column("#", "right"), Column("pool" if level == "pool" else "family"), Column("blocks", "right"),
+    columns = [Column("#", "right"), Column(LEVEL_ENTITY[level]), Column("blocks", "right"),
                Column("share [95% Wilson]", "right"), Column(column_label("share_of_known", level), "right"),
                Column(column_label("hashrate", level), "right", optional=True)]
     body = [[str(r.rank), str(r.entity_name), f"{int(r.blocks):,}", _fmt_interval(r.share, r.share_lo, r.share_hi, ".1%"),
@@ -154,14 +167,29 @@ def _window_and_range(window_text: str, start: str | None, end: str | None):
     return window, rng
 
 
+def inference_options(wh, min_template_heights: int | None, min_co_spends: int | None):
+    """The inferred level's thresholds: the options given, the rest as the warehouse recorded them."""
+    from dataclasses import replace
+
+    from pipeline.metrics import compute as m
+
+    settings = m.inference_settings(wh)
+    if min_template_heights is not None:
+        settings = replace(settings, min_template_heights=min_template_heights)
+    if min_co_spends is not None:
+        settings = replace(settings, min_co_spend_txs=min_co_spends)
+    return settings
+
+
 def register(main: click.Group) -> None:
     @main.command("metrics")
     @click.option("--window", "window_text", default="week", show_default=True,
                   help="day, week, month, epoch, all, blocks:N (chunks of N heights) or rolling:N[:STEP].")
     @click.option("--from", "start", default=None, help="First height, or a UTC date/time (2024-01-01).")
     @click.option("--to", "end", default=None, help="Last height, or a UTC date/time (a date includes the day).")
-    @click.option("--level", type=click.Choice(["pool", "family"]), default="pool", show_default=True,
-                  help="Count registry pools, or registry families (proxy pooling merged).")
+    @click.option("--level", type=click.Choice(["pool", "legal", "inferred"]), default="pool", show_default=True,
+                  help="The level of the detail columns and the top list (the Nakamoto and HHI columns show all "
+                       "three). " + LEVEL_HELP)
     @click.option("--last", type=click.IntRange(min=0), default=12, show_default=True,
                   help="Show the most recent N windows (0: all windows in the range).")
     @click.option("--pools", "show_pools", type=click.IntRange(min=0), default=10, show_default=True,
@@ -179,9 +207,15 @@ def register(main: click.Group) -> None:
                        "into this folder.")
     @click.option("--refresh", is_flag=True,
                   help="Recompute the materialized tables (centralization, pool_share: day/week/month/epoch).")
+    @click.option("--min-template-heights", type=click.IntRange(min=1), default=None,
+                  help="Inferred level: a template link counts when the two pools shared templates at this many "
+                       "heights (default: the warehouse's recorded setting, else 2). With --refresh it is recorded.")
+    @click.option("--min-co-spends", type=click.IntRange(min=1), default=None,
+                  help="Inferred level: a custody link counts when this many transactions spent both pools' "
+                       "coinbase outputs (default: the recorded setting, else 2). With --refresh it is recorded.")
     @click.pass_context
     def metrics_cmd(ctx, window_text, start, end, level, last, show_pools, draws, no_bootstrap, as_csv, as_json,
-                    csv_dir, refresh):
+                    csv_dir, refresh, min_template_heights, min_co_spends):
         """Centralization metrics per window: shares, HHI, Nakamoto coefficient, entropy, Gini.
 
         Unknown blocks are counted three ways (excluded / one miner / each its own miner), so the
@@ -194,41 +228,48 @@ def register(main: click.Group) -> None:
         fmt = output.output_format(as_csv, as_json)
         window, rng = _window_and_range(window_text, start, end)
         wh, version = _open(ctx)
+        inference = inference_options(wh, min_template_heights, min_co_spends)
         if refresh:
             with err.status("recomputing the materialized metric tables"):
-                done = m.refresh_metrics(wh, full=True)
+                done = m.refresh_metrics(wh, full=True, inference=inference)
             err.print(Text(f"refreshed ({done.mode}): {done.rows['centralization']:,} centralization rows, "
-                           f"{done.rows['pool_share']:,} pool_share rows (attribution version {version})"))
+                           f"{done.rows['pool_share']:,} pool_share rows (attribution version {version}; "
+                           f"inferred links: {inference.describe()})"))
         con = wh.connect()
         try:
             result = m.compute_metrics(con, window, registry_version=version, rng=rng,
-                                       last=last or None, bootstrap=not no_bootstrap, draws=draws)
-            notes = m.data_notes(con, rng)
+                                       last=last or None, bootstrap=not no_bootstrap, draws=draws,
+                                       inference=inference)
+            notes = m.data_notes(con, rng, inference)
         except m.MetricsError as exc:
             _fail(str(exc))
         finally:
             con.close()
         if result.centralization.empty:
             _fail("no blocks in the selected range")
-        for note in notes:
-            err.print(Text(f"note: {note}"), highlight=False)
+        if fmt != "json":  # --json carries them in its "notes"
+            for note in notes:
+                err.print(Text(f"note: {note}"), highlight=False)
         warn_if_stale(wh)
         cent = result.centralization[result.centralization.level == level]
         pools = top_pools(result.pool_share, level, show_pools)
         if fmt == "json":
             output.print_json({"window": window.name, "level": level, "registry_version": version,
-                               "notes": notes, "centralization": output.records(cent),
+                               "inference": inference.to_meta(), "notes": notes,
+                               "centralization": output.records(cent),
+                               "levels": output.records(m.level_comparison(result.centralization)),
                                "pool_share": output.records(pools)})
         elif fmt == "csv":
             output.print_csv(list(cent.columns), output.records(cent))
         else:
             title = (f"{window.name} windows, {level} level, attribution version {version}; "
-                     f"HHI with unknown = one miner; 95% bootstrap intervals")
-            output.print_table(*centralization_table(cent, level), title=title)
+                     f"HHI and the pool / legal / inferred columns with unknown = one miner; 95% bootstrap "
+                     f"intervals")
+            output.print_table(*centralization_table(result.centralization, level), title=title)
             if not pools.empty:
                 output.stdout().print()
                 output.print_table(*pool_table(pools, level),
-                                   title=f"{'Families' if level == 'family' else 'Pools'} in {pools.window_id.iloc[0]}")
+                                   title=f"{LEVEL_ENTITY[level].capitalize()}s in {pools.window_id.iloc[0]}")
         if csv_dir is not None:
             csv_dir.mkdir(parents=True, exist_ok=True)
             _write_csv(result.centralization, csv_dir / "centralization.csv")
@@ -240,7 +281,8 @@ def register(main: click.Group) -> None:
                   help="day, week, month, epoch, blocks:N or rolling:N[:STEP].")
     @click.option("--from", "start", default=None, help="First height, or a UTC date/time.")
     @click.option("--to", "end", default=None, help="Last height, or a UTC date/time.")
-    @click.option("--level", type=click.Choice(["pool", "family"]), default="pool", show_default=True)
+    @click.option("--level", type=click.Choice(["pool", "legal", "inferred"]), default="pool", show_default=True,
+                  help="The level of the share and treatment charts (the levels chart shows all three). " + LEVEL_HELP)
     @click.option("--draws", type=click.IntRange(min=1), default=1000, show_default=True,
                   help="Bootstrap replicates.")
     @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -256,7 +298,8 @@ def register(main: click.Group) -> None:
         con = wh.connect()
         try:
             with err.status("computing metrics"):
-                data = r.load_report_data(con, window, level=level, registry_version=version, rng=rng, draws=draws)
+                data = r.load_report_data(con, window, level=level, registry_version=version, rng=rng, draws=draws,
+                                          inference=m.inference_settings(wh))
         except m.MetricsError as exc:
             _fail(str(exc))
         finally:

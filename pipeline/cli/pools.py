@@ -1,4 +1,4 @@
-"""Pool registry commands (`poolwatch pools import|validate|diff|list|suggest`) and `poolwatch attribute`."""
+"""Pool registry commands (`poolwatch pools import|validate|diff|list|suggest|families`) and `poolwatch attribute`."""
 
 from __future__ import annotations
 
@@ -64,12 +64,13 @@ def _sql(text: str) -> str:
 
 @click.group()
 def pools() -> None:
-    """The pool registry: import community lists, validate, list, diff, suggest new entries."""
+    """The pool registry: import community lists, validate, list, diff, suggest new entries, families."""
 
 
 @pools.command("import")
 @click.option("--from", "sources", nargs=2, multiple=True, metavar="KIND PATH",
-              help="A list to import; KIND is mempool-v2, v1 or bitcoin-data (a folder). Repeatable; "
+              help="A list to import; KIND is mempool-v2, v1, bitcoin-data (a folder) or legal-links "
+                   "(consensus-decentralization's legal_links.json: dated families). Repeatable; "
                    "earlier lists win disagreements unless --rules says otherwise.")
 @click.option("--default-sources", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Import the default set from a pool-lists folder (../shared/pool-lists) with the shipped rules.")
@@ -243,6 +244,106 @@ def suggest(registry_path, min_blocks, as_csv, as_json) -> None:
     print_table(columns, [[r["id"], r["tags"], r["addresses"], f"{r['blocks']:,}", str(r["first_height"]),
                            str(r["last_height"])] for r in rows],
                 title=f"proposed entries (registry {registry.version})")
+
+
+@pools.command("families")
+@click.option("--registry", "registry_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Registry file (default: the warehouse's current registry; the shipped one without a warehouse).")
+@click.option("--suggest", is_flag=True,
+              help="Propose registry rules (families and memberships, the format of pipeline/data/"
+                   "registry_rules.json) from the inferred links that reach the thresholds, for a person to accept.")
+@click.option("--min-template-heights", type=click.IntRange(min=1), default=None,
+              help="Threshold for template links (default: the warehouse's recorded metrics setting, else 2).")
+@click.option("--min-co-spends", type=click.IntRange(min=1), default=None,
+              help="Threshold for custody links (default: the warehouse's recorded metrics setting, else 2).")
+@output_options(csv_help="Print one CSV line per link instead of tables.",
+                json_help="Print {registry_version, inference, families, links} (with --suggest: the proposed "
+                          "rules) as JSON.")
+def families(registry_path, suggest, min_template_heights, min_co_spends, as_csv, as_json) -> None:
+    """Every family and link behind the legal and inferred levels, with its evidence.
+
+    Legal links: the registry's dated family memberships with the source link of each ownership
+    link. Inferred links (with a warehouse): template_links (shared block templates: observations)
+    and custody_links (coinbase outputs spent together: co-spend counts), each marked whether it
+    reaches the thresholds the metrics count it at. docs/metrics.md, "Levels"."""
+    from pipeline.cli.metrics import inference_options
+    from pipeline.metrics import families as fam
+
+    ctx = click.get_current_context()
+    warehouse = _warehouse(ctx)
+    has_warehouse = (warehouse.root / "meta.json").is_file()
+    links: list = []
+    state = {table: "absent" for table in fam.LINK_TABLES}
+    registry = _load(registry_path) if registry_path is not None else None
+    if has_warehouse:
+        settings = inference_options(warehouse, min_template_heights, min_co_spends)
+        con = warehouse.connect()
+        try:
+            links, state = fam.read_links(con)
+            if registry is None:
+                registry = fam.registry_for_version(con, warehouse.attribution_version)
+        except fam.FamiliesError as exc:
+            _fail(str(exc))
+        finally:
+            con.close()
+    else:
+        settings = fam.InferenceSettings(**{k: v for k, v in (("min_template_heights", min_template_heights),
+                                                               ("min_co_spend_txs", min_co_spends)) if v is not None})
+    if registry is None:
+        registry = _load(None)
+    fmt = output_format(as_csv, as_json)
+    if suggest:
+        proposal = fam.suggest_memberships(registry, links, settings)
+        if fmt == "json":
+            print_json({"registry_version": registry.version, "inference": settings.to_meta(), **proposal})
+            return
+        if fmt == "csv":
+            print_csv(["pool", "family", "from_height", "note"], proposal["memberships"])
+            return
+        if not proposal["memberships"]:
+            out.print(Text(f"no link to suggest: no inferred link between registry pools reaches the thresholds "
+                           f"({settings.describe()}) outside the families they already have"))
+            return
+        out.print(Text(f"Suggested rules ({settings.describe()}); add what you accept to the 'families' and "
+                       "'memberships' of a rules file (pipeline/data/registry_rules.json) and re-import:",
+                       style="bold"))
+        click.echo(json.dumps(proposal, indent=1, ensure_ascii=False))
+        return
+    rows = fam.family_link_rows(registry, links, settings)
+    members: dict[str, list[str]] = {}
+    for row in rows:
+        if row["level"] == "legal":
+            members.setdefault(row["entity"], [])
+            if row["pool_a"] not in members[row["entity"]]:
+                members[row["entity"]].append(row["pool_a"])
+    family_rows = [{"entity": fam.FAMILY_PREFIX + f.id, "name": f.name, "pools": members.get(fam.FAMILY_PREFIX + f.id, [])}
+                   for f in sorted(registry.families, key=lambda f: f.id)]
+    if fmt == "json":
+        print_json({"registry_version": registry.version, "inference": settings.to_meta(), "tables": state,
+                    "families": family_rows, "links": rows})
+        return
+    if fmt == "csv":
+        print_csv(["level", "kind", "entity", "entity_name", "pool_a", "pool_b", "when", "sources", "evidence",
+                   "counted"], rows)
+        return
+    print_table([Column("family"), Column("name"), Column("pools (at any time)", wrap=True)],
+                [[r["entity"], r["name"], r["pools"]] for r in family_rows],
+                title=f"families of registry {registry.version}")
+    out.print()
+    print_table([Column("family"), Column("pool"), Column("when"), Column("evidence (source links)", wrap=True)],
+                [[r["entity"], r["pool_a"], r["when"], r["evidence"]] for r in rows if r["level"] == "legal"],
+                title="legal links (the legal level)")
+    out.print()
+    inferred = [r for r in rows if r["level"] == "inferred"]
+    if inferred:
+        print_table([Column("kind"), Column("pools"), Column("heights"), Column("evidence", wrap=True),
+                     Column("counted")],
+                    [[r["kind"], f"{r['pool_a']} + {r['pool_b']}", r["when"].removeprefix("heights "), r["evidence"],
+                      "yes" if r["counted"] else "no (below threshold)"] for r in inferred],
+                    title=f"inferred links (the inferred level; counted: {settings.describe()})")
+    else:
+        what = ", ".join(f"{t} {s}" for t, s in sorted(state.items()))
+        out.print(Text(f"no inferred links ({what}): the inferred level equals the legal level"))
 
 
 @click.command()

@@ -51,7 +51,21 @@ DEMO_POOLS: tuple[DemoPool, ...] = (
     DemoPool("sbi-crypto", ("sbicrypto",), 1.5),
     DemoPool("ultimus", ("ultimuspool", "ultimus"), 1.0),
     DemoPool("poolin", ("poolin",), 0.8),
+    # Pools of the registry's legal families (legal_links.json): BTC.com and Bitdeer belong to BIT
+    # Mining since 2021-04, NovaBlock to Poolin since 2021-02, so the demo's legal level joins them.
+    DemoPool("btc-com", ("btccom",), 3.0),
+    DemoPool("bitdeer", ("bitdeer",), 2.0),
+    DemoPool("novablock", ("novablock",), 1.5),
 )
+# The demo's stratum capture (``demo_capture``): which pools send the same block template. It copies
+# the pattern of the real mempool.space capture at height 890448 (docs/templates.md): AntPool,
+# Binance Pool, Braiins Pool, Poolin and ULTIMUSPOOL on one template, Luxor and SECPOOL on another.
+# F2Pool and SpiderPool share one at a single height only: a link below the default threshold.
+DEMO_TEMPLATE_SOURCES: dict[str, str] = {
+    "antpool": "antpool", "binance-pool": "antpool", "braiins": "antpool", "poolin": "antpool",
+    "ultimus-pool": "antpool", "luxor": "luxor", "secpool": "luxor",
+}
+DEMO_ONCE_SHARED = ("f2pool", "spiderpool")
 UNKNOWN_WEIGHT = 1.5  # blocks with a random tag and payout, attributable to no registry pool
 TAGLESS_SHARE = 0.05  # share of a pool's blocks without its tag (attribution by address only)
 WITNESS_COMMITMENT_SHARE = 0.95  # blocks with a witness commitment output (mainnet: nearly all)
@@ -233,3 +247,41 @@ def demo_specs(registry: Any, n_blocks: int, seed: int = 7, *, allow_p2sh: bool 
                                   witness_commitment=rng.random() < WITNESS_COMMITMENT_SHARE,
                                   tx_version=rng.choice((1, 2)), pool=pool))
     return specs
+
+
+def demo_capture(registry: Any, chain: list[tuple[int, str]], heights: int = 6, seed: int = 7) -> list[dict[str, Any]]:
+    """A made-up stratum capture (poolwatch's JSON-lines jobs, docs/templates.md) for the last
+    ``heights`` blocks of a demo chain (``chain``: (height, hash) of the stored blocks, in order):
+    every demo pool sends one job per height, on the stored previous block, with its own coinbase
+    (its tag and payout) and the merkle branches of the template it mines on
+    (``DEMO_TEMPLATE_SOURCES``; the others each their own). Like the chain, an illustration: it
+    gives the demo's inferred level the template links a real capture gives."""
+    import hashlib
+
+    from pipeline.devnode.blocks import bip34_height_push
+
+    if len(chain) < 2:
+        raise ValueError("a demo capture needs a chain of at least two blocks")
+    entries = _match_registry(registry, random.Random(seed), allow_p2sh=True)
+    by_height = dict(chain)
+    targets = [h for h, _ in chain[-heights:] if h - 1 in by_height]
+    jobs = []
+    for i, height in enumerate(targets):
+        for entry in entries:
+            source = DEMO_TEMPLATE_SOURCES.get(entry.key, entry.key)
+            if entry.key in DEMO_ONCE_SHARED and i == len(targets) - 1:
+                source = DEMO_ONCE_SHARED[0]
+            seed_text = f"demo-template|{source}|{height}"
+            n = 3 + int(hashlib.sha256(seed_text.encode()).hexdigest(), 16) % 9  # 3..11 branches
+            branches = [hashlib.sha256(f"{seed_text}|{k}".encode()).hexdigest() for k in range(n)]
+            tag = (entry.tags[0] if entry.tags else b"")[:40]
+            script_start = bip34_height_push(height) + tag
+            coinbase1 = (b"\x01\x00\x00\x00\x01" + bytes(32) + b"\xff" * 4
+                         + bytes([len(script_start) + 8]) + script_start)  # + 8 bytes of extranonces
+            script = entry.scripts[0]
+            coinbase2 = (b"\xff" * 4 + b"\x01" + (312_500_000).to_bytes(8, "little") + bytes([len(script)]) + script
+                         + bytes(4))
+            jobs.append({"pool": entry.key, "height": height, "prevhash": by_height[height - 1],
+                         "coinbase1": coinbase1.hex(), "coinbase2": coinbase2.hex(), "merkle_branches": branches,
+                         "time": 1_700_000_000 + 600 * height, "source": "poolwatch demo (made up)"})
+    return jobs

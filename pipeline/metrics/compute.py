@@ -6,7 +6,9 @@ per-window counts. Every definition, with a worked example, is in ``docs/metrics
 
 Unknown blocks are never silently dropped: every window-level metric is reported under three
 treatments (``excluded``, ``one_entity``, ``each_own``) so a figure like the Nakamoto coefficient is
-read as a range, not as a false point.
+read as a range, not as a false point. Every metric is also computed at three levels (``pool``,
+``legal``, ``inferred``: ``pipeline.metrics.families``), so a reader sees how many independent
+parties the pools may be.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipeline.metrics import families as fam
+from pipeline.metrics.families import InferenceSettings
+
 if TYPE_CHECKING:
+    from pipeline.attribution.registry import Registry
     from pipeline.store.warehouse import Warehouse
 
 log = logging.getLogger("pipeline.metrics.compute")
@@ -34,7 +40,7 @@ log = logging.getLogger("pipeline.metrics.compute")
 # Windows materialized by refresh_metrics (others are computed on request).
 MATERIALIZED_WINDOWS = ("day", "week", "month", "epoch")
 CALENDAR_KINDS = ("day", "week", "month")
-LEVELS = ("pool", "family")
+LEVELS = fam.LEVELS  # pool, legal, inferred (pipeline/metrics/families.py)
 TREATMENTS = ("excluded", "one_entity", "each_own")
 UNKNOWN_ID = "unknown"
 EPOCH_BLOCKS = 2016
@@ -189,25 +195,38 @@ REGTEST_GENESIS_HASH = "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11
 _MINED = f"NOT (b.height = 0 AND b.hash = '{REGTEST_GENESIS_HASH}')"
 
 
-def _base_sql(registry_version: str | None, rng: Range) -> str:
+def _base_sql(registry_version: str | None, rng: Range, era: str = "''") -> str:
     """One row per selected block with its attribution; a block without an attribution row counts
-    as unknown (it is in the chain, so dropping it would inflate every known share)."""
+    as unknown (it is in the chain, so dropping it would inflate every known share). ``legal_id``:
+    ``family:<id>`` for a pool in a family at that block (``attributions.family``), else the pool;
+    ``era_key``: the legal entities of the linked pools at that block (``families.era_sql``)."""
     version = "" if registry_version is None else \
         f" AND a.registry_version = '{registry_version.replace(chr(39), chr(39) * 2)}'"
+    unknown = "a.pool_id IS NULL OR a.method = 'none'"
     return f"""
         SELECT b.height::BIGINT AS height, b.time AT TIME ZONE 'UTC' AS t_utc,
                b.difficulty * {HASHES_PER_DIFFICULTY}.0 AS work,
                a.pool_id IS NULL OR a.method = 'none' OR a.pool_id = '{UNKNOWN_ID}' AS is_unknown,
                a.height IS NULL AS unattributed,
-               CASE WHEN a.pool_id IS NULL OR a.method = 'none' THEN '{UNKNOWN_ID}' ELSE a.pool_id END AS pool_id,
-               CASE WHEN a.pool_id IS NULL OR a.method = 'none' THEN 'Unknown' ELSE a.pool_name END AS pool_name,
-               CASE WHEN a.pool_id IS NULL OR a.method = 'none' THEN '{UNKNOWN_ID}'
-                    ELSE coalesce(a.family, a.pool_id) END AS family_id,
-               CASE WHEN a.pool_id IS NULL OR a.method = 'none' THEN 'Unknown'
-                    ELSE coalesce(a.family, a.pool_name) END AS family_name
-        FROM blocks b
+               CASE WHEN {unknown} THEN '{UNKNOWN_ID}' ELSE a.pool_id END AS pool_id,
+               CASE WHEN {unknown} THEN 'Unknown' ELSE a.pool_name END AS pool_name,
+               CASE WHEN {unknown} OR a.pool_id = '{UNKNOWN_ID}' THEN '{UNKNOWN_ID}'
+                    WHEN a.family IS NOT NULL THEN '{fam.FAMILY_PREFIX}' || a.family ELSE a.pool_id END AS legal_id,
+               CASE WHEN {unknown} OR a.pool_id = '{UNKNOWN_ID}' THEN 'Unknown'
+                    WHEN a.family IS NOT NULL THEN coalesce(fn.name, a.family) ELSE a.pool_name END AS legal_name,
+               {era} AS era_key
+        FROM (SELECT *, epoch(time)::BIGINT AS b_epoch FROM blocks) b
         LEFT JOIN attributions a ON a.height = b.height AND a.block_hash = b.hash{version}
+        LEFT JOIN _pw_family_names fn ON fn.family = a.family
         WHERE {rng.where('b')} AND {_MINED}
+    """
+
+
+def _inferred_sql() -> str:
+    """_pw_legal with the inferred entity: the group its legal entity is in at that block's era."""
+    return """
+        SELECT l.*, coalesce(g.group_id, l.legal_id) AS inferred_id, coalesce(g.group_name, l.legal_name) AS inferred_name
+        FROM _pw_legal l LEFT JOIN _pw_group_map g ON g.era_key = l.era_key AND g.legal_id = l.legal_id
     """
 
 
@@ -341,15 +360,22 @@ def _network_hashrate_sql() -> str:
 
 
 def _counts_sql() -> str:
-    """Blocks and work per (window, level, entity); the unknown entity included."""
+    """Blocks and work per (window, level, entity); the unknown entity included. An entity's name
+    is a function of its id (min() only makes that explicit)."""
     return """
-        SELECT window_key, 'pool' AS level, pool_id AS entity_id, any_value(pool_name) AS entity_name,
+        SELECT window_key, 'pool' AS level, pool_id AS entity_id, min(pool_name) AS entity_name,
                bool_or(is_unknown) AS is_unknown, count(*) AS blocks, sum(work) AS work
         FROM _pw_assigned GROUP BY window_key, pool_id
         UNION ALL
-        SELECT window_key, 'family', family_id, any_value(family_name), bool_or(is_unknown), count(*), sum(work)
-        FROM _pw_assigned GROUP BY window_key, family_id
+        SELECT window_key, 'legal', legal_id, min(legal_name), bool_or(is_unknown), count(*), sum(work)
+        FROM _pw_assigned GROUP BY window_key, legal_id
+        UNION ALL
+        SELECT window_key, 'inferred', inferred_id, min(inferred_name), bool_or(is_unknown), count(*), sum(work)
+        FROM _pw_assigned GROUP BY window_key, inferred_id
     """
+
+
+_LEVEL_VALUES = ", ".join(f"('{level}')" for level in LEVELS)
 
 
 def _entities_sql() -> str:
@@ -363,7 +389,7 @@ def _entities_sql() -> str:
         SELECT window_key, level, 'each_own', entity_id, blocks FROM _pw_counts WHERE NOT is_unknown
         UNION ALL
         SELECT a.window_key, lv.level, 'each_own', '{UNKNOWN_ID}#' || a.height::VARCHAR, 1
-        FROM _pw_assigned a CROSS JOIN (VALUES ('pool'), ('family')) lv(level) WHERE a.is_unknown
+        FROM _pw_assigned a CROSS JOIN (VALUES {_LEVEL_VALUES}) lv(level) WHERE a.is_unknown
     """
 
 
@@ -396,7 +422,7 @@ def _centralization_sql() -> str:
             FROM ranked GROUP BY window_key, level, treatment
         ), grid AS (
             SELECT w.window_key, lv.level, tr.treatment
-            FROM _pw_windows w CROSS JOIN (VALUES ('pool'), ('family')) lv(level)
+            FROM _pw_windows w CROSS JOIN (VALUES {_LEVEL_VALUES}) lv(level)
             CROSS JOIN (VALUES {", ".join(f"('{t}')" for t in TREATMENTS)}) tr(treatment)
         )
         -- Top-N shares and the number of known entities do not depend on the unknown treatment:
@@ -635,9 +661,11 @@ def _seed(window_name: str, window_id: str, level: str, treatment: str) -> int:
     return BOOTSTRAP_SEED ^ zlib.crc32(f"{window_name}|{window_id}|{level}|{treatment}".encode())
 
 
-def data_notes(con: duckdb.DuckDBPyConnection, rng: Range | None = None) -> list[str]:
-    """What a reader of metrics over ``rng`` must know about the data behind them: blocks left out
-    and heights that are not stored (every output that shows metrics prints these)."""
+def data_notes(con: duckdb.DuckDBPyConnection, rng: Range | None = None,
+               inference: InferenceSettings | None = None) -> list[str]:
+    """What a reader of metrics over ``rng`` must know about the data behind them: blocks left out,
+    heights that are not stored, and the evidence behind the inferred level (or that it has none
+    and equals the legal level). Every output that shows metrics prints these."""
     rng = rng or Range()
     notes = []
     genesis = con.execute(f"SELECT count(*) FROM blocks b WHERE {rng.where('b')} AND NOT ({_MINED})").fetchone()[0]
@@ -655,6 +683,8 @@ def data_notes(con: duckdb.DuckDBPyConnection, rng: Range | None = None) -> list
             shown = ", ".join(f"{a}..{b}" for a, b in gaps[:5]) + (f" (+{len(gaps) - 5} more)" if len(gaps) > 5 else "")
             notes.append(f"heights {shown} are not stored: windows next to them are partial and get no hashrate; "
                          "charts break there")
+    links, state = fam.read_links(con)
+    notes += fam.notes(links, state, inference or InferenceSettings())
     return notes
 
 
@@ -669,8 +699,32 @@ class MetricsResult:
     pool_share: pd.DataFrame
 
 
-def _setup(con: duckdb.DuckDBPyConnection, window: WindowScheme, registry_version: str | None, rng: Range) -> None:
-    con.execute(f"CREATE OR REPLACE TEMP VIEW _pw_base AS {_base_sql(registry_version, rng)}")
+def _setup(con: duckdb.DuckDBPyConnection, window: WindowScheme, registry_version: str | None, rng: Range,
+           inference: InferenceSettings, registry: Registry | None) -> None:
+    try:
+        links, _ = fam.read_links(con)
+    except fam.FamiliesError as exc:
+        raise MetricsError(str(exc)) from None
+    used = fam.counted(links, inference)
+    if registry is None:
+        registry = fam.registry_for_version(con, registry_version)
+    if used and registry is None:
+        raise MetricsError(f"the registry of attribution version {registry_version} is not stored in pool_definitions: "
+                           "the inferred level needs the families of the linked pools (run `poolwatch attribute`)")
+    families = registry.families if registry is not None else ()
+    con.execute("CREATE OR REPLACE TEMP TABLE _pw_family_names (family VARCHAR, name VARCHAR)")
+    if families:
+        con.executemany("INSERT INTO _pw_family_names VALUES (?, ?)", [(f.id, f.name) for f in families])
+    era, era_pools = fam.era_sql(registry, used)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_legal AS {_base_sql(registry_version, rng, era)}")
+    con.execute("CREATE OR REPLACE TEMP TABLE _pw_group_map "
+                "(era_key VARCHAR, legal_id VARCHAR, group_id VARCHAR, group_name VARCHAR)")
+    if used:
+        eras = [r[0] for r in con.execute("SELECT DISTINCT era_key FROM _pw_legal").fetchall()]
+        rows = fam.group_map_rows(eras, era_pools, used, fam.entity_names(registry))
+        if rows:
+            con.executemany("INSERT INTO _pw_group_map VALUES (?, ?, ?, ?)", rows)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _pw_base AS {_inferred_sql()}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_stored AS {_stored_sql()}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_gaps AS {_gaps_sql()}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_assigned AS {_assign_sql(window)}")
@@ -683,23 +737,30 @@ def _setup(con: duckdb.DuckDBPyConnection, window: WindowScheme, registry_versio
 def _teardown(con: duckdb.DuckDBPyConnection) -> None:
     for name, kind in (("_pw_entities", "VIEW"), ("_pw_counts", "TABLE"), ("_pw_windows", "TABLE"),
                        ("_pw_windows_raw", "VIEW"), ("_pw_assigned", "TABLE"), ("_pw_gaps", "TABLE"),
-                       ("_pw_stored", "TABLE"), ("_pw_base", "VIEW")):
+                       ("_pw_stored", "TABLE"), ("_pw_base", "VIEW"), ("_pw_group_map", "TABLE"),
+                       ("_pw_legal", "TABLE"), ("_pw_family_names", "TABLE")):
         con.execute(f"DROP {kind} IF EXISTS {name}")
 
 
 def compute_metrics(con: duckdb.DuckDBPyConnection, window: WindowScheme | str, *,
                     registry_version: str | None = None, rng: Range | None = None,
                     last: int | None = None, bootstrap: bool = True,
-                    draws: int = BOOTSTRAP_DRAWS, confidence: float = CONFIDENCE) -> MetricsResult:
-    """Centralization and pool-share tables for ``window`` over the blocks in ``rng``.
+                    draws: int = BOOTSTRAP_DRAWS, confidence: float = CONFIDENCE,
+                    inference: InferenceSettings | None = None, registry: Registry | None = None) -> MetricsResult:
+    """Centralization and pool-share tables for ``window`` over the blocks in ``rng``, at the pool,
+    legal and inferred levels.
 
-    ``con`` needs views ``blocks`` and ``attributions`` (``Warehouse.connect()`` gives them).
-    ``last`` keeps only the most recent windows (and bootstraps only those).
+    ``con`` needs views ``blocks`` and ``attributions`` (``Warehouse.connect()`` gives them), and
+    reads ``template_links`` and ``custody_links`` when it has them. ``last`` keeps only the most
+    recent windows (and bootstraps only those). ``inference``: the inferred links' thresholds
+    (default: ``InferenceSettings()``; callers with a warehouse pass its recorded ones,
+    ``inference_settings(warehouse)``). ``registry``: the registry of ``registry_version`` (default:
+    read from ``pool_definitions``), for family names and the families of linked pools.
     """
     window = parse_window(window) if isinstance(window, str) else window
     rng = rng or Range()
     _require_views(con, ("blocks", "attributions"))
-    _setup(con, window, registry_version, rng)
+    _setup(con, window, registry_version, rng, inference or InferenceSettings(), registry)
     try:
         windows = con.execute("SELECT * FROM _pw_windows ORDER BY window_key").df()
         if last is not None:
@@ -826,10 +887,39 @@ COLUMN_LABELS = {
 }
 
 
+# What an entity is called at each level: a pool; a legal owner (a family, or a pool in none); an
+# inferred group (or a legal owner in none).
+LEVEL_ENTITIES = {"pool": "pools", "legal": "owners", "inferred": "groups"}
+
+
 def column_label(column: str, level: str = "pool") -> str:
-    """The display label of a metrics column (``known pools`` at pool level, ``known families``...)."""
-    entities = "families" if level == "family" else "pools"
-    return COLUMN_LABELS.get(column, column).format(entities=entities)
+    """The display label of a metrics column (``known pools`` at pool level, ``known owners``...)."""
+    return COLUMN_LABELS.get(column, column).format(entities=LEVEL_ENTITIES[level])
+
+
+LEVEL_TREATMENT = "one_entity"  # the unknown treatment the side-by-side level columns use
+
+
+def level_comparison(cent: pd.DataFrame, treatment: str = LEVEL_TREATMENT) -> pd.DataFrame:
+    """The Nakamoto coefficient and HHI of each window at the three levels side by side (one row per
+    window, in height order; columns ``nakamoto_<level>``, ``hhi_<level>``): what every
+    centralization table and chart shows next to its own level, so a reader sees the range from
+    pools as reported to inferred groups. Unknown blocks count as one miner (``treatment``)."""
+    keys = ["first_height", "window_id"]
+    rows = cent[cent.unknown_treatment == treatment]
+    out = rows[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
+    for value in ("nakamoto", "hhi"):
+        for level in LEVELS:
+            part = rows.loc[rows.level == level, keys + [value]].rename(columns={value: f"{value}_{level}"})
+            out = out.merge(part, on=keys, how="left")
+    return out
+
+
+def format_levels(values: Sequence, spec: str) -> str:
+    """``3 / 2 / 2``: one value per level, in LEVELS order ('-' where undefined)."""
+    # + 0.0 turns -0.0 into 0.0: no "-0.000" for a value that is zero
+    return " / ".join("-" if v is None or pd.isna(v) else format(int(v) if spec == "d" else float(v) + 0.0, spec)
+                      for v in values)
 
 
 POOL_SHARE_COLUMNS = [
@@ -849,12 +939,12 @@ def _order(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 def metric_views() -> dict[str, str]:
     """View name -> SQL over the materialized tables: pool_share_<window>, centralization_<window>
-    and their ``_family`` variants, for ad-hoc SQL. Each row carries ``stale`` (from the view
-    ``freshness``): true when blocks or attributions changed after the tables were computed."""
+    (pool level) and their ``_legal`` and ``_inferred`` variants, for ad-hoc SQL. Each row carries
+    ``stale`` (from the view ``freshness``): true when the data changed after the tables were computed."""
     views: dict[str, str] = {}
     for kind in MATERIALIZED_WINDOWS:
         for table in ("pool_share", "centralization"):
-            for level, suffix in (("pool", ""), ("family", "_family")):
+            for level, suffix in (("pool", ""), ("legal", "_legal"), ("inferred", "_inferred")):
                 views[f"{table}{suffix}_{kind}"] = (
                     f"SELECT t.* EXCLUDE (window_kind, level), f.stale FROM {table} t "
                     f"CROSS JOIN (SELECT stale FROM freshness) f "
@@ -863,12 +953,18 @@ def metric_views() -> dict[str, str]:
 
 
 def write_view_files(directory: Path = METRIC_VIEWS_DIR) -> list[Path]:
-    """(Re)generate the ``<view>.sql`` files the warehouse catalog loads."""
+    """(Re)generate the ``<view>.sql`` files the warehouse catalog loads; generated files of views
+    that no longer exist (e.g. the ``_family_`` views, now ``_legal_``) are removed."""
     directory.mkdir(parents=True, exist_ok=True)
+    header = "-- Generated from pipeline.metrics.metric_views(); tests/test_metrics.py keeps it in sync."
+    views = metric_views()
+    for old in directory.glob("*.sql"):
+        if old.stem not in views and old.read_text().startswith(header):
+            old.unlink()
     paths = []
-    for name, sql in metric_views().items():
+    for name, sql in views.items():
         path = directory / f"{name}.sql"
-        path.write_text(f"-- Generated from pipeline.metrics.metric_views(); tests/test_metrics.py keeps it in sync.\n{sql}\n")
+        path.write_text(f"{header}\n{sql}\n")
         paths.append(path)
     return paths
 
@@ -934,8 +1030,29 @@ def _affected_span(con: duckdb.DuckDBPyConnection, window: WindowScheme, lo: int
     return rng, f"window_start >= TIMESTAMPTZ '{_iso(start)}' AND window_start < TIMESTAMPTZ '{_iso(end)}'"
 
 
+def inference_settings(warehouse: Warehouse) -> InferenceSettings:
+    """The inferred-level thresholds the warehouse's metric tables were computed with (meta.json
+    ``metrics_settings``), else the defaults: what every reader of a warehouse should use so that
+    numbers computed on request agree with the stored tables."""
+    return InferenceSettings.from_meta(warehouse.meta)
+
+
+def _metrics_inputs(warehouse: Warehouse, settings: InferenceSettings) -> str:
+    """Fingerprint of what the metrics depend on besides blocks and attributions (the settings and
+    the inferred links that reach them)."""
+    con = warehouse.connect()
+    try:
+        links, _ = fam.read_links(con)
+    except fam.FamiliesError as exc:
+        raise MetricsError(str(exc)) from None
+    finally:
+        con.close()
+    return fam.inputs_fingerprint(links, settings)
+
+
 def refresh_metrics(warehouse: Warehouse, draws: int = BOOTSTRAP_DRAWS, validate: bool = True, *,
-                    full: bool = False, wait: float = 0.0) -> RefreshResult:
+                    full: bool = False, wait: float = 0.0,
+                    inference: InferenceSettings | None = None) -> RefreshResult:
     """Bring the materialized metric tables (pool_share, centralization; day, week, month and
     epoch windows) up to date with the stored blocks and the current attributions.
 
@@ -947,6 +1064,11 @@ def refresh_metrics(warehouse: Warehouse, draws: int = BOOTSTRAP_DRAWS, validate
     rest kept; that gives the same rows as a full refresh (tests/test_metrics.py). ``full``, a new
     attribution version, or no tables yet: everything is recomputed. Called by ``poolwatch sync``,
     ``attribute``, ``metrics --refresh``, the demo and the Airflow metrics DAG.
+
+    ``inference``: the inferred level's thresholds; None keeps the recorded ones (the defaults on a
+    new warehouse). The settings and a fingerprint of the inferred links they select are recorded
+    in meta.json with the tables (``metrics_settings``, ``metrics_inputs``); when either changed
+    since, everything is recomputed.
     """
     import time
 
@@ -954,15 +1076,25 @@ def refresh_metrics(warehouse: Warehouse, draws: int = BOOTSTRAP_DRAWS, validate
 
     started = time.monotonic()
     with warehouse.writer(wait=wait):
+        settings = inference or inference_settings(warehouse)
         fresh = warehouse.freshness()
         version = warehouse.attribution_version
         nothing = {"centralization": 0, "pool_share": 0}
         if version is None or warehouse.max_height() is None:
             return RefreshResult("nothing to compute (no attributed blocks)", nothing, 0, time.monotonic() - started)
-        if not fresh["stale"] and not full:
+        inputs = _metrics_inputs(warehouse, settings)
+        recorded = {"metrics_settings": settings.to_meta(), "metrics_inputs": inputs}
+        same_inputs = all(warehouse.meta.get(k) == v for k, v in recorded.items())
+        if not fresh["stale"] and not full and same_inputs:
             return RefreshResult("up to date", nothing, 0, time.monotonic() - started)
         dirty = fresh["dirty"]
-        incremental = (not full and dirty is not None and fresh["computed_from"] == version
+        if (not full and same_inputs and dirty is None and fresh["computed_from"] == version
+                and warehouse.file_count("centralization") > 0):
+            # Only tables outside the chain changed, and not what the metrics read from them (e.g.
+            # an import of links below the threshold): the stored rows still follow; say so.
+            warehouse.commit({}, derived_from=version, derived_meta=recorded)
+            return RefreshResult("up to date (inputs unchanged)", nothing, 0, time.monotonic() - started)
+        incremental = (not full and same_inputs and dirty is not None and fresh["computed_from"] == version
                        and warehouse.file_count("centralization") > 0)
         top = warehouse.max_height()
         con = warehouse.connect()
@@ -973,7 +1105,7 @@ def refresh_metrics(warehouse: Warehouse, draws: int = BOOTSTRAP_DRAWS, validate
             for name in MATERIALIZED_WINDOWS:
                 window = parse_window(name)
                 if not incremental:
-                    result = compute_metrics(con, window, registry_version=version, draws=draws)
+                    result = compute_metrics(con, window, registry_version=version, draws=draws, inference=settings)
                 else:
                     span = _affected_span(con, window, int(dirty[0]) - 1, int(dirty[1]) + 1)
                     keep = f"window_kind = '{name}'"
@@ -984,7 +1116,8 @@ def refresh_metrics(warehouse: Warehouse, draws: int = BOOTSTRAP_DRAWS, validate
                     else:
                         rng, replaced = span
                         keep += f" AND NOT ({replaced})"
-                        result = compute_metrics(con, window, registry_version=version, rng=rng, draws=draws)
+                        result = compute_metrics(con, window, registry_version=version, rng=rng, draws=draws,
+                                                 inference=settings)
                     for table in kept:
                         kept[table].append(warehouse.read(table, where=keep))
                 if result is not None:
@@ -1003,7 +1136,7 @@ def refresh_metrics(warehouse: Warehouse, draws: int = BOOTSTRAP_DRAWS, validate
         tables = {t: pa.concat_tables(kept[t] + [computed[t]]) if incremental else computed[t] for t in computed}
         if report is not None and not report.ok:
             gate(warehouse, computed, report)  # quarantines the recomputed rows and raises
-        warehouse.commit(tables, derived_from=version)
+        warehouse.commit(tables, derived_from=version, derived_meta=recorded)
         if report is not None:
             save_report(warehouse.root, report)
         warehouse.refresh_catalog()

@@ -34,7 +34,10 @@ TREATMENT_LABELS = {
 TREATMENT_COLORS = {"excluded": "#1f77b4", "one_entity": "#d62728", "each_own": "#2ca02c"}
 UNKNOWN_COLOR = "#9e9e9e"
 OTHER_COLOR = "#d9d9d9"
-CHARTS = ("pool_shares", "nakamoto", "hhi", "top_pools")
+CHARTS = ("pool_shares", "nakamoto", "hhi", "levels", "top_pools")
+LEVEL_TITLES = {"pool": "pools", "legal": "legal owners (pools joined by dated families)",
+                "inferred": "inferred groups (legal owners joined by template / custody links)"}
+LEVEL_STYLES = {"pool": ("#4c72b0", "-"), "legal": ("#dd8452", "--"), "inferred": ("#55a868", ":")}
 
 
 @dataclass
@@ -52,16 +55,21 @@ class ReportData:
 
 def load_report_data(con: duckdb.DuckDBPyConnection, window: m.WindowScheme | str = "week", *, level: str = "pool",
                      registry_version: str | None = None, rng: m.Range | None = None,
-                     draws: int = m.BOOTSTRAP_DRAWS) -> ReportData:
+                     draws: int = m.BOOTSTRAP_DRAWS, inference: m.InferenceSettings | None = None) -> ReportData:
+    """Metrics per window and over the whole range at every level (``level`` picks the one the share
+    and treatment charts draw); ``inference``: the inferred level's thresholds (callers with a
+    warehouse pass ``compute.inference_settings(warehouse)``, as its stored tables were computed)."""
     window = m.parse_window(window) if isinstance(window, str) else window
     if level not in m.LEVELS:
         raise ValueError(f"unknown level {level!r}: use one of {', '.join(m.LEVELS)}")
     rng = rng or m.Range()
-    series = m.compute_metrics(con, window, registry_version=registry_version, rng=rng, draws=draws)
+    series = m.compute_metrics(con, window, registry_version=registry_version, rng=rng, draws=draws,
+                               inference=inference)
     if series.centralization.empty:
         raise m.MetricsError("no blocks in the selected range: nothing to chart")
-    overall = m.compute_metrics(con, "all", registry_version=registry_version, rng=rng, draws=draws)
-    return ReportData(window, level, series, overall, registry_version, rng, m.data_notes(con, rng))
+    overall = m.compute_metrics(con, "all", registry_version=registry_version, rng=rng, draws=draws,
+                                inference=inference)
+    return ReportData(window, level, series, overall, registry_version, rng, m.data_notes(con, rng, inference))
 
 
 def _x(frame: pd.DataFrame, window: m.WindowScheme) -> pd.Series:
@@ -115,8 +123,7 @@ def _xlabel(window: m.WindowScheme) -> str:
 
 
 def _title_suffix(data: ReportData) -> str:
-    level = "pool families" if data.level == "family" else "pools"
-    return f"{level}, {data.window.name} windows"
+    return f"{LEVEL_TITLES[data.level]}, {data.window.name} windows"
 
 
 def _mark_low_sample(ax, rows: pd.DataFrame, window: m.WindowScheme) -> None:
@@ -256,15 +263,47 @@ def top_pools_figure(data: ReportData, top: int = 15) -> Figure:
     ax.set_xlabel("share of blocks (95% Wilson interval)")
     first = int(data.overall.pool_share["first_height"].min())
     last = int(data.overall.pool_share["last_height"].max())
-    level = "families" if data.level == "family" else "pools"
-    ax.set_title(f"Top {level}, heights {first:,}-{last:,} ({total:,} blocks)", fontsize=10)
+    level = m.LEVEL_ENTITIES[data.level]
+    ax.set_title(f"Top {level} ({data.level} level), heights {first:,}-{last:,} ({total:,} blocks)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def levels_figure(data: ReportData) -> Figure:
+    """Nakamoto coefficient and HHI per window at the three levels (pool, legal, inferred; unknown =
+    one miner): the range from pools as reported to the fewest independent parties the evidence
+    allows. Equal levels are drawn on top of each other (dashed and dotted lines keep them visible)."""
+    cent = data.series.centralization
+    rows = m.level_comparison(cent)
+    frame = cent[(cent.level == "pool") & (cent.unknown_treatment == m.LEVEL_TREATMENT)]
+    frame = frame.set_index(["first_height", "window_id"]).loc[list(zip(rows.first_height, rows.window_id,
+                                                                        strict=True))].reset_index()
+    fig = Figure(figsize=(11, 6.5), layout="constrained")
+    nak_ax, hhi_ax = fig.subplots(2, 1, sharex=True)
+    for level in m.LEVELS:
+        color, style = LEVEL_STYLES[level]
+        x, (nak,) = _steps(frame, data.window, rows[f"nakamoto_{level}"])
+        nak_ax.plot(x, nak, color=color, linestyle=style, linewidth=2, label=f"{level}: {LEVEL_TITLES[level]}")
+        hx, (hhi,) = _break_at_gaps(_x(frame, data.window).to_numpy(), [rows[f"hhi_{level}"].to_numpy(dtype=float)],
+                                    frame, data.window)
+        hhi_ax.plot(hx, hhi, color=color, linestyle=style, linewidth=2, marker="o", markersize=3, label=level)
+    nak_ax.set_ylabel("Nakamoto coefficient")
+    nak_ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    nak_ax.set_ylim(bottom=0)
+    nak_ax.set_title(f"Nakamoto coefficient and HHI at the three levels, {data.window.name} windows "
+                     "(unknown = one miner)", fontsize=10)
+    nak_ax.legend(fontsize=8, loc="lower left")
+    nak_ax.grid(alpha=0.3)
+    hhi_ax.set_ylabel("HHI")
+    hhi_ax.set_ylim(bottom=0)
+    hhi_ax.set_xlabel(_xlabel(data.window))
+    hhi_ax.grid(alpha=0.3)
     return fig
 
 
 def figures(data: ReportData) -> dict[str, Figure]:
     return {"pool_shares": pool_shares_figure(data), "nakamoto": nakamoto_figure(data),
-            "hhi": hhi_figure(data), "top_pools": top_pools_figure(data)}
+            "hhi": hhi_figure(data), "levels": levels_figure(data), "top_pools": top_pools_figure(data)}
 
 
 def _summary_html(data: ReportData) -> str:
@@ -273,6 +312,7 @@ def _summary_html(data: ReportData) -> str:
     wide = cent.pivot_table(index=["first_height", "window_id"], columns="unknown_treatment",
                             values="nakamoto", aggfunc="first").sort_index()
     base = cent[cent.unknown_treatment == "one_entity"].set_index(["first_height", "window_id"]).sort_index()
+    levels = m.level_comparison(data.series.centralization).set_index(["first_height", "window_id"])
     rows = []
     for key in list(wide.index)[-20:]:
         b = base.loc[key]
@@ -283,11 +323,15 @@ def _summary_html(data: ReportData) -> str:
             f"<td>{b.unknown_share:.1%}</td><td>{int(b.known_entities)}</td><td>{_pct(b.top1_share_of_known)}</td>"
             f"<td>{_pct(b.top1_share_of_all)}</td>"
             f"<td>{b.hhi:.3f} [{b.hhi_lo:.3f}, {b.hhi_hi:.3f}]</td><td>{naks}</td>"
+            f"<td>{m.format_levels([levels.loc[key, f'nakamoto_{lv}'] for lv in m.LEVELS], 'd')}</td>"
+            f"<td>{m.format_levels([levels.loc[key, f'hhi_{lv}'] for lv in m.LEVELS], '.3f')}</td>"
             f"<td>{'low sample' if b.low_sample else ''}</td></tr>")
     heads = "".join(f"<th>{html.escape(m.column_label(c, data.level))}</th>"
                     for c in ("known_entities", "top1_share_of_known", "top1_share_of_all"))
     return (f"<table><tr><th>window</th><th>blocks</th><th>unknown</th>{heads}"
-            "<th>HHI [95% CI] (unknown = one miner)</th><th>Nakamoto excl. / one / each</th><th></th></tr>"
+            "<th>HHI [95% CI] (unknown = one miner)</th><th>Nakamoto excl. / one / each</th>"
+            "<th>Nakamoto pool / legal / inferred (unknown = one miner)</th>"
+            "<th>HHI pool / legal / inferred (unknown = one miner)</th><th></th></tr>"
             + "".join(rows) + "</table>")
 
 

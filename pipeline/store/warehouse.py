@@ -475,6 +475,7 @@ class Warehouse:
         derived = meta.get("derived") or {}
         current = self.attribution_version
         dirty = meta.get("dirty")
+        revision = int(meta.get("data_revision", 0))
         if not derived:
             reason = "never computed"
         elif derived.get("attribution_version") != current:
@@ -482,6 +483,11 @@ class Warehouse:
                       f"{current}")
         elif dirty:
             reason = f"blocks or attributions at heights {dirty[0]}..{dirty[1]} changed after they were computed"
+        elif derived.get("revision") is not None and int(derived["revision"]) < revision:
+            # A commit of tables outside the chain (e.g. the evidence behind the inferred level)
+            # touches no height, and may still change the metrics.
+            reason = (f"tables changed after they were computed (data revision {revision}, computed at "
+                      f"{derived['revision']})")
         else:
             reason = ""
         return {"stale": bool(reason), "reason": reason, "dirty": dirty, "data_revision": meta.get("data_revision", 0),
@@ -489,7 +495,8 @@ class Warehouse:
                 "attribution_version": current}
 
     # -- commits
-    def commit(self, tables: Mapping[str, pa.Table], *, derived_from: str | None = None) -> None:
+    def commit(self, tables: Mapping[str, pa.Table], *, derived_from: str | None = None,
+               derived_meta: Mapping[str, object] | None = None) -> None:
         """Store ``tables`` atomically: either every table changes or none does.
 
         Rows replace every stored row with the same ``replace_by`` values (every stored row of a
@@ -500,7 +507,8 @@ class Warehouse:
         base tables bumps ``data_revision`` and widens the ``dirty`` height range (of the
         height-partitioned chain tables) that the derived tables have not seen yet; a commit of derived tables (``derived_from``: the attribution
         version they were computed from, under the writer lock held since they were read) records
-        that they follow from the current data and clears ``dirty``.
+        that they follow from the current data and clears ``dirty``; ``derived_meta`` (top-level
+        meta.json keys, e.g. the metrics' settings) is recorded in that same step.
         """
         self._require_writer("commit")
         conformed = {name: self._conform(table_spec(name), t) for name, t in tables.items()}
@@ -513,7 +521,7 @@ class Warehouse:
             self._ensure_schema_files(specs)
             for name, batch in conformed.items():
                 staged += self._stage_table(table_spec(name), batch, commit_id)
-            meta = self._meta_after(conformed, derived_from)
+            meta = self._meta_after(conformed, derived_from, derived_meta)
             if meta is not None:
                 staged.append(self._stage_meta(meta, commit_id))
         except BaseException:
@@ -522,7 +530,8 @@ class Warehouse:
             raise
         self._apply(commit_id, staged)
 
-    def _meta_after(self, tables: Mapping[str, pa.Table], derived_from: str | None) -> dict | None:
+    def _meta_after(self, tables: Mapping[str, pa.Table], derived_from: str | None,
+                    derived_meta: Mapping[str, object] | None = None) -> dict | None:
         """meta.json as it must read once ``tables`` are committed (None: unchanged)."""
         meta = self.meta
         base = {n: t for n, t in tables.items() if not table_spec(n).derived}
@@ -537,6 +546,7 @@ class Warehouse:
         if derived_from is not None:
             meta["derived"] = {"attribution_version": derived_from, "revision": int(meta.get("data_revision", 0))}
             meta["dirty"] = None
+            meta.update(derived_meta or {})
         return meta if (base or derived_from is not None) else None
 
     def _stage_meta(self, meta: dict, commit_id: str) -> tuple[Path, Path]:
@@ -742,6 +752,9 @@ class Warehouse:
                         WHEN dirty IS NOT NULL
                             THEN 'blocks or attributions at heights ' || dirty[1] || '..' || dirty[2]
                                  || ' changed after they were computed'
+                        WHEN derived.revision < coalesce(data_revision, 0)
+                            THEN 'tables changed after they were computed (data revision ' || data_revision
+                                 || ', computed at ' || derived.revision || ')'
                         ELSE '' END AS reason,
                    dirty[1] AS dirty_from, dirty[2] AS dirty_to, coalesce(data_revision, 0) AS data_revision,
                    derived.revision AS computed_at_revision, derived.attribution_version AS computed_from,
@@ -749,6 +762,7 @@ class Warehouse:
             FROM (SELECT *, coalesce(attribution_version, registry_version) AS current_version,
                          derived IS NULL OR dirty IS NOT NULL
                          OR derived.attribution_version IS DISTINCT FROM coalesce(attribution_version, registry_version)
+                         OR coalesce(derived.revision < coalesce(data_revision, 0), false)
                              AS stale
                   FROM read_json({_sql_str(str(self.meta_path))}, columns={columns}))"""
 
