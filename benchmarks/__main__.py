@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"smoke run (also {QUICK_ENV}=1): 50 blocks (10 per era), batches of 5, 2 rounds, small "
                         "synthetic warehouses; results go to benchmarks/out/quick unless --results is given, "
                         "and never into the docs")
+    p.add_argument("--era-blocks", type=int, default=None,
+                   help="blocks per era in the chain (default 3000: three batches of 1000 each; 10 with --quick); "
+                        "other values make a reduced run, labelled so in the results")
     p.add_argument("--rounds", type=int, default=None, help="headline rounds (default 3; 2 with --quick)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="blocks per batch (default 1000 as `poolwatch sync`; 5 with --quick)")
@@ -76,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "from --results' results.json (a full run writes them itself)")
     args = p.parse_args(argv)
     q = args.quick
-    defaults = {"rounds": (3, 2), "batch_size": (1000, 5), "etl_blocks": (100, 5),
+    defaults = {"era_blocks": (3000, 10), "rounds": (3, 2), "batch_size": (1000, 5), "etl_blocks": (100, 5),
                 "attribution_blocks": (1_000_000, 20_000), "upkeep_blocks": (925_000, 20_000)}
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
@@ -273,17 +276,19 @@ def etl_runs(args: argparse.Namespace, node: Any, segment: Any) -> dict[str, Any
 
 def node_benchmarks(args: argparse.Namespace, results: dict[str, Any]) -> None:
     from benchmarks.backfill import NodeAccess
-    from benchmarks.chain import FULL_PLAN, QUICK_PLAN, ensure_chain, node_args
+    from benchmarks.chain import FULL_PLAN, QUICK_PLAN, ChainPlan, core_binary, ensure_chain, node_args
     from benchmarks.projection import project
     from pipeline.attribution.registry import load_registry
     from pipeline.devnode.node import RegtestNode
 
     plan = QUICK_PLAN if args.quick else FULL_PLAN
+    if args.era_blocks != next(iter(plan.blocks.values())):
+        plan = ChainPlan({name: args.era_blocks for name in plan.blocks}, seed=plan.seed)
     progress = (lambda era, i, n: (i % 250 == 0 or i == n) and log(f"  {era}: {i}/{n} blocks built"))
     node_dir, chain, reused = ensure_chain(args.out, load_registry(), plan, rebuild=args.rebuild_chain,
                                            progress=progress, say=log)
     results["chain"] = {**chain.to_json(), "reused": reused, "directory": str(node_dir.parent)}
-    with RegtestNode(datadir=node_dir, extra_args=node_args()) as regtest:
+    with RegtestNode(binary=core_binary(), datadir=node_dir, extra_args=node_args()) as regtest:
         if regtest.tip().hash != chain.tip_hash:
             raise RuntimeError(f"the cached chain in {node_dir} does not end at its recorded tip; use --rebuild-chain")
         info = regtest.rpc("getnetworkinfo")
@@ -348,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])]),
         "quick": args.quick, "machine": describe(args.out),
-        "config": {"rounds": args.rounds, "batch_size": args.batch_size, "workers": 1, "rpc_blocks": args.rpc_blocks,
+        "config": {"era_blocks": args.era_blocks, "full_era_blocks": 3000, "rounds": args.rounds, "batch_size": args.batch_size, "workers": 1, "rpc_blocks": args.rpc_blocks,
                    "etl_blocks": args.etl_blocks, "etl_runs": args.etl_runs,
                    "attribution_blocks": args.attribution_blocks, "upkeep_blocks": args.upkeep_blocks,
                    "skipped": args.skip}}

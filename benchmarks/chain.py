@@ -234,6 +234,27 @@ class BuiltChain:
         return cls(**doc)
 
 
+SHARED_CORE = Path(__file__).resolve().parent.parent.parent / "shared" / "bitcoin-core" / "bin" / "bitcoind"
+
+
+def core_binary() -> tuple[Path, str]:
+    """(bitcoind, "core") for the benchmark node: ``$POOLWATCH_BITCOIND``, else ../shared/bitcoin-core
+    (the tests' lookup), else the usual search. Refuses any other node before a data directory is
+    touched: another node (Bitcoin SV) started on a cached Core chain would write its own databases
+    into it."""
+    import os
+
+    from pipeline.devnode.node import find_bitcoind
+
+    if not os.environ.get("POOLWATCH_BITCOIND") and SHARED_CORE.is_file() and os.access(SHARED_CORE, os.X_OK):
+        os.environ["POOLWATCH_BITCOIND"] = str(SHARED_CORE)
+    path, flavor = find_bitcoind()
+    if flavor != "core":
+        raise RuntimeError(f"the benchmark chain needs Bitcoin Core (witness data, XORed block files); {path} is "
+                           f"{flavor}: set POOLWATCH_BITCOIND to Core's bitcoind")
+    return path, flavor
+
+
 def node_args() -> tuple[str, ...]:
     """Extra bitcoind options for the benchmark node (the rest: RegtestNode's regtest defaults)."""
     return ("-fixedseeds=0",)
@@ -347,6 +368,7 @@ def ensure_chain(out: Path, registry: Any, plan: ChainPlan, *, rebuild: bool = F
     """(node datadir, chain, reused?) for ``plan``: the cached build when there is a complete one
     (and not ``rebuild``), else a new build in its place."""
     directory = chain_dir(out, plan)
+    core_binary()  # before anything touches the directory
     built = None if rebuild else load_built(directory)
     if built is not None:
         return directory / "node", built, True
@@ -354,7 +376,7 @@ def ensure_chain(out: Path, registry: Any, plan: ChainPlan, *, rebuild: bool = F
     directory.mkdir(parents=True)
     say(f"building the benchmark chain {plan.key()} in {directory} ({', '.join(f'{e.name} {n}' for e, n in plan.eras())}"
         " blocks; cached for later runs)")
-    with RegtestNode(datadir=directory / "node", extra_args=node_args()) as node:
+    with RegtestNode(binary=core_binary(), datadir=directory / "node", extra_args=node_args()) as node:
         built = build_chain(node, registry, plan, progress)
     tmp = directory / (RECORD + ".tmp")
     tmp.write_text(json.dumps(built.to_json(), indent=1))
@@ -363,5 +385,5 @@ def ensure_chain(out: Path, registry: Any, plan: ChainPlan, *, rebuild: bool = F
 
 
 __all__ = ["BUILDER_VERSION", "BuiltChain", "Carrier", "ChainPlan", "FULL_PLAN", "QUICK_PLAN", "Segment", "block_weight", "build_chain",
-           "chain_dir", "ensure_chain", "fill_block", "load_built", "node_args", "p2wsh", "spend", "tx_kinds",
+           "chain_dir", "core_binary", "ensure_chain", "fill_block", "load_built", "node_args", "p2wsh", "spend", "tx_kinds",
            "xor_key_in_use"]

@@ -29,8 +29,14 @@ def describe_run(results: dict[str, Any]) -> str:
     node = results.get("node") or {}
     chain = results.get("chain") or {}
     head = results.get("headline_range") or {}
-    kind = ("a QUICK smoke run (tiny chain: the figures only show that the harness runs, they are not "
-            "representative)" if results.get("quick") else "a full run")
+    config = results.get("config") or {}
+    if results.get("quick"):
+        kind = "a QUICK smoke run (tiny chain: the figures only show that the harness runs, they are not representative)"
+    elif config.get("era_blocks") not in (None, config.get("full_era_blocks")):
+        kind = (f"a REDUCED run ({config['era_blocks']} blocks per era instead of {config['full_era_blocks']}, batches of "
+                f"{config.get('batch_size')}, {config.get('rounds')} rounds)")
+    else:
+        kind = "a full run"
     return (f"From {kind}: `{results.get('command')}` on {results.get('started')}, "
             f"{m.get('cpu_model')} ({m.get('cpus')} CPUs, shared), {m.get('ram_gb')} GB RAM, disk {m.get('disk')}; "
             f"node {node.get('subversion')} ({node.get('flavor')}, regtest, same machine); "
