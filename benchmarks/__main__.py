@@ -292,7 +292,10 @@ def node_benchmarks(args: argparse.Namespace, results: dict[str, Any]) -> None:
         if regtest.tip().hash != chain.tip_hash:
             raise RuntimeError(f"the cached chain in {node_dir} does not end at its recorded tip; use --rebuild-chain")
         info = regtest.rpc("getnetworkinfo")
+        version_text = subprocess.run([str(regtest.binary), "-version"], capture_output=True, text=True,
+                                      timeout=60).stdout.strip().splitlines()
         results["node"] = {"flavor": regtest.flavor, "binary": str(regtest.binary),
+                           "version_text": version_text[0] if version_text else None,
                            "subversion": info.get("subversion"), "version": info.get("version")}
         node = NodeAccess(regtest.rpc_url, str(regtest.cookie_file), str(regtest.datadir))
         headline = chain.segment("current")

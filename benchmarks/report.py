@@ -19,6 +19,13 @@ def _f(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _x(value: float | None) -> str:
+    """A ratio: two decimals, three below 0.1 (so a small ratio never prints as 0.00)."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.3f}"
+
+
 def _ok(flag: bool | None) -> str:
     return "-" if flag is None else ("met" if flag else "**not met**")
 
@@ -39,7 +46,7 @@ def describe_run(results: dict[str, Any]) -> str:
         kind = "a full run"
     return (f"From {kind}: `{results.get('command')}` on {results.get('started')}, "
             f"{m.get('cpu_model')} ({m.get('cpus')} CPUs, shared), {m.get('ram_gb')} GB RAM, disk {m.get('disk')}; "
-            f"node {node.get('subversion')} ({node.get('flavor')}, regtest, same machine); "
+            f"node {node.get('version_text') or node.get('subversion')} ({node.get('subversion')}, regtest, same machine); "
             f"headline range: {head.get('blocks', '?')} blocks of the `{head.get('era', '?')}` era "
             f"({(head.get('bytes') or 0) / max(head.get('blocks') or 1, 1) / 1e6:.2f} MB, "
             f"{(head.get('weight') or 0) / max(head.get('blocks') or 1, 1) / 1e6:.2f} MWU per block), "
@@ -51,8 +58,8 @@ def ratios_table(results: dict[str, Any]) -> list[str]:
     for r in results.get("ratios") or []:
         goal = GOALS.get(r["label"])
         judged = None if goal is None or r["median"] is None else r["median"] >= goal
-        lines.append(f"| {r['label']} | **{_f(r['median'])}x** | {_f(r['min'])}-{_f(r['max'])} "
-                     f"({r['rounds']} rounds) | {_f(r['best_of_n'])} | "
+        lines.append(f"| {r['label']} | **{_x(r['median'])}x** | {_x(r['min'])}-{_x(r['max'])} "
+                     f"({r['rounds']} rounds) | {_x(r['best_of_n'])} | "
                      + (f">= {goal}: {_ok(judged)}" if goal else "-") + " |")
     return lines
 
