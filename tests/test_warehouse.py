@@ -237,6 +237,29 @@ def _fill(spec, overrides: list[dict]) -> pa.Table:
     return pa.table(cols)
 
 
+def test_replace_all_table_is_replaced_whole(warehouse_dir: Path) -> None:
+    """A table declared replace_all (template_links) holds exactly the last batch committed to it:
+    rows the new batch leaves out vanish, an empty batch empties it; other tables are untouched."""
+    spec = table_spec("template_links")
+    assert spec.replace_all and spec.replace_by == ()
+
+    def links(*pairs: tuple[str, str]) -> pa.Table:
+        return pa.Table.from_pylist([{"pool_a": a, "pool_b": b, "shared_groups": 1, "heights_seen": 1,
+                                      "first_height": 5, "last_height": 5} for a, b in pairs], schema=spec.arrow_schema)
+
+    wh = Warehouse(warehouse_dir)
+    with wh.writer():
+        wh.commit({"blocks": synthetic_tables(range(3))["blocks"], "template_links": links(("a", "b"), ("a", "c"))})
+        wh.commit({"template_links": links(("a", "c"), ("b", "c"))})
+        assert wh.read("template_links").select(["pool_a", "pool_b"]).to_pylist() == [
+            {"pool_a": "a", "pool_b": "c"}, {"pool_a": "b", "pool_b": "c"}]
+        wh.commit({"template_links": links()})
+        assert wh.read("template_links").num_rows == 0
+        with pytest.raises(UniqueViolationError):
+            wh.commit({"template_links": links(("a", "b"), ("a", "b"))})
+    assert wh.read("blocks").num_rows == 3
+
+
 def test_meta_and_bind_chain(warehouse_dir: Path) -> None:
     wh = Warehouse(warehouse_dir)
     assert wh.meta["schema_version"] == 1

@@ -1,4 +1,4 @@
-"""Raw block bytes -> ``DecodedBlock`` (header, coinbase, outputs) -> Arrow tables.
+"""Raw block bytes -> ``DecodedBlock`` (header, coinbase, outputs), plus the coinbase and script facts the tables need.
 
 Only the header and the coinbase transaction are decoded into fields. The other transactions are
 walked by ``scan_transactions`` just far enough to learn the block's size, stripped size and weight:

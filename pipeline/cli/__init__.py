@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-_AREAS = ("core", "pools", "metrics", "devnode", "notebook")
+_AREAS = ("core", "pools", "metrics", "devnode", "notebook", "templates")
 
 
 def default_warehouse() -> Path:

@@ -249,7 +249,8 @@ class RegtestNode:
 
     def __init__(self, binary: Path | str | tuple[Path | str, str] | None = None,
                  datadir: Path | str | None = None, rest: bool = True, extra_args: Sequence[str] = (),
-                 startup_timeout: float = 30.0, rpc_timeout: float = 120.0):
+                 startup_timeout: float = 30.0, rpc_timeout: float = 120.0,
+                 rpc_auth: tuple[str, str] | None = None):
         if binary is None:
             path, flavor = find_bitcoind()
         elif isinstance(binary, tuple):
@@ -268,6 +269,8 @@ class RegtestNode:
         self.rpc_url: str = ""
         self.cookie_file: Path = self.datadir / "regtest" / ".cookie"
         self.rpc_timeout = rpc_timeout
+        # (user, password) instead of the cookie (the node then writes none): for tests of password auth.
+        self.rpc_auth = rpc_auth
         self._proc: subprocess.Popen | None = None
         self._rpc: Transport | None = None
         self._lock = threading.Lock()
@@ -289,12 +292,14 @@ class RegtestNode:
         return self._proc is not None and self._proc.poll() is None
 
     def command(self) -> list[str]:
-        """The full command line (no secrets: auth is by cookie file)."""
+        """The full command line (no secret unless ``rpc_auth`` was given: a test node's password)."""
         args = [str(self.binary), "-regtest", f"-datadir={self.datadir}", "-listen=0", "-connect=0",
                 "-dnsseed=0", "-rpcbind=127.0.0.1", "-rpcallowip=127.0.0.1", f"-rpcport={self.port}",
                 "-server", "-txindex=0", "-printtoconsole=0"]
         if self.rest:
             args.append("-rest")
+        if self.rpc_auth is not None:
+            args += [f"-rpcuser={self.rpc_auth[0]}", f"-rpcpassword={self.rpc_auth[1]}"]
         return args + _flavor_args(self.flavor) + list(self.extra_args)
 
     def start(self) -> RegtestNode:
@@ -349,7 +354,7 @@ class RegtestNode:
             if self._proc.poll() is not None:
                 raise RegtestError(f"{self.binary.name} exited with code {self._proc.returncode} during start-up: "
                                    f"{self._failure_details()}")
-            if self.cookie_file.exists():
+            if self.cookie_file.exists() or self.rpc_auth is not None:
                 try:
                     self.rpc("getblockchaininfo")
                     return
@@ -420,8 +425,7 @@ class RegtestNode:
         if self._rpc is None:
             if not self.rpc_url:
                 raise RegtestError("the regtest node has not been started")
-            self._rpc = Transport(NodeConfig(url=self.rpc_url, cookie_file=self.cookie_file, retries=0,
-                                             timeout=self.rpc_timeout))
+            self._rpc = Transport(self._config(retries=0, timeout=self.rpc_timeout))
         return self._rpc
 
     def rpc(self, method: str, *params: Any) -> Any:
@@ -438,10 +442,14 @@ class RegtestNode:
 
     # -- convenience ------------------------------------------------------------------------
 
+    def _config(self, **fields: Any) -> NodeConfig:
+        if self.rpc_auth is not None:
+            return NodeConfig(url=self.rpc_url, user=self.rpc_auth[0], password=self.rpc_auth[1], **fields)
+        return NodeConfig(url=self.rpc_url, cookie_file=self.cookie_file, **fields)
+
     def client_config(self) -> NodeConfig:
-        """A NodeConfig for this node (cookie auth; REST as started)."""
-        return NodeConfig(url=self.rpc_url, user=None, password=None, cookie_file=self.cookie_file,
-                          use_rest=self.rest)
+        """A NodeConfig for this node (cookie auth, or ``rpc_auth``; REST as started)."""
+        return self._config(use_rest=self.rest)
 
     def submit(self, raw_block: bytes, allow_side_chain: bool = False) -> None:
         """submitblock; BlockRejected with the node's reason unless it returns null.

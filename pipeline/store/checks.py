@@ -12,6 +12,8 @@ is unknown, say) is not a failure.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.chain.decode import bip34_height
 from pipeline.chain.networks import Network, block_subsidy, network_for_chain
 
 GENESIS_PREV_HASH = "0" * 64
@@ -33,7 +36,7 @@ MAX_FUTURE_BLOCK_TIME = 2 * 60 * 60
 EARLIEST_BLOCK_TIME = 1231006505
 # Shares and indices are floats computed by DuckDB/numpy; sums may differ from 1 in the last bits.
 FLOAT_TOLERANCE = 1e-9
-UNKNOWN_POOL_ID = "unknown"  # pipeline.attribution's id for blocks no rule matched
+UNKNOWN_POOL_ID = "unknown"  # pipeline.attribution.engine's id for blocks no rule matched
 # Script types with an address on every network, and those that never have one.
 ADDRESS_REQUIRED = frozenset({"p2pkh", "p2sh", "p2wpkh", "p2wsh", "p2tr"})
 ADDRESS_FORBIDDEN = frozenset({"p2pk", "multisig", "op_return", "nonstandard", "witness_commitment"})
@@ -393,6 +396,158 @@ def nakamoto_within_bounds(cent: pa.Table, batch: Mapping[str, pa.Table], ctx: C
     values = _col(cent, "nakamoto")
     flags = [None if _missing(k) else 1 <= k <= n for k, n in zip(values, _col(cent, "n_entities"), strict=True)]
     return _failing(flags, values)
+
+
+# ---------------------------------------------------------------------------------------- templates
+
+# The marker pipeline.attribution.templates gives a pool reference that resolved to no registry pool.
+UNMAPPED_PREFIX = "unmapped:"
+EMPTY_BRANCH_HASH = hashlib.sha256(b"").hexdigest()  # branch_hash of an empty-block job
+_BRANCH_RE = re.compile(r"^[0-9a-f]{64}$")
+# A coinbase transaction starts: version (4 bytes), input count 1, the null prevout (32 zero bytes and
+# index 0xffffffff), then the scriptSig's length and the scriptSig, whose first push is the height.
+_NULL_PREVOUT = bytes(32) + b"\xff\xff\xff\xff"
+
+
+def coinbase1_height(coinbase1_hex: str) -> int | None:
+    """The BIP34 height at the start of a stratum coinbase1's scriptSig; None when coinbase1 is not
+    the start of a coinbase transaction or commits to no height. Parsed here on its own (not with the
+    importer's code) so the check stays independent of what it checks."""
+    try:
+        raw = bytes.fromhex(coinbase1_hex)
+    except ValueError:
+        return None
+    if len(raw) < 42 or raw[4] != 1 or raw[5:41] != _NULL_PREVOUT:
+        return None
+    # The scriptSig of a coinbase is 2-100 bytes: its length is always a one-byte compact size.
+    if raw[41] > 100:
+        return None
+    return bip34_height(raw[42:])
+
+
+@invariant("template_branch_hash_ok")
+def branch_hash_of_branches(obs: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """Every branch is 64 lowercase hex digits; branch_hash is SHA-256 of the branches' bytes in order."""
+    hashes = _col(obs, "branch_hash")
+    flags = []
+    for branches, value in zip(_col(obs, "merkle_branches"), hashes, strict=True):
+        if branches is None or not all(isinstance(b, str) and _BRANCH_RE.match(b) for b in branches):
+            flags.append(False)
+        else:
+            flags.append(hashlib.sha256(bytes.fromhex("".join(branches))).hexdigest() == value)
+    return _failing(flags, hashes)
+
+
+@invariant("template_height_matches_coinbase")
+def height_matches_coinbase1(obs: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """height is the BIP34 height pushed first in coinbase1's scriptSig (a coinbase1 without one fails)."""
+    heights = _col(obs, "height")
+    return _failing([coinbase1_height(c) == h for c, h in zip(_col(obs, "coinbase1"), heights, strict=True)],
+                    heights)
+
+
+@invariant("template_one_height_per_prev_hash")
+def one_height_per_prev_hash(obs: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """Rows with the same prev_hash have the same height; where they do not, every row of that
+    prev_hash fails (which one is wrong cannot be told from the rows)."""
+    prevs, heights = _col(obs, "prev_hash"), _col(obs, "height")
+    seen: dict[str, set[int]] = {}
+    for p, h in zip(prevs, heights, strict=True):
+        seen.setdefault(p, set()).add(h)
+    return _failing([len(seen[p]) == 1 for p in prevs], heights)
+
+
+@invariant("template_pool_ref_ok")
+def pool_reference_resolved(obs: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """An unmapped row's pool_id is 'unmapped:' + pool_name_raw; any other row's is a registry pool
+    (undecided without the registry's pool ids in the context)."""
+    pools = _col(obs, "pool_id")
+    flags: list[bool | None] = []
+    for pool, raw, match in zip(pools, _col(obs, "pool_name_raw"), _col(obs, "pool_match"), strict=True):
+        if match == "unmapped":
+            flags.append(pool == UNMAPPED_PREFIX + raw)
+        elif pool.startswith(UNMAPPED_PREFIX):
+            flags.append(False)
+        else:
+            flags.append(None if ctx.pool_ids is None else pool in ctx.pool_ids)
+    return _failing(flags, pools)
+
+
+@invariant("template_observed_at_in_bounds")
+def observed_at_in_bounds(obs: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """No earlier than mainnet's genesis block, at most 2 hours after now."""
+    times = _epoch(_col(obs, "observed_at"))
+    latest = ctx.now + MAX_FUTURE_BLOCK_TIME
+    return _failing([None if t is None else EARLIEST_BLOCK_TIME <= t <= latest for t in times],
+                    _col(obs, "observed_at"))
+
+
+@invariant("template_observation_grouped")
+def observation_in_its_group(obs: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """A job with branches is in the group of its (prev_hash, branch_hash), its pool in pool_ids
+    (when the batch carries template_groups; empty-block jobs belong to no group)."""
+    groups = batch.get("template_groups")
+    pools = _col(obs, "pool_id")
+    if groups is None:
+        return Violation()
+    members = {(p, b): set(ids) for p, b, ids in zip(_col(groups, "prev_hash"), _col(groups, "branch_hash"),
+                                                      _col(groups, "pool_ids"), strict=True)}
+    flags: list[bool | None] = []
+    for prev, branch, pool in zip(_col(obs, "prev_hash"), _col(obs, "branch_hash"), pools, strict=True):
+        flags.append(None if branch == EMPTY_BRANCH_HASH else pool in members.get((prev, branch), ()))
+    return _failing(flags, pools)
+
+
+def template_group_id(prev_hash: str, branch_hash: str) -> str:
+    return hashlib.sha256((prev_hash + branch_hash).encode("ascii")).hexdigest()[:16]
+
+
+@invariant("template_group_ok")
+def group_consistent(groups: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """group_id = template_group_id(prev_hash, branch_hash); pool_ids sorted and distinct, pools its
+    length; first_seen <= last_seen."""
+    ids = _col(groups, "group_id")
+    rows = zip(ids, _col(groups, "prev_hash"), _col(groups, "branch_hash"), _col(groups, "pool_ids"),
+               _col(groups, "pools"), _epoch(_col(groups, "first_seen")), _epoch(_col(groups, "last_seen")),
+               strict=True)
+    flags = [gid == template_group_id(prev, branch) and members == sorted(set(members)) and n == len(members)
+             and first <= last
+             for gid, prev, branch, members, n, first, last in rows]
+    return _failing(flags, ids)
+
+
+def _pairs(members: Sequence[str]) -> list[tuple[str, str]]:
+    ordered = sorted(set(members))
+    return [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:]]
+
+
+@invariant("template_group_pairs_linked")
+def group_pairs_linked(groups: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """Every pair of a group's pools has a template_links row (when the batch carries template_links)."""
+    links = batch.get("template_links")
+    ids = _col(groups, "group_id")
+    if links is None:
+        return Violation()
+    linked = set(zip(_col(links, "pool_a"), _col(links, "pool_b"), strict=True))
+    return _failing([all(pair in linked for pair in _pairs(members)) for members in _col(groups, "pool_ids")], ids)
+
+
+@invariant("template_link_counts_ok")
+def link_counts_from_groups(links: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """pool_a < pool_b; with template_groups in the batch, (shared_groups, heights_seen, first_height,
+    last_height) are the pair's count of groups, distinct heights, lowest and highest height there."""
+    groups = batch.get("template_groups")
+    expected: dict[tuple[str, str], tuple[int, int, int, int]] | None = None
+    if groups is not None:
+        heights: dict[tuple[str, str], list[int]] = {}
+        for members, height in zip(_col(groups, "pool_ids"), _col(groups, "height"), strict=True):
+            for pair in _pairs(members):
+                heights.setdefault(pair, []).append(int(height))
+        expected = {pair: (len(hs), len(set(hs)), min(hs), max(hs)) for pair, hs in heights.items()}
+    rows = list(zip(_col(links, "pool_a"), _col(links, "pool_b"), _col(links, "shared_groups"),
+                    _col(links, "heights_seen"), _col(links, "first_height"), _col(links, "last_height"), strict=True))
+    flags = [a < b and (expected is None or expected.get((a, b)) == (n, k, lo, hi)) for a, b, n, k, lo, hi in rows]
+    return _failing(flags, [f"{a}/{b}" for a, b, *_ in rows])
 
 
 __all__ = ["CheckContext", "INVARIANTS", "Violation", "invariant"]

@@ -70,6 +70,10 @@ class TableSpec:
     # Computed from other tables (the metrics): may be deleted and recomputed, and is "stale" when
     # the tables it is computed from changed after it (pipeline.store.warehouse.Warehouse.freshness).
     derived: bool = False
+    # Every commit of the table replaces all its stored rows: for tables recomputed whole from other
+    # rows (template groups and links), where a key that no longer follows must vanish, which
+    # replace_by (it replaces only the keys the batch holds) cannot express.
+    replace_all: bool = False
 
     @property
     def arrow_schema(self) -> pa.Schema:
@@ -101,6 +105,7 @@ def _parse(doc: dict) -> TableSpec:
         partition_by_value=tuple(part.get("by_value", [])),
         sort_by=tuple(doc.get("sort_by", [])),
         derived=bool(doc.get("derived", False)),
+        replace_all=bool(doc.get("replace_all", False)),
     )
 
 
@@ -121,7 +126,9 @@ def render_markdown() -> str:
     out = ["# Tables", "", "Generated from `schemas/tables/*.json` by `poolwatch docs`; do not edit by hand.", ""]
     for spec in all_table_specs():
         out += [f"## `{spec.name}`", "", spec.description, ""]
-        out += [f"Rows are replaced by ({', '.join(spec.replace_by)}); unique on ({', '.join(spec.unique)})."
+        replaced = ("Every commit replaces the whole table" if spec.replace_all
+                    else f"Rows are replaced by ({', '.join(spec.replace_by)})")
+        out += [f"{replaced}; unique on ({', '.join(spec.unique)})."
                 + (" Derived: computed from the other tables, and marked stale when they change after it "
                    "(view `freshness`)." if spec.derived else ""), ""]
         out += ["| column | type | null | meaning |", "|---|---|---|---|"]

@@ -492,12 +492,13 @@ class Warehouse:
     def commit(self, tables: Mapping[str, pa.Table], *, derived_from: str | None = None) -> None:
         """Store ``tables`` atomically: either every table changes or none does.
 
-        Rows replace every stored row with the same ``replace_by`` values; a batch that repeats a
+        Rows replace every stored row with the same ``replace_by`` values (every stored row of a
+        table declared ``replace_all``, even when the batch is empty); a batch that repeats a
         ``unique`` key, or that would duplicate a stored key, is refused before anything changes.
 
         The bookkeeping in meta.json changes in the same atomic step (same journal): a commit of
-        base tables bumps ``data_revision`` and widens the ``dirty`` height range that the derived
-        tables have not seen yet; a commit of derived tables (``derived_from``: the attribution
+        base tables bumps ``data_revision`` and widens the ``dirty`` height range (of the
+        height-partitioned chain tables) that the derived tables have not seen yet; a commit of derived tables (``derived_from``: the attribution
         version they were computed from, under the writer lock held since they were read) records
         that they follow from the current data and clears ``dirty``.
         """
@@ -527,7 +528,10 @@ class Warehouse:
         base = {n: t for n, t in tables.items() if not table_spec(n).derived}
         if base:
             meta["data_revision"] = int(meta.get("data_revision", 0)) + 1
-            span = _height_span(base.values())
+            # Heights of chain data only (the height-partitioned tables, which reorgs roll back):
+            # a template observation's height is not a stored block's, and the windows around it
+            # are not dirty.
+            span = _height_span(t for n, t in base.items() if table_spec(n).partition_column == "height")
             if span is not None:
                 meta["dirty"] = _widen(meta.get("dirty"), span)
         if derived_from is not None:
@@ -611,12 +615,15 @@ class Warehouse:
         replace_keys = batch.select(list(spec.replace_by)).group_by(list(spec.replace_by)).aggregate([]) \
             if spec.replace_by and batch.num_rows else None
         touched = set(new_rows)
-        if replace_keys is not None:
+        if spec.replace_all:
+            touched |= set(stored)  # a stored partition the batch leaves out becomes a zero-row file
+        elif replace_keys is not None:
             touched |= self._partitions_holding(spec, batch, stored)
         merged: dict[_Partition, pa.Table] = {}
         for part in sorted(touched, key=lambda p: (p.values, p.bucket if p.bucket is not None else -1)):
             path = part.path(table_dir, spec)
-            old = self._read_file(spec, path) if part in stored else spec.arrow_schema.empty_table()
+            old = self._read_file(spec, path) if part in stored and not spec.replace_all \
+                else spec.arrow_schema.empty_table()
             if replace_keys is not None and old.num_rows:
                 old = old.filter(pc.invert(_rows_matching(old, replace_keys)))
             fresh = batch.take(pa.array(new_rows.get(part, []), pa.int64()))
