@@ -16,7 +16,8 @@ Assumptions (each printed with the projection):
 * the block files are in the page cache when measured; a full mainnet (~690 GB) is not: the block-file
   and REST projections assume the disk delivers at least the measured byte rate (the bare pread
   column shows what that rate was, warm);
-* one process, one worker, batches as configured, nothing else on the machine.
+* one process, one worker, batches of the run's ``--batch-size`` (per-batch costs, e.g. validation,
+  are spread over a batch, so small batches overstate small blocks' cost), nothing else on the machine.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ ASSUMPTIONS = [
     "the node serves a mainnet block as fast as a regtest block of the same size (serving does not touch the UTXO set)",
     "page cache warm when measured: a full mainnet (~690 GB of blocks) is not cached, so the projection assumes the "
     "disk delivers at least the measured byte rate",
-    "one process, one worker, nothing else running; plus one process start-up (measured median)",
+    "one process, one worker, batches of the run's --batch-size (per-batch costs such as validation are spread over "
+    "it: a run with small batches overstates the cost of small blocks), nothing else running; plus one process "
+    "start-up (measured median)",
 ]
 
 

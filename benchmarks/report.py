@@ -46,7 +46,7 @@ def describe_run(results: dict[str, Any]) -> str:
         kind = "a full run"
     return (f"From {kind}: `{results.get('command')}` on {results.get('started')}, "
             f"{m.get('cpu_model')} ({m.get('cpus')} CPUs, shared), {m.get('ram_gb')} GB RAM, disk {m.get('disk')}; "
-            f"node {node.get('version_text') or node.get('subversion')} ({node.get('subversion')}, regtest, same machine); "
+            f"node {node.get('version_text') or 'Bitcoin Core'} ({node.get('subversion')}, regtest, same machine); "
             f"headline range: {head.get('blocks', '?')} blocks of the `{head.get('era', '?')}` era "
             f"({(head.get('bytes') or 0) / max(head.get('blocks') or 1, 1) / 1e6:.2f} MB, "
             f"{(head.get('weight') or 0) / max(head.get('blocks') or 1, 1) / 1e6:.2f} MWU per block), "
