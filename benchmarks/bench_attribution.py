@@ -6,9 +6,9 @@ Each generated block picks a pool of the registry (or none, ~5%), writes a BIP34
 extranonce bytes and (usually) one of the pool's tags into the scriptSig, and pays (usually) one of
 its mainnet addresses plus a zero-value witness commitment; 3% of blocks also pay a second pool
 (conflicts). Only attribution is timed (not the generation); chunks mirror how `poolwatch attribute`
-reads the warehouse. Agreement with the generating pool is printed as a correctness check; it is
-not exactly 100% because random extranonce bytes now and then spell a short tag of another pool
-(e.g. EclipseMC's 'EMC' followed by a random 'D' reads as EMCD's longer 'emcd').
+reads the warehouse. Agreement with the generating pool is printed as a correctness check: 100%
+since short tags only match where their rule places them (before, random extranonce bytes now and
+then spelled a short tag of another pool, e.g. EclipseMC's 'EMC'; docs/attribution.md).
 """
 
 from __future__ import annotations
@@ -33,6 +33,17 @@ def bip34(height: int) -> bytes:
     return bytes([len(n)]) + n
 
 
+def placed(tag, offset: int, rnd: random.Random) -> bytes:
+    """The tag as a pool writes it from ``offset`` on: after its anchor when its rule states one
+    (ckpool's signature before 'Kano'), or padded to the stated offset."""
+    pos = tag.position
+    if pos is None:
+        return tag.value
+    if pos.anchor is None:
+        return bytes(max(0, pos.min_gap - offset)) + tag.value
+    return pos.anchor + rnd.randbytes(pos.min_gap) + tag.value
+
+
 def generate(registry, lo: int, hi: int, rnd: random.Random):
     pools = [p for p in registry.pools if p.tags or any(a.network == "main" for a in p.addresses)]
     weights = [rnd.paretovariate(1.2) for _ in pools]  # a few big pools, a long tail
@@ -47,12 +58,13 @@ def generate(registry, lo: int, hi: int, rnd: random.Random):
         outs: list[tuple[int, str]] = []
         expected = "unknown"
         if pool is not None:
-            tags = [t for t in pool.tags if t.heights.contains(height)]
+            # A software signature names no pool; a positioned tag is written where its rule says.
+            tags = [t for t in pool.tags if t.heights.contains(height) and t.active and not t.software]
             addrs = [a for a in pool.addresses if a.network == "main" and a.heights.contains(height)]
             use_tag = bool(tags) and (not addrs or rnd.random() < 0.9)
             use_addr = bool(addrs) and (not use_tag or rnd.random() < 0.8)
             if use_tag:
-                sig += rnd.choice(tags).value + rnd.randbytes(rnd.randint(0, 40))
+                sig += placed(rnd.choice(tags), len(sig), rnd) + rnd.randbytes(rnd.randint(0, 40))
             if use_addr:
                 outs.append((312_500_000, rnd.choice(addrs).script.hex()))
             if use_tag or use_addr:

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.attribution.engine import Candidate, Matcher, attribute_tables, changed_blocks, decide, suggest_entries
+from pipeline.attribution.engine import (Candidate, Matcher, attribute_tables, attribution_version, changed_blocks,
+                                         decide, suggest_entries)
 from pipeline.chain.networks import MAIN, TEST
 from pipeline.attribution.registry import parse_registry
 from pipeline.chain.scripts import script_to_address
@@ -23,6 +24,9 @@ P2WSH = b"\x00\x20" + bytes(range(32, 64))
 P2PKH_A = bytes.fromhex("76a914") + b"\x0a" * 20 + bytes.fromhex("88ac")
 P2PKH_B = bytes.fromhex("76a914") + b"\x0b" * 20 + bytes.fromhex("88ac")
 P2SH_C = bytes.fromhex("a914") + b"\x0c" * 20 + b"\x87"
+
+
+BETA_WINDOW = {"from_height": 0, "to_height": 1000}
 
 
 def a(script: bytes, network=MAIN) -> str:
@@ -39,7 +43,8 @@ def registry(extra: list[dict] | None = None):
         {"id": "alpha", "name": "Alpha", "tags": [{"tag": "/alpha/"}],
          "addresses": [{"address": a(P2PKH_A), "network": "main"}, {"address": a(P2TR), "network": "main"}],
          "family": [{"family": "holding", "from_height": 100}]},
-        {"id": "beta", "name": "Beta", "tags": [{"tag": "Beta"}, {"tag": "八宝池"}],
+        # "Beta" is a short tag (4 bytes): it only counts inside a closed window (docs/registry.md).
+        {"id": "beta", "name": "Beta", "tags": [{"tag": "Beta", **BETA_WINDOW}, {"tag": "八宝池"}],
          "addresses": [{"address": a(P2WSH), "network": "main"},
                        {"address": a(P2PKH_B, TEST), "network": "test"}]},
         {"id": "gamma", "name": "Gamma", "tags": [{"tag": "/alpha/gamma/"}, {"tag": "old-gamma", "to_height": 99}],
@@ -122,7 +127,7 @@ def test_case_rule_ascii_folded_utf8_exact():
 
 
 def test_tags_are_literal_bytes_not_patterns():
-    reg = registry([{"id": "dots", "name": "Dots", "tags": [{"tag": "$a.b$"}, {"tag_hex": "ff2e2aff"}]}])
+    reg = registry([{"id": "dots", "name": "Dots", "tags": [{"tag": "$a.b$"}, {"tag_hex": "ff2e2aff", **BETA_WINDOW}]}])
     assert one(150, b"x$a.b$x", reg=reg)["pool_id"] == "dots"
     assert one(150, b"x$aXb$x", reg=reg)["pool_id"] == "unknown"  # '.' is not a wildcard
     assert one(150, b"\xff.*\xff", reg=reg)["pool_id"] == "dots"
@@ -154,9 +159,11 @@ def test_candidates_table_records_every_match():
     tb, to = tables([(500, b"/alpha/", [(7, P2WSH), (3, P2TR)])])
     out = attribute_tables(tb, to, registry(), "main")
     cands = out["attribution_candidates"].to_pylist()
+    # alpha is paid and tagged, beta only paid (more): the agreeing evidence wins (docs/attribution.md).
     assert sorted((c["pool_id"], c["method"], c["output_index"], c["tag_offset"], c["chosen"]) for c in cands) == [
-        ("alpha", "address", 1, None, False), ("alpha", "tag", None, 0, False), ("beta", "address", 0, None, True)]
-    version = registry().version
+        ("alpha", "address", 1, None, True), ("alpha", "tag", None, 0, True), ("beta", "address", 0, None, False)]
+    version = attribution_version(registry().version, False)
+    assert version == registry().version + "+rules-2"
     assert set(out["attributions"]["registry_version"].to_pylist()) == {version}
     assert set(out["attribution_candidates"]["registry_version"].to_pylist()) == {version}
 
@@ -209,7 +216,7 @@ def test_changed_blocks_between_versions():
     old = registry()
     new_doc = json.loads(json.dumps(old.document))
     new_doc["pools"][1]["tags"] = [{"tag": "八宝池"}]          # beta loses "Beta"
-    new_doc["pools"][2]["tags"].append({"tag": "Beta"})       # gamma gains it
+    new_doc["pools"][2]["tags"].append({"tag": "Beta", **BETA_WINDOW})  # gamma gains it
     new = parse_registry(new_doc)
     tb, to = tables([(1, b"Beta", []), (2, b"/alpha/", []), (3, b"zz", [])])
     t_old = attribute_tables(tb, to, old, "main")["attributions"]
@@ -291,7 +298,8 @@ def test_cli_attribute_keeps_each_version_and_diff_and_suggest(regtest_wh):
     rows = warehouse.read("attributions").to_pylist()
     v_old, v_new = parse_registry(json.loads(old.read_text())).version, parse_registry(json.loads(new.read_text())).version
     # rows carry the attribution version: the registry's hash plus the non-default setting
-    a_old, a_new = v_old + "+cross-network", v_new + "+cross-network"
+    a_old, a_new = attribution_version(v_old, True), attribution_version(v_new, True)
+    assert a_new == v_new + "+rules-2+cross-network"
     assert {r["registry_version"] for r in rows} == {a_old, a_new}
     by = {(r["registry_version"], r["height"]): r["pool_id"] for r in rows}
     assert [by[(a_old, h)] for h in range(1, 6)] == ["alpha", "beta", "unknown", "unknown", "unknown"]

@@ -13,6 +13,7 @@ import pytest
 from pipeline.store.checks import INVARIANTS, CheckContext, Violation
 from pipeline.store.schemas import table_spec
 from pipeline.store.validation import all_suite_decls
+from test_custody import custody_batch
 from test_templates import template_batch
 from test_validation import GENESIS_CONTEXT, build_chain, replace
 
@@ -31,6 +32,7 @@ def batch() -> dict[str, pa.Table]:
     tables["pool_share"] = _share_rows()
     tables["centralization"] = _centralization_rows()
     tables.update(template_batch(registry))
+    tables.update(custody_batch(tables, [p.id for p in registry.pools]))
     return tables
 
 
@@ -122,6 +124,12 @@ CASES: list[tuple[str, str, Corruption, list[int]]] = [
     ("template_group_pairs_linked", "template_groups", lambda b: dict(b, template_links=b["template_links"].slice(1)),
      [0]),
     ("template_link_counts_ok", "template_links", _set("template_links", "heights_seen", 0, 2), [0]),
+    ("spend_scanned", "coinbase_spends", lambda b: dict(b, spend_scans=b["spend_scans"].slice(0, 15)), [0]),
+    ("coinbase_ok", "coinbase_spends", _set("coinbase_spends", "coinbase_vout", 0, 9), [0]),
+    ("spend_count_ok", "spend_scans", _set("spend_scans", "spends", 4, 1), [4]),
+    ("inputs_cover_transactions", "spend_scans", _set("blocks", "tx_count", 6, 3), [6]),
+    ("custody_pair_ordered", "custody_links", _set("custody_links", "pool_a", 0, "zzzz"), [0]),
+    ("custody_pools_known", "custody_links", _set("custody_links", "pool_b", 0, "zzzz-no-such-pool"), [0]),
 ]
 
 

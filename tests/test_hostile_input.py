@@ -237,8 +237,11 @@ def test_attribute_with_invalid_json_changes_nothing(stored_warehouse: Path, tmp
 
 
 def _registry_with_tags(*tags: str):
+    # A closed window: tags under 5 bytes ("a|b") must state one (docs/registry.md); it does not
+    # change what the tag search finds.
     return parse_registry({"format": "poolwatch-registry", "format_version": 1,
-                           "pools": [{"id": f"p{i}", "name": f"Pool {i}", "tags": [{"tag": t}]}
+                           "pools": [{"id": f"p{i}", "name": f"Pool {i}",
+                                      "tags": [{"tag": t, "from_height": 0, "to_height": 1_000_000}]}
                                      for i, t in enumerate(tags)]})
 
 

@@ -127,6 +127,34 @@ def test_rules_alias_owner_window_drop(lists):
     assert {"pool:gamma", "owner:Beta Pool", f"window:{addr(1)}", f"drop:{addr(2)}"} <= rules_used
 
 
+def test_tag_rules_and_short_tags(tmp_path):
+    """Short tags need a window or a position from the rules, else they are dropped and reported;
+    tag_rules add position / software / user text, each reported with its reason."""
+    v2 = tmp_path / "v2.json"
+    v2.write_text(json.dumps([
+        {"id": 1, "name": "Kano", "addresses": [], "tags": ["Kano", "ckpool"], "link": None},
+        {"id": 2, "name": "Host", "addresses": [addr(1)], "tags": ["/host/", "HHTT", "EMC:"], "link": None}]))
+    rules = {"source_priority": ["m"],
+             "windows": [{"kind": "tag", "value": "HHTT", "from_height": 400000, "to_height": 450000, "reason": "r0"}],
+             "tag_rules": [{"value": "kano", "position": {"after": "ckpool", "gap": [1, 2]}, "reason": "r1"},
+                           {"value": "ckpool", "software": True, "reason": "r2"},
+                           {"value": "/host/", "user_text_after": True, "reason": "r3"}]}
+    doc, disagreements = merge_sources([read_mempool_v2(v2, "m")], rules)
+    reg = parse_registry(doc)
+    tags = {t.text: t for p in reg.pools for t in p.tags}
+    kano = tags["Kano"].position
+    assert (kano.anchor, kano.min_gap, kano.max_gap) == (b"ckpool", 1, 2)
+    assert tags["ckpool"].software and tags["/host/"].user_text_after
+    assert (tags["HHTT"].heights.from_height, tags["HHTT"].heights.to_height) == (400000, 450000)
+    assert "EMC:" not in tags
+    short = [d for d in disagreements if d.kind == "short-tag"]
+    assert [(d.subject, d.decision) for d in short] == [("tag 'EMC:'", "dropped")]
+    assert {(d.rule, d.reason) for d in disagreements if d.kind == "tag-rule"} == {
+        ("tag-rule:kano", "r1"), ("tag-rule:ckpool", "r2"), ("tag-rule:/host/", "r3")}
+    with pytest.raises(SourceListError, match=r"tag_rules\['/host/'\] sets none of"):
+        merge_sources([read_mempool_v2(v2, "m")], {**rules, "tag_rules": [{"value": "/host/", "reason": "?"}]})
+
+
 def test_default_registry_is_reproducible_from_the_shared_lists(pool_lists_dir, tmp_path):
     """The shipped file is exactly what the documented generator produces."""
     doc, disagreements = build_default(pool_lists_dir)
@@ -157,6 +185,10 @@ def test_every_rule_in_the_rules_file_is_used(pool_lists_dir):
         assert f"pool:{entry['id']}" in used
     for entry in rules["windows"]:
         assert f"window:{entry['value']}" in used
+    for entry in rules["drop"]:
+        assert f"drop:{entry['value']}" in used
+    for entry in rules["tag_rules"]:
+        assert f"tag-rule:{entry['value']}" in used
 
 
 def test_cli_import_reports_disagreements(lists, tmp_path):

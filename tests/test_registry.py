@@ -28,7 +28,8 @@ def small_doc() -> dict:
         "families": [{"id": "acme-group", "name": "Acme Group"}],
         "pools": [
             {"id": "alpha", "name": "Alpha", "link": "https://alpha.example",
-             "tags": [{"tag": "/alpha/", "sources": ["test"]}, {"tag_hex": "ff00ff"}],
+             "tags": [{"tag": "/alpha/", "sources": ["test"]},
+                      {"tag_hex": "ff00ff", "from_height": 100, "to_height": 200}],
              "addresses": [{"address": p2pkh(1), "network": "main", "to_height": 100}],
              "family": [{"family": "acme-group", "from_height": 50}]},
             {"id": "beta", "name": "Beta", "tags": [{"tag": "Beta Pool"}],

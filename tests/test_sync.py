@@ -94,6 +94,7 @@ def test_a_load_follows_a_reattribution_made_while_it_runs(regtest_node, tmp_pat
     """Another run re-attributes the warehouse with registry B while a load that follows the
     warehouse is half done (it started with A): the load must not undo B. Its next commit notices
     the change and the rest is attributed with B; every stored block then has a B attribution."""
+    from pipeline.attribution.engine import attribution_version
     from pipeline.source.client import NodeClient
     from pipeline.devnode.chains import mine_chain
     from pipeline.devnode.demo import demo_specs
@@ -116,7 +117,9 @@ def test_a_load_follows_a_reattribution_made_while_it_runs(regtest_node, tmp_pat
                         default_registry=lambda: registry_a, allow_cross_network=True, batch_size=30,
                         progress=after_batch)
     warehouse = Warehouse(root)
-    version_b = registry_b.version + "+cross-network"  # the attribution version: registry + setting
+    # the attribution version: registry, engine rules, setting
+    version_b = attribution_version(registry_b.version, True)
+    assert version_b == registry_b.version + "+rules-2+cross-network"
     assert result.blocks_loaded == 91 and result.registry_version == version_b
     assert warehouse.meta["registry_version"] == registry_b.version and warehouse.attribution_version == version_b
     current = warehouse.read("attributions", where=f"registry_version = '{version_b}'")

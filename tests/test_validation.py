@@ -151,14 +151,14 @@ def test_link_to_the_stored_predecessor_is_checked(chain):
 
 
 def test_attributions_one_per_block_and_known_pools(chain):
-    from pipeline.attribution.engine import attribute_tables, pool_definitions_table
+    from pipeline.attribution.engine import attribute_tables, attribution_version, pool_definitions_table
     from pipeline.attribution.registry import load_registry
 
     registry = load_registry()
     tables = dict(chain)
     tables.update(attribute_tables(chain["blocks"], chain["coinbase_outputs"], registry, "regtest"))
     tables["pool_definitions"] = pool_definitions_table(registry)
-    context = dict(GENESIS_CONTEXT, registry_version=registry.version,
+    context = dict(GENESIS_CONTEXT, registry_version=attribution_version(registry.version, False),
                    pool_ids=sorted(p.id for p in registry.pools))
     assert validate_batch(tables, context).ok
     attributions = tables["attributions"]

@@ -7,19 +7,24 @@ Matching (docs/attribution.md):
 - Tags are literal bytes searched in the raw scriptSig bytes. Case rule: ASCII letters are folded
   (``bytes.lower()`` on both sides); every other byte, UTF-8 included, must match exactly. All tags
   are found, overlapping ones included, in time linear in the scriptSig length for a given registry:
-  one compiled alternation of escaped literals (no backtracking constructs), searched again from
+  one compiled pattern of escaped literals laid out as a trie (no repetition), searched again from
   one byte after each match's start.
 - Addresses are matched as scriptPubKeys: each registry address is turned into its script once, and
   every value-bearing coinbase output of any script type is looked up by its script bytes. An
   address only matches on its own network (regtest may borrow mainnet scripts when asked).
 - Windows (from/to height, inclusive) are respected for tags, addresses and families.
+- A tag's own conditions (registry fields, docs/attribution.md "Robustness rules"): a short tag with
+  neither a closed window nor a position never matches; a positioned tag matches only at an
+  occurrence that stands where its position says; a software signature (ckpool's ``ckpool``) and
+  another pool's tag inside a pool's user text are recorded as candidates but are not evidence.
 
-Precedence (independent of registry order):
-1. Address evidence beats tag evidence.
-2. Several pools by address: most value paid to the pool's matched outputs, then a pool that a tag
-   also supports, then the smallest pool id.
+Precedence over the evidence (independent of registry order):
+1. Pools both paid and named by their own tag: most value paid, then the longest tag, then the
+   smallest pool id (OCEAN's tag and output beat a larger payout to a miner's registered address).
+2. Payouts alone: most value paid to the pool's matched outputs, then the smallest pool id.
 3. Tags only: the longest tag, then the earliest offset in the scriptSig, then the smallest pool id.
-Every candidate is kept; a block whose candidates name more than one pool is flagged ``conflict``.
+Every candidate is kept; a block whose evidence names more than one pool is flagged ``conflict``.
+The matching rules have a version of their own (``RULES_VERSION``), part of the attribution version.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -35,11 +40,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.chain.networks import network_for_chain
-from pipeline.attribution.registry import UNKNOWN_POOL_ID, Address, Pool, Registry, Tag, canonical_json
+from pipeline.attribution.registry import UNKNOWN_POOL_ID, Address, Pool, Registry, Tag, TagPosition, canonical_json
 from pipeline.store.schemas import table_spec
 
 UNKNOWN_POOL_NAME = "Unknown"
 CROSS_NETWORK_SUFFIX = "+cross-network"
+# The engine's matching rules. Bump it whenever the same blocks and registry could give other
+# attributions (docs/attribution.md, "Engine rules version"); it is part of the attribution version,
+# so rows computed under older rules are never taken for current ones.
+#   1: tags anywhere, address evidence before tag evidence (labelled with the bare registry hash).
+#   2: short tags confined, positions, software signatures, user text, paid-and-tagged first.
+RULES_VERSION = 2
 
 
 # ------------------------------------------------------------------------------------------ lineage
@@ -63,11 +74,35 @@ class AttributionSettings:
         return f"cross-network matching {'on' if self.cross_network else 'off'}"
 
 
+def rules_suffix(rules_version: int) -> str:
+    """The label of an engine rules version in the attribution version: rules 1 predate the label
+    (its rows carry the bare registry hash), later rules add ``+rules-<N>``."""
+    return "" if rules_version <= 1 else f"+rules-{rules_version}"
+
+
+_RULES_LABEL = re.compile(r"\+rules-([0-9]+)(?:\+|$)")
+
+
+def rules_of(version: str) -> int:
+    """The engine rules version an attribution version was computed under (1 when unlabelled)."""
+    m = _RULES_LABEL.search(version)
+    return int(m.group(1)) if m else 1
+
+
+def rules_staleness(version: str | None) -> str:
+    """Why rows labelled ``version`` are not what this engine computes, or '' when they are."""
+    if not version or rules_of(version) == RULES_VERSION:
+        return ""
+    return (f"computed under engine rules {rules_of(version)}, this poolwatch applies rules {RULES_VERSION} "
+            "(docs/attribution.md, \"Engine rules version\")")
+
+
 def attribution_version(registry_version: str, cross_network: bool) -> str:
-    """What attribution rows carry in ``registry_version``: the registry's content hash, followed by
-    ``+<setting>`` for each setting that differs from its default (semver-style build metadata), so
-    the same blocks, registry and settings always give the same rows under the same label."""
-    return registry_version + (CROSS_NETWORK_SUFFIX if cross_network else "")
+    """What attribution rows carry in ``registry_version``: the registry's content hash, the engine's
+    rules version (``+rules-<N>``), then ``+<setting>`` for each setting that differs from its
+    default (semver-style build metadata), so the same blocks, registry, engine rules and settings
+    always give the same rows under the same label. Reads ``RULES_VERSION`` at call time."""
+    return registry_version + rules_suffix(RULES_VERSION) + (CROSS_NETWORK_SUFFIX if cross_network else "")
 
 
 def recorded_settings(meta: dict[str, Any]) -> AttributionSettings | None:
@@ -105,6 +140,9 @@ class Candidate:
     tag_offset: int | None = None
     tag_length: int = 0
     tag_key: bytes = b""   # the tag, ASCII-lowered, as matched
+    # False for a tag that is recorded but cannot decide or support a pool: a software signature,
+    # or another pool's tag inside a pool's user text (set by Matcher.candidates).
+    evidence: bool = True
 
 
 @dataclass(frozen=True)
@@ -115,6 +153,7 @@ class Decision:
     candidates: tuple[Candidate, ...]
     pool_ids: tuple[str, ...]        # every pool among the candidates
     conflict: bool                   # the evidence (see evidence_pools) names more than one pool
+    chosen: tuple[bool, ...] = ()    # per candidate: evidence for the chosen pool
 
 
 class Matcher:
@@ -137,10 +176,13 @@ class Matcher:
                 if addr.network in usable:
                     self.by_script[addr.script.hex()].append(AddressRule(pool, addr, "address:" + addr.address))
             for tag in pool.tags:
-                tag_rules[tag.value.lower()].append(TagRule(pool, tag, "tag:" + tag.text))
+                # A short tag with neither a closed window nor a position (possible only in a
+                # registry version stored before that rule) would match random bytes: never searched.
+                if tag.active:
+                    tag_rules[tag.value.lower()].append(TagRule(pool, tag, "tag:" + tag.text))
         self.tag_rules = dict(tag_rules)
         self.scripts = pa.array(sorted(self.by_script), pa.string())
-        self._tag_regex = _tag_regex(tuple(sorted(self.tag_rules, key=lambda t: (-len(t), t))))
+        self._tag_regex = _tag_regex(tuple(sorted(self.tag_rules)))
         # For each tag, the other tags inside it: a search reports only the longest tag starting at
         # an offset, so shorter tags starting there (or inside it) come from this closure.
         keys = list(self.tag_rules)
@@ -148,9 +190,11 @@ class Matcher:
 
     def tag_hits(self, script_sig: bytes) -> dict[bytes, int]:
         """Every registry tag present in ``script_sig`` -> offset of its first occurrence."""
+        return self._hits(script_sig.lower())
+
+    def _hits(self, lowered: bytes) -> dict[bytes, int]:
         if self._tag_regex is None:
             return {}
-        lowered = script_sig.lower()
         hits: dict[bytes, int] = {}
         search = self._tag_regex.search
         m = search(lowered)
@@ -177,59 +221,153 @@ class Matcher:
             for rule in self.by_script.get(script_hex, ()):
                 if rule.address.heights.contains(height):
                     found.append(Candidate(rule.pool.id, "address", rule.rule, index, value))
-        for tag, offset in self.tag_hits(script_sig).items():
-            for rule in self.tag_rules[tag]:
-                if rule.tag.heights.contains(height):
-                    found.append(Candidate(rule.pool.id, "tag", rule.rule, tag_offset=offset, tag_length=len(tag),
-                                           tag_key=tag))
-        return found
+        lowered = script_sig.lower()
+        tags: list[Candidate] = []
+        declaring: list[Candidate] = []  # tags after which the pool's miners write (user_text_after)
+        for key, first in self._hits(lowered).items():
+            for rule in self.tag_rules[key]:
+                tag = rule.tag
+                if not tag.heights.contains(height):
+                    continue
+                offset = first if tag.position is None else _placed_offset(lowered, key, first, tag.position)
+                if offset is None:
+                    continue  # present, but nowhere its position allows: no candidate at all
+                candidate = Candidate(rule.pool.id, "tag", rule.rule, tag_offset=offset, tag_length=len(key),
+                                      tag_key=key, evidence=not tag.software)
+                tags.append(candidate)
+                if tag.user_text_after:
+                    declaring.append(candidate)
+        if declaring:
+            tags = _outside_user_text(tags, declaring)
+        return found + tags
+
+
+def _outside_user_text(tags: list[Candidate], declaring: list[Candidate]) -> list[Candidate]:
+    """Mark other pools' tags that start in a pool's user text as not evidence.
+
+    The region is declared by the earliest tag with ``user_text_after`` that is evidence itself
+    (not a software signature, not nested in a longer matched tag of another pool such as
+    ``/ViaBTC/`` in ``/ViaBTC/TATMAS Pool/``); it runs from that tag's end to the end of the
+    scriptSig. A tag before it, or overlapping it, is evidence as usual."""
+    eligible = [c for c in declaring if c.evidence and not _nested(c, tags)]
+    if not eligible:
+        return tags
+    owner = min(eligible, key=lambda c: (c.tag_offset, -c.tag_length, c.pool_id))
+    region = owner.tag_offset + owner.tag_length
+    return [replace(c, evidence=False) if c.pool_id != owner.pool_id and c.tag_offset >= region else c
+            for c in tags]
+
+
+def _placed_offset(lowered: bytes, key: bytes, first: int, position: TagPosition) -> int | None:
+    """The first occurrence of ``key`` (from ``first`` on) that stands where ``position`` says:
+    every occurrence is tried, so a stray earlier copy does not hide the one in place."""
+    offset = first
+    while offset >= 0:
+        if position.allows(lowered, offset):
+            return offset
+        offset = lowered.find(key, offset + 1)
+    return None
 
 
 @lru_cache(maxsize=16)
 def _tag_regex(tags: tuple[bytes, ...]) -> re.Pattern[bytes] | None:
+    """One pattern for all tags, reporting at the leftmost offset where a tag starts the longest tag
+    starting there.
+
+    The tags are laid out as a trie (``/sl(?:ush/|...)``): at each node the next scriptSig byte
+    selects at most one branch, and where a tag ends with longer tags continuing, the continuation
+    is an optional group tried first (greedy), so the match is the longest tag on the path. A flat
+    alternation of literals gives the same matches but tries every tag at every offset that starts
+    one: the trie is several times faster on the same input and still has no repetition, so a
+    search stays linear in the scriptSig length (times the longest tag)."""
     if not tags:
         return None
-    # Longest first, so at each offset the alternation reports the longest tag starting there.
-    return re.compile(b"|".join(re.escape(t) for t in tags), re.DOTALL)
+    trie: dict = {}
+    for tag in tags:
+        node = trie
+        for byte in tag:
+            node = node.setdefault(byte, {})
+        node[None] = True  # a tag ends here
+
+    def pattern(node: dict) -> bytes:
+        branches = [re.escape(bytes([b])) + pattern(node[b]) for b in sorted(k for k in node if k is not None)]
+        if not branches:
+            return b""
+        body = branches[0] if len(branches) == 1 else b"(?:" + b"|".join(branches) + b")"
+        if None in node:  # a tag ends here: longer tags first, else this one
+            return (b"(?:" + body + b")?") if len(branches) == 1 else body + b"?"
+        return body
+
+    return re.compile(pattern(trie), re.DOTALL)
+
+
+def _nested(c: Candidate, tags: list[Candidate]) -> bool:
+    """A tag inside a longer matched tag of another pool ("ckpool" in "/solo.ckpool.org/"): part of
+    that tag's text, not separate evidence."""
+    return any(o.pool_id != c.pool_id and o.tag_length > c.tag_length and c.tag_key in o.tag_key for o in tags)
+
+
+def evidence(candidates: list[Candidate]) -> list[bool]:
+    """Per candidate, whether it is evidence: every address, and every tag that is not marked
+    otherwise (software signature, another pool's user text) and not nested in a longer matched
+    tag of another pool. Non-evidence candidates are recorded but decide nothing."""
+    tags = [c for c in candidates if c.method == "tag"]
+    if len({c.pool_id for c in tags}) < 2:  # nesting needs a tag of another pool (the common case)
+        return [c.method != "tag" or c.evidence for c in candidates]
+    return [c.method != "tag" or (c.evidence and not _nested(c, tags)) for c in candidates]
 
 
 def evidence_pools(candidates: list[Candidate]) -> tuple[str, ...]:
-    """Distinct pools the candidates point to, leaving out tags nested in a longer matched tag of
-    another pool ("ckpool" inside "/solo.ckpool.org/"): such a tag is part of the longer tag's
-    text, not separate evidence, so it does not make a conflict (it is still a recorded candidate)."""
-    tags = [c for c in candidates if c.method == "tag"]
-    pools = set()
-    for c in candidates:
-        if c.method == "tag" and any(o.pool_id != c.pool_id and o.tag_length > c.tag_length
-                                     and c.tag_key in o.tag_key for o in tags):
-            continue
-        pools.add(c.pool_id)
-    return tuple(sorted(pools))
+    """Distinct pools the evidence points to (see ``evidence``)."""
+    return tuple(sorted({c.pool_id for c, e in zip(candidates, evidence(candidates)) if e}))
 
 
 def decide(candidates: list[Candidate]) -> Decision:
     """The documented precedence; the result depends only on the candidate set, not its order."""
-    pool_ids = tuple(sorted({c.pool_id for c in candidates}))
-    conflict = len(evidence_pools(candidates)) > 1
     if not candidates:
         return Decision(UNKNOWN_POOL_ID, "none", None, (), (), False)
-    by_address = [c for c in candidates if c.method == "address"]
-    by_tag = [c for c in candidates if c.method == "tag"]
-    tag_pools = {c.pool_id for c in by_tag}
+    if len(candidates) == 1:  # most blocks: one payout or one tag, nothing to weigh
+        c = candidates[0]
+        if c.evidence:
+            return Decision(c.pool_id, c.method, c.rule, (c,), (c.pool_id,), False, (True,))
+        return Decision(UNKNOWN_POOL_ID, "none", None, (c,), (c.pool_id,), False, (False,))
+    pool_ids = tuple(sorted({c.pool_id for c in candidates}))
+    flags = evidence(candidates)
+    used = [c for c, e in zip(candidates, flags) if e]
+    conflict = len({c.pool_id for c in used}) > 1
+    if not used:
+        return Decision(UNKNOWN_POOL_ID, "none", None, tuple(candidates), pool_ids, False,
+                        tuple(False for _ in candidates))
+    by_address = [c for c in used if c.method == "address"]
+    by_tag = [c for c in used if c.method == "tag"]
+    longest: dict[str, int] = {}
+    for c in by_tag:
+        longest[c.pool_id] = max(longest.get(c.pool_id, 0), c.tag_length)
     if by_address:
         paid: dict[str, int] = defaultdict(int)
         for c in by_address:
             paid[c.pool_id] += c.value_sat or 0
-        winner = min(paid, key=lambda pid: (-paid[pid], pid not in tag_pools, pid))
+        both = [pid for pid in paid if pid in longest]
+        if both:
+            # 1. paid and tagged: what a pool that pays many miners itself (OCEAN) looks like
+            winner = min(both, key=lambda pid: (-paid[pid], -longest[pid], pid))
+        else:
+            # 2. payouts alone
+            winner = min(paid, key=lambda pid: (-paid[pid], pid))
         best_addr = min((c for c in by_address if c.pool_id == winner),
                         key=lambda c: (-(c.value_sat or 0), c.output_index))
         supporting = [c for c in by_tag if c.pool_id == winner]
         if supporting:
             best_tag = min(supporting, key=lambda c: (-c.tag_length, c.tag_offset, c.rule))
-            return Decision(winner, "both", f"{best_addr.rule} + {best_tag.rule}", tuple(candidates), pool_ids, conflict)
-        return Decision(winner, "address", best_addr.rule, tuple(candidates), pool_ids, conflict)
-    best_tag = min(by_tag, key=lambda c: (-c.tag_length, c.tag_offset, c.pool_id, c.rule))
-    return Decision(best_tag.pool_id, "tag", best_tag.rule, tuple(candidates), pool_ids, conflict)
+            method, rule = "both", f"{best_addr.rule} + {best_tag.rule}"
+        else:
+            method, rule = "address", best_addr.rule
+    else:
+        # 3. tags only
+        best_tag = min(by_tag, key=lambda c: (-c.tag_length, c.tag_offset, c.pool_id, c.rule))
+        winner, method, rule = best_tag.pool_id, "tag", best_tag.rule
+    chosen = tuple(e and c.pool_id == winner for c, e in zip(candidates, flags))
+    return Decision(winner, method, rule, tuple(candidates), pool_ids, conflict, chosen)
 
 
 def _outputs_by_block(outputs: pa.Table, matcher: Matcher) -> dict[tuple[int, str], list[tuple[int, int, str]]]:
@@ -251,12 +389,13 @@ def attribute_tables(blocks: pa.Table, outputs: pa.Table, registry: Registry, ch
     return attribute_with(matcher, blocks, outputs)
 
 
-_MATCHERS: dict[tuple[str, str, bool], Matcher] = {}
+_MATCHERS: dict[tuple[str, str, bool, int], Matcher] = {}
 
 
 def compiled_matcher(registry: Registry, chain: str, allow_cross_network: bool = False) -> Matcher:
-    """Matchers are cached per (registry version, chain, flag): sync calls this once per batch."""
-    key = (registry.version, network_for_chain(chain).name, allow_cross_network)
+    """Matchers are cached per (registry version, chain, flag, engine rules): sync calls this once
+    per batch. The rules version is in the key because a matcher carries its attribution version."""
+    key = (registry.version, network_for_chain(chain).name, allow_cross_network, RULES_VERSION)
     matcher = _MATCHERS.get(key)
     if matcher is None:
         matcher = Matcher(registry, chain, allow_cross_network)
@@ -294,7 +433,7 @@ def attribute_with(matcher: Matcher, blocks: pa.Table, outputs: pa.Table) -> dic
         a_cols["candidate_count"].append(len(cands))
         a_cols["candidate_pool_ids"].append(list(d.pool_ids))
         a_cols["conflict"].append(d.conflict)
-        for c in cands:
+        for c, chosen in zip(cands, d.chosen):
             c_cols["height"].append(height)
             c_cols["block_hash"].append(block_hash)
             c_cols["pool_id"].append(c.pool_id)
@@ -303,7 +442,7 @@ def attribute_with(matcher: Matcher, blocks: pa.Table, outputs: pa.Table) -> dic
             c_cols["output_index"].append(c.output_index)
             c_cols["value_sat"].append(c.value_sat)
             c_cols["tag_offset"].append(c.tag_offset)
-            c_cols["chosen"].append(c.pool_id == d.pool_id)
+            c_cols["chosen"].append(chosen)
     a_cols["registry_version"] = [version] * len(a_cols["height"])
     c_cols["registry_version"] = [version] * len(c_cols["height"])
     return {
@@ -351,7 +490,9 @@ def registry_from_definitions(definitions: pa.Table, version: str) -> Registry:
                                       pc.equal(definitions["kind"], "document")))
     if docs.num_rows == 0:
         raise RegistryError(f"registry version {version!r} is not stored in pool_definitions")
-    registry = parse_registry(json.loads(docs["value"][0].as_py()))
+    # Not strict: a version stored before short tags had to be confined still loads (the engine
+    # never matches its unconfined short tags).
+    registry = parse_registry(json.loads(docs["value"][0].as_py()), strict=False)
     if registry.version != version:
         raise RegistryError(f"stored registry document hashes to {registry.version}, not {version}")
     return registry

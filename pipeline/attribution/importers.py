@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.attribution.registry import FORMAT, FORMAT_VERSION, UNKNOWN_POOL_ID, parse_registry
+from pipeline.attribution.registry import FORMAT, FORMAT_VERSION, SHORT_TAG_BYTES, UNKNOWN_POOL_ID, parse_registry
 
 SOURCE_KINDS = ("mempool-v2", "v1", "bitcoin-data")
 
@@ -199,7 +199,7 @@ def load_rules(path: Path | None = None) -> dict[str, Any]:
     path = Path(path) if path else Path(__file__).resolve().parent.parent / "data" / "registry_rules.json"
     rules = _load_json(path)
     rules.setdefault("source_priority", [])
-    for key in ("pools", "owners", "windows", "drop", "families", "memberships"):
+    for key in ("pools", "owners", "windows", "drop", "families", "memberships", "tag_rules"):
         rules.setdefault(key, [])
     return rules
 
@@ -267,6 +267,7 @@ def merge_sources(sources: list[SourceList], rules: dict[str, Any] | None = None
     owners = {(o["kind"], o["value"].lower() if o["kind"] == "tag" else o["value"]): o for o in rules.get("owners", [])}
     drops = {(d["kind"], d["value"].lower() if d["kind"] == "tag" else d["value"]): d for d in rules.get("drop", [])}
     windows = {(w["kind"], w["value"].lower() if w["kind"] == "tag" else w["value"]): w for w in rules.get("windows", [])}
+    tag_rules = {r["value"].lower(): r for r in rules.get("tag_rules", [])}
     pool_tags: dict[str, list[dict]] = defaultdict(list)
     pool_addresses: dict[str, list[dict]] = defaultdict(list)
     for ckey, claim in sorted(claims.items(), key=lambda kv: repr(kv[0])):
@@ -293,6 +294,14 @@ def merge_sources(sources: list[SourceList], rules: dict[str, Any] | None = None
                                               f"valid {window.get('from_height', '')}..{window.get('to_height', '')}",
                                               "window:" + claim.value, window.get("reason", "")))
         if claim.kind == "tag":
+            if rule_key[1] in tag_rules:
+                entry.update(_apply_tag_rule(tag_rules[rule_key[1]], subject, winner, claim_map, disagreements))
+            if not _tag_is_confined(claim.value, entry):
+                disagreements.append(Disagreement(
+                    "short-tag", subject, claim_map, "dropped", "short-tags",
+                    f"under {SHORT_TAG_BYTES} bytes with no known height window or position (no 'windows' or "
+                    "'tag_rules' entry): random extranonce bytes would match it"))
+                continue
             spelled = _best_spelling(claim, sources, priority)
             pool_tags[winner].append({"tag": spelled, **entry})
         else:
@@ -333,6 +342,29 @@ def merge_sources(sources: list[SourceList], rules: dict[str, Any] | None = None
         "resolutions": [d.as_json() for d in disagreements],
     }
     return document, disagreements
+
+
+_TAG_RULE_FIELDS = ("position", "software", "user_text_after")
+
+
+def _apply_tag_rule(rule: dict[str, Any], subject: str, winner: str, claim_map: dict[str, list[str]],
+                    disagreements: list[Disagreement]) -> dict[str, Any]:
+    """The matching conditions a ``tag_rules`` entry adds to a tag (position, software, user text),
+    reported with the rule's reason and evidence like every other written rule."""
+    fields = {k: rule[k] for k in _TAG_RULE_FIELDS if k in rule}
+    if not fields:
+        raise SourceListError(f"rule tag_rules[{rule['value']!r}] sets none of {', '.join(_TAG_RULE_FIELDS)}")
+    decision = "; ".join(f"{k} {json.dumps(v, ensure_ascii=False)}" for k, v in sorted(fields.items()))
+    disagreements.append(Disagreement("tag-rule", subject, {winner: claim_map[winner]}, decision,
+                                      "tag-rule:" + rule["value"], rule.get("reason", "")))
+    return fields
+
+
+def _tag_is_confined(tag: str, entry: dict[str, Any]) -> bool:
+    """The registry's rule for short tags (pipeline.attribution.registry.Tag.confined)."""
+    if len(tag.encode("utf-8")) >= SHORT_TAG_BYTES or "position" in entry:
+        return True
+    return entry.get("from_height") is not None and entry.get("to_height") is not None
 
 
 def _nested_tag_reports(pools: list[dict[str, Any]]) -> list[Disagreement]:

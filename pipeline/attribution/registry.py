@@ -8,6 +8,9 @@ names exactly the definitions that produced it.
 Pool ids are short strings of our own (``foundry-usa``), stable across renames (a renamed pool keeps
 its id and gains a ``former_names`` entry); ``unknown`` is reserved for unattributed blocks.
 Tags are literal byte strings (UTF-8 of ``tag``, or ``tag_hex`` for bytes that are not UTF-8).
+A tag may also state where it must stand (``position``), that it names pool software rather than a
+pool (``software``), or that what follows it is text the pool's miners choose (``user_text_after``);
+docs/registry.md describes the fields and docs/attribution.md what the engine does with them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 # Consensus caps the coinbase scriptSig at 100 bytes.
 MAX_TAG_BYTES = 100
+# A tag shorter than this is "short": random bytes contain a given 3-letter ASCII word about once
+# per 2^21 offsets (letters fold case), a dozen or so times in the extranonces of the chain's ~10^6
+# coinbases, and a 4-letter one once per 2^28, which several such tags add up to. A short tag
+# therefore only counts inside a closed height window or at a stated position (``Tag.confined``);
+# docs/registry.md. From 5 bytes on the chance is 2^-35 per offset or less.
+SHORT_TAG_BYTES = 5
 # The shipped registry is ~120 KB; anything far larger is a mistake, not a registry.
 MAX_REGISTRY_BYTES = 16 * 1024 * 1024
 
@@ -56,18 +65,85 @@ class HeightRange:
 
 
 @dataclass(frozen=True)
+class TagPosition:
+    """Where a tag must start in the scriptSig for it to match.
+
+    Either ``anchor`` bytes (ASCII case folded like tags) end between ``min_gap`` and ``max_gap``
+    bytes before the tag's first byte ("after 'ckpool', 1..2 bytes on"), or, without an anchor,
+    the tag starts at a byte offset between ``min_gap`` and ``max_gap`` from the scriptSig's start.
+    """
+
+    anchor: bytes | None
+    min_gap: int
+    max_gap: int
+
+    def allows(self, lowered: bytes, start: int) -> bool:
+        """Whether a match at ``start`` of the ASCII-lowered scriptSig ``lowered`` stands here."""
+        if self.anchor is None:
+            return self.min_gap <= start <= self.max_gap
+        anchor = self.anchor.lower()
+        for gap in range(self.min_gap, self.max_gap + 1):
+            end = start - gap
+            if end - len(anchor) >= 0 and lowered[end - len(anchor):end] == anchor:
+                return True
+        return False
+
+    def describe(self) -> str:
+        if self.anchor is None:
+            return f"at offset {self.min_gap}..{self.max_gap}"
+        return f"{self.min_gap}..{self.max_gap} bytes after {_bytes_text(self.anchor)!r}"
+
+
+def _bytes_text(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "hex:" + value.hex()
+
+
+@dataclass(frozen=True)
 class Tag:
     value: bytes
     heights: HeightRange = HeightRange()
     sources: tuple[str, ...] = ()
+    position: TagPosition | None = None
+    # The tag names pool software (ckpool writes "ckpool" into every coinbase it builds), not a pool:
+    # it is recorded as a candidate but never attributes a block or supports a pool.
+    software: bool = False
+    # Bytes after this tag, to the end of the scriptSig, are text the pool's miners choose (ViaBTC's
+    # "/ViaBTC/Mined by <user>/"): other pools' tags that start there are not evidence.
+    user_text_after: bool = False
+
+    @property
+    def is_short(self) -> bool:
+        return len(self.value) < SHORT_TAG_BYTES
+
+    @property
+    def confined(self) -> bool:
+        """A short tag may match only inside a closed height window or at a stated position."""
+        closed = self.heights.from_height is not None and self.heights.to_height is not None
+        return self.position is not None or closed
+
+    @property
+    def active(self) -> bool:
+        """Whether the engine matches this tag at all (an unconfined short tag never matches)."""
+        return not self.is_short or self.confined
+
+    def qualifiers(self) -> str:
+        """The tag's matching conditions beyond its bytes and window, for listings and diffs."""
+        parts = []
+        if self.position is not None:
+            parts.append(self.position.describe())
+        if self.software:
+            parts.append("software signature")
+        if self.user_text_after:
+            parts.append("user text follows")
+        return "; ".join(parts)
 
     @property
     def text(self) -> str:
         """Display form: the UTF-8 text, or ``hex:...`` for bytes that are not UTF-8."""
-        try:
-            return self.value.decode("utf-8")
-        except UnicodeDecodeError:
-            return "hex:" + self.value.hex()
+        return _bytes_text(self.value)
 
 
 @dataclass(frozen=True)
@@ -218,8 +294,13 @@ def _describe_path(document: Any, path: list) -> str:
     return out or "(document)"
 
 
-def parse_registry(document: Any) -> Registry:
-    """Validate (JSON Schema, then the rules a schema cannot express) and build a Registry."""
+def parse_registry(document: Any, *, strict: bool = True) -> Registry:
+    """Validate (JSON Schema, then the rules a schema cannot express) and build a Registry.
+
+    ``strict`` refuses short tags (under ``SHORT_TAG_BYTES``) that state neither a closed height
+    window nor a position. Registry versions already stored in a warehouse are reloaded with
+    ``strict=False`` so they stay readable: the engine never matches such a tag, whatever registry
+    holds it."""
     errors = _schema_errors(document)
     if errors:
         raise RegistryError("invalid registry: " + "; ".join(errors[:20])
@@ -240,8 +321,16 @@ def parse_registry(document: Any) -> Registry:
         for j, t in enumerate(raw.get("tags", [])):
             value = _tag_bytes(t, f"{where}.tags[{j}]", problems)
             heights = _heights(t, f"{where}.tags[{j}]", problems)
+            position = _position(t.get("position"), f"{where}.tags[{j}].position", problems)
             if value is not None:
-                tags.append(Tag(value, heights, tuple(t.get("sources", []))))
+                tag = Tag(value, heights, tuple(t.get("sources", [])), position, bool(t.get("software", False)),
+                          bool(t.get("user_text_after", False)))
+                if strict and not tag.active:
+                    problems.append(
+                        f"{where}.tags[{j}]: {tag.text!r} is {len(value)} bytes, shorter than {SHORT_TAG_BYTES}: "
+                        "random extranonce bytes would match it; give it a closed height window (from_height "
+                        "and to_height) or a position (docs/registry.md), or drop it")
+                tags.append(tag)
         addresses = []
         for j, a in enumerate(raw.get("addresses", [])):
             entry = f"{where}.addresses[{j}] ({a['address']!r})"
@@ -284,6 +373,34 @@ def _tag_bytes(entry: dict, where: str, problems: list[str]) -> bytes | None:
         problems.append(f"{where}.tag: {value!r} is shorter than 3 bytes and would match by chance")
         return None
     return value
+
+
+def _position(raw: dict | None, where: str, problems: list[str]) -> TagPosition | None:
+    """``{"after": text | "after_hex": hex, "gap": [lo, hi]}`` or ``{"offset": [lo, hi]}`` (the
+    schema has checked the shape)."""
+    if raw is None:
+        return None
+    if "offset" in raw:
+        lo, hi = raw["offset"]
+        anchor = None
+    else:
+        lo, hi = raw["gap"]
+        if "after" in raw:
+            anchor = raw["after"].encode("utf-8")
+        else:
+            try:
+                anchor = bytes.fromhex(raw["after_hex"])
+            except ValueError:
+                problems.append(f"{where}.after_hex: {raw['after_hex']!r} is not hex")
+                return None
+        if len(anchor) < 3:
+            # The anchor is what makes a short tag improbable in random bytes; 1-2 bytes do not.
+            problems.append(f"{where}: anchor {anchor!r} is shorter than 3 bytes")
+            return None
+    if lo > hi:
+        problems.append(f"{where}: {lo} is above {hi}")
+        return None
+    return TagPosition(anchor, lo, hi)
 
 
 def _heights(entry: dict, where: str, problems: list[str]) -> HeightRange:
@@ -354,7 +471,9 @@ def diff_registries(old: Registry, new: Registry) -> dict[str, list[str]]:
         out = {}
         for p in reg.pools:
             for t in p.tags:
-                out[("tag", t.text, t.heights)] = p.id
+                # A changed position or role changes what the tag matches: it shows as -old/+new.
+                text = t.text + (f" ({t.qualifiers()})" if t.qualifiers() else "")
+                out[("tag", text, t.heights)] = p.id
             for a in p.addresses:
                 out[("address", a.address, a.network, a.heights)] = p.id
         return out

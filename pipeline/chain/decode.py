@@ -6,6 +6,11 @@ no object per transaction. The walk runs in C (``pipeline.native``, built at ins
 available, a full-size block then decodes in well under a millisecond; the Python reference walk,
 used otherwise and for error messages, takes about 3-11 ms (figures in docs/decoding.md).
 
+Given the coinbase txids of the lower blocks (``decode_block(..., coinbases=...)``, a
+``pipeline.chain.coinbases.CoinbaseIndex``), the same walk looks every input's previous txid up and
+reports the inputs that spend a coinbase (``DecodedBlock.spends``, docs/custody.md); only the
+transactions holding such an input are hashed, for their txid.
+
 ``DecodeError`` is the only exception raised for bad bytes: every parser error (short reads,
 impossible counts, trailing garbage) is turned into one with a message naming the problem and the
 byte offset.
@@ -15,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 
 from pipeline import native
@@ -46,8 +52,31 @@ class CoinbaseOutput:
 
 
 @dataclass(frozen=True)
+class CoinbaseSpend:
+    """An input of a block's transaction that spends an output of an earlier block's coinbase."""
+
+    tx_index: int          # position of the spending transaction in its block (the coinbase is 0)
+    input_index: int       # position of the input in that transaction
+    txid: str              # the spending transaction's txid (display order)
+    coinbase_txid: str     # the spent coinbase's txid (display order)
+    coinbase_vout: int     # the spent output's index in that coinbase
+    coinbase_height: int   # height of the block whose coinbase it is
+
+
+class CoinbaseLookup(Protocol):
+    """What the walk needs of a coinbase index (``pipeline.chain.coinbases.CoinbaseIndex``)."""
+
+    def __contains__(self, txid: object) -> bool: ...
+
+    def height_of(self, txid: bytes) -> int | None: ...
+
+    def native_table(self) -> tuple[int, int, int] | None: ...
+
+
+@dataclass(frozen=True)
 class DecodedBlock:
-    """Field names are the columns of schemas/tables/blocks.json, plus ``outputs``."""
+    """Field names are the columns of schemas/tables/blocks.json, plus ``outputs`` and, when the
+    block was walked with a coinbase index, ``spends`` and ``inputs`` (None otherwise: not checked)."""
 
     height: int
     hash: str
@@ -77,6 +106,8 @@ class DecodedBlock:
     fees_sat: int
     output_count: int
     outputs: tuple[CoinbaseOutput, ...]
+    spends: tuple[CoinbaseSpend, ...] | None = None   # inputs spending a coinbase of the index
+    inputs: int | None = None                          # inputs of the non-coinbase transactions walked
 
 
 @dataclass(frozen=True)
@@ -225,6 +256,27 @@ def scan_transactions(raw: bytes, pos: int, count: int) -> tuple[int, int]:
     return _scan_transactions(raw, pos, count)
 
 
+# One per input that spends a coinbase of the index (the C walk's MATCH_FIELDS, same order):
+# (transaction index from the walk's start, input index, vout, offset of the outpoint's txid,
+#  transaction start, start of its non-witness body, end of that body, transaction end).
+SpendMatch = tuple[int, int, int, int, int, int, int, int]
+
+
+def scan_spends(raw: bytes, pos: int, count: int, coinbases: CoinbaseLookup
+                ) -> tuple[int, int, int, list[SpendMatch]]:
+    """``scan_transactions`` plus the lookup of every input's previous txid in ``coinbases``:
+    (end position, witness bytes, inputs walked, the inputs that spend one of them, in order).
+
+    The C walk when it is built and the index has its C table (the lookup then runs inside the
+    walk, without the GIL), else the Python reference; malformed data raises as there."""
+    table = coinbases.native_table()
+    if table is not None:
+        found = native.scan_spends(raw, pos, count, table)
+        if found is not None:
+            return found
+    return _walk_transactions(raw, pos, count, coinbases)
+
+
 def transaction_ids(raw: bytes, pos: int = 0) -> tuple[bytes, bytes, int]:
     """(txid, wtxid, end position) of the transaction at ``pos``, both hashes in internal byte order
     (as merkle trees and outpoints use them). The txid hashes the serialization without marker, flag
@@ -240,22 +292,36 @@ def transaction_ids(raw: bytes, pos: int = 0) -> tuple[bytes, bytes, int]:
 
 
 def _scan_transactions(raw: bytes, pos: int, count: int) -> tuple[int, int]:
-    """Walk ``count`` serialized transactions from ``pos``: (end position, witness bytes incl. marker/flag).
+    """The Python reference walk without lookup: (end position, witness bytes incl. marker/flag)."""
+    end, witness, _, _ = _walk_transactions(raw, pos, count, None)
+    return end, witness
+
+
+def _walk_transactions(raw: bytes, pos: int, count: int, coinbases: CoinbaseLookup | None
+                       ) -> tuple[int, int, int, list[SpendMatch]]:
+    """Walk ``count`` serialized transactions from ``pos``: (end position, witness bytes incl.
+    marker/flag, inputs walked, inputs whose previous txid is in ``coinbases`` as ``SpendMatch``).
 
     Deliberately inlined CompactSize reads and no per-transaction objects: this loop is the cost of
     decoding a block. Bounds: every count is checked against the bytes left before looping, so garbage
     cannot make it spin; a length that jumps past the end surfaces as IndexError on the next read.
+    Without ``coinbases`` the input loop does no lookup at all (the plain walk's speed).
     """
     end = len(raw)
     from_bytes = int.from_bytes
     witness_bytes = 0
-    for _ in range(count):
+    inputs = 0
+    matches: list[list[int]] = []
+    for t in range(count):
+        tx_start = pos
+        first_match = len(matches)
         pos += 4
         segwit = raw[pos] == 0
         if segwit:
             if raw[pos + 1] != 1:
                 raise DecodeError(f"transaction at offset {pos - 4}: segwit flag {raw[pos + 1]}, expected 1")
             pos += 2
+        body_start = pos
         b = raw[pos]
         if b < 0xFD:
             n_in = b
@@ -268,7 +334,10 @@ def _scan_transactions(raw: bytes, pos: int, count: int) -> tuple[int, int]:
             pos += 5 if b == 0xFE else 9
         if n_in * _MIN_INPUT_SIZE > end - pos:
             raise DecodeError(f"input count {n_in} at offset {pos} cannot fit in the block")
-        for _ in range(n_in):
+        inputs += n_in
+        for i in range(n_in):
+            if coinbases is not None and raw[pos:pos + 32] in coinbases:
+                matches.append([t, i, from_bytes(raw[pos + 32:pos + 36], "little"), pos, tx_start, body_start])
             pos += 36
             b = raw[pos]
             if b < 0xFD:
@@ -300,8 +369,8 @@ def _scan_transactions(raw: bytes, pos: int, count: int) -> tuple[int, int]:
             else:
                 width = 4 if b == 0xFE else 8
                 pos += from_bytes(raw[pos + 1:pos + 1 + width], "little") + width + 1
+        body_end = pos
         if segwit:
-            wit_start = pos
             for _ in range(n_in):
                 b = raw[pos]
                 if b < 0xFD:
@@ -324,11 +393,31 @@ def _scan_transactions(raw: bytes, pos: int, count: int) -> tuple[int, int]:
                     else:
                         width = 4 if b == 0xFE else 8
                         pos += from_bytes(raw[pos + 1:pos + 1 + width], "little") + width + 1
-            witness_bytes += pos - wit_start + 2
+            witness_bytes += pos - body_end + 2
         pos += 4
         if pos > end:
             raise DecodeError(f"transaction runs past the end of the block (needs {pos - end} more bytes)")
-    return pos, witness_bytes
+        for match in matches[first_match:]:
+            match += (body_end, pos)
+    return pos, witness_bytes, inputs, [tuple(m) for m in matches]  # type: ignore[misc]
+
+
+def coinbase_spends(raw: bytes, matches: list[SpendMatch], coinbases: CoinbaseLookup) -> tuple[CoinbaseSpend, ...]:
+    """The walk's matches as ``CoinbaseSpend`` rows; each spending transaction is hashed once (its
+    serialization without marker, flag and witness: version, body, locktime)."""
+    txids: dict[int, str] = {}
+    spends = []
+    for t, i, vout, outpoint, start, body_start, body_end, end in matches:
+        txid = txids.get(t)
+        if txid is None:
+            txid = txids[t] = _display(sha256d(raw[start:start + 4] + raw[body_start:body_end] + raw[end - 4:end]))
+        prev = bytes(raw[outpoint:outpoint + 32])
+        height = coinbases.height_of(prev)
+        if height is None:  # the walk matched it a moment ago: an index changed under the walk
+            raise RuntimeError(f"coinbase {_display(prev)} vanished from the index during the walk")
+        spends.append(CoinbaseSpend(tx_index=t + 1, input_index=i, txid=txid, coinbase_txid=_display(prev),
+                                    coinbase_vout=vout, coinbase_height=height))
+    return tuple(spends)
 
 
 def _script_num(data: bytes) -> int:
@@ -416,8 +505,12 @@ def decode_header(raw: bytes) -> dict:
 
 
 def decode_block(raw: bytes, network: Network, height: int | None = None,
-                 median_time: int | None = None) -> DecodedBlock:
-    """Decode a serialized block. ``height`` None -> the BIP34 height, DecodeError if there is none."""
+                 median_time: int | None = None, coinbases: CoinbaseLookup | None = None) -> DecodedBlock:
+    """Decode a serialized block. ``height`` None -> the BIP34 height, DecodeError if there is none.
+
+    ``coinbases``: the coinbase txids of (every) lower block; the result's ``spends`` lists the
+    inputs that spend one of them and ``inputs`` counts the inputs walked. The caller vouches that
+    the index holds only lower heights (a block cannot spend its own or a later coinbase)."""
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise DecodeError(f"expected block bytes, got {type(raw).__name__}")
     raw = bytes(raw)
@@ -430,7 +523,10 @@ def decode_block(raw: bytes, network: Network, height: int | None = None,
             raise DecodeError("block has no transactions (a block needs at least its coinbase)")
         _check_count(tx_count, _MIN_TX_SIZE, pos, len(raw), "transaction")
         coinbase = _parse_coinbase(raw, pos)
-        end, witness_bytes = scan_transactions(raw, pos + coinbase.size, tx_count - 1)
+        if coinbases is None:
+            end, witness_bytes = scan_transactions(raw, pos + coinbase.size, tx_count - 1)
+        else:
+            end, witness_bytes, inputs, matches = scan_spends(raw, pos + coinbase.size, tx_count - 1, coinbases)
     except DecodeError:
         raise
     except (IndexError, struct.error, ValueError, OverflowError) as exc:
@@ -439,7 +535,10 @@ def decode_block(raw: bytes, network: Network, height: int | None = None,
         raise DecodeError(f"{len(raw) - end} trailing bytes after the last of {tx_count} transactions")
     # Core counts the coinbase witness too; scan_transactions only saw the other transactions.
     witness_bytes += coinbase.size - coinbase.stripped_size
-    return _assemble(header, coinbase, tx_count, len(raw), witness_bytes, network, height, median_time)
+    block = _assemble(header, coinbase, tx_count, len(raw), witness_bytes, network, height, median_time)
+    if coinbases is None:
+        return block
+    return replace(block, spends=coinbase_spends(raw, matches, coinbases), inputs=inputs)
 
 
 # BIP141 witness commitment: an output script of at least 38 bytes starting OP_RETURN, push 36,

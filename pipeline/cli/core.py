@@ -116,7 +116,8 @@ def _load_registry(path: Path | None):
 
 def run_sync(client, warehouse_root: Path, start: int | None, end: int | None, *, registry_path: Path | None,
              cross_network: bool | None, validate: bool, batch_size: int, wait: float, label: str = "sync",
-             workers: int = 1, source: str = "node", datadir: Path | None = None, change_settings: bool = False):
+             workers: int = 1, source: str = "node", datadir: Path | None = None, change_settings: bool = False,
+             record_spends: bool = True):
     """``registry_path`` None: the warehouse's current registry (the shipped one for a new warehouse);
     ``cross_network`` None: the warehouse's recorded setting (off for a new warehouse)."""
     from pipeline.load.jobs import sync_range
@@ -128,7 +129,7 @@ def run_sync(client, warehouse_root: Path, start: int | None, end: int | None, *
         result = sync_range(client, warehouse, start, end, registry=registry, allow_cross_network=cross_network,
                             default_registry=lambda: _load_registry(None), change_settings=change_settings,
                             validate=validate, batch_size=batch_size, progress=advance, writer_wait=wait,
-                            workers=workers, source=source, datadir=datadir,
+                            workers=workers, source=source, datadir=datadir, record_spends=record_spends,
                             on_plan=lambda lo, hi: advance.set_total(max(0, hi - lo + 1)))
     return warehouse, result
 
@@ -144,6 +145,8 @@ def print_sync_result(result) -> None:
                   f"node in {result.seconds:.1f} s ({result.blocks_per_second:,.0f} blocks/s)")
     else:
         out.print(f"up to date: nothing new to load on {result.chain}")
+    for note in result.notes:  # e.g. blocks whose coinbase spends were not recorded, and why
+        out.print(f"[yellow]note:[/] {note}")
 
 
 @click.command()
@@ -175,11 +178,16 @@ def print_sync_result(result) -> None:
                    "the node must be on this machine).")
 @click.option("--datadir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="The node's data directory (with --source blkfiles), e.g. ~/.bitcoin.")
+@click.option("--no-spends", is_flag=True,
+              help="Do not record where coinbase outputs are spent (coinbase_spends, custody links): block files "
+                   "are then read header and coinbase only where that is enough (faster). The blocks loaded so "
+                   "are listed as not checked (docs/custody.md).")
 @node_options
 @click.pass_context
 @friendly_errors
 def sync(ctx, start, end, registry_path, cross_network_registry, change_settings, no_metrics, no_validate,
-         batch_size, wait, workers, source, datadir, rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest):
+         batch_size, wait, workers, source, datadir, no_spends, rpc_url, rpc_cookie, rpc_user, rpc_password,
+         use_rest):
     """Load blocks from the node: from the last stored height (or --from) to the tip (or --to).
 
     The stored metric tables are then brought up to date (only the windows the new blocks touch)."""
@@ -191,7 +199,7 @@ def sync(ctx, start, end, registry_path, cross_network_registry, change_settings
     warehouse, result = run_sync(client, ctx.obj["warehouse"], start, end, registry_path=registry_path,
                                  cross_network=cross_network_registry, validate=not no_validate,
                                  batch_size=batch_size, wait=wait, workers=workers, source=source, datadir=datadir,
-                                 change_settings=change_settings)
+                                 change_settings=change_settings, record_spends=not no_spends)
     print_sync_result(result)
     if not no_metrics:
         update_metrics(warehouse, wait=wait)
@@ -234,10 +242,16 @@ def status(ctx, rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest, offline, 
     gaps = warehouse.gaps() if stored else []
     table.add_row("gaps", ", ".join(f"{a}..{b}" for a, b in gaps[:20]) + (" ..." if len(gaps) > 20 else "")
                   if gaps else "none", [list(gap) for gap in gaps])
-    from pipeline.attribution.engine import recorded_settings
+    from pipeline.attribution.engine import recorded_settings, rules_staleness
 
     settings = recorded_settings(meta)
     table.add_row("attribution version", Text(str(warehouse.attribution_version or "-")), warehouse.attribution_version)
+    if warehouse.attribution_version:
+        # Rows from older engine rules are not current: the next sync or attribute re-attributes.
+        old_rules = rules_staleness(warehouse.attribution_version)
+        table.add_row("attributions", Text(f"STALE: {old_rules} (`poolwatch attribute` or the next `poolwatch sync` "
+                                           "re-attributes)" if old_rules else "current engine rules"),
+                      {"stale": bool(old_rules), "reason": old_rules})
     table.add_row("attribution settings", Text(settings.describe() if settings else "-"),
                   settings.to_meta() if settings else None)
     fresh = warehouse.freshness()

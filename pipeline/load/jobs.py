@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.load.custody import links_after, recompute_custody_links
 from pipeline.load.loop import (COMMIT_LOCK_WAIT, BatchPlan, ChainChangedError, RegistryChangedError, load,
                                 plan_chunks)
 from pipeline.source.choice import open_block_source
@@ -50,6 +51,7 @@ class SyncResult:
     registry_version: str | None = None  # the attribution version the loaded blocks were attributed with
     stages: dict[str, float] = field(default_factory=dict)  # seconds per loop stage (pipeline.load.loop.load)
     notes: list[str] = field(default_factory=list)
+    spends_checked: int = 0  # blocks whose coinbase spends were recorded (the others: notes say why)
 
     @property
     def blocks_per_second(self) -> float:
@@ -95,6 +97,8 @@ def repair_reorg(warehouse: Warehouse, fork_height: int) -> None:
     log.warning("reorg: stored blocks from height %d are no longer on the node's active chain; "
                 "rolling back and reloading them", fork_height)
     warehouse.delete_heights_from(fork_height)
+    # The rolled-back blocks' spends are gone: the links they made go with them.
+    recompute_custody_links(warehouse)
 
 
 def check_and_repair_reorg(client: NodeClient, warehouse: Warehouse, depth: int = REORG_CHECK_DEPTH,
@@ -155,7 +159,13 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
             done += blocks.num_rows
             if progress:
                 progress(blocks.num_rows)
-    warehouse.commit({"pool_definitions": pool_definitions_table(registry)})
+    tables = {"pool_definitions": pool_definitions_table(registry)}
+    links = links_after(warehouse, {}, version, force=True)
+    if links is not None:  # the spent coinbases' pools under the new version, in the same commit
+        tables["custody_links"] = links
+    report = validate_batch({"custody_links": links}, {"pool_ids": sorted({p.id for p in registry.pools})}) \
+        if validate and links is not None else None
+    gate(warehouse, tables, report)
     warehouse.set_meta(registry_version=registry.version, attribution_version=version,
                        attribution_settings=AttributionSettings(allow_cross_network).to_meta())
     return done
@@ -211,7 +221,7 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
                on_plan: Callable[[int, int], None] | None = None, writer_wait: float = 0.0,
                workers: int = 1, source: str = "node", datadir: Path | None = None,
                default_registry: Callable[[], Registry] | None = None, default_cross_network: bool = False,
-               change_settings: bool = False) -> SyncResult:
+               change_settings: bool = False, record_spends: bool = True) -> SyncResult:
     """Load heights [start, end] (default: from the stored tip + 1 to the node's tip).
 
     ``registry``: apply this registry (history is re-attributed first if the warehouse uses another);
@@ -265,7 +275,7 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
     next_lo = start
     try:
         while True:
-            plan = BatchPlan(registry, network.name, allow_cross_network, validate)
+            plan = BatchPlan(registry, network.name, allow_cross_network, validate, record_spends)
             try:
                 _load_resuming(client, warehouse, blocks, next_lo, end, result, plan=plan, batch_size=batch_size,
                                progress=progress, writer_wait=writer_wait, workers=workers)
@@ -327,8 +337,10 @@ def _load_resuming(client: NodeClient, warehouse: Warehouse, blocks: BlockSource
     next_lo, relinks = start, 0
     while next_lo <= end:
         try:
-            load(blocks, warehouse, next_lo, end, plan, batch_size=batch_size, workers=workers, progress=on_batch,
-                 lock_wait=lock_wait, stages=result.stages)
+            loaded = load(blocks, warehouse, next_lo, end, plan, batch_size=batch_size, workers=workers,
+                          progress=on_batch, lock_wait=lock_wait, stages=result.stages)
+            result.spends_checked += loaded.spends_checked
+            result.notes += loaded.spends_skipped
             changed_at, resume_from = _stale_end(client, warehouse, end), None
             if changed_at is None:
                 break

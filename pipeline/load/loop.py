@@ -47,7 +47,9 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from pipeline.chain.decode import DecodedBlock, DecodeError, decode_block, decode_block_head
+from pipeline.load.custody import with_custody_links
 from pipeline.load.processes import HelperDiedError, HelperPool, HelperStartError
+from pipeline.load.spends import SKIP_OFF, SKIP_WORKERS, SpendRecorder
 from pipeline.load.tables import build_tables
 from pipeline.source.base import BlockSource, Located, RawBlock, SourceRecipe
 from pipeline.source.choice import open_source
@@ -102,6 +104,7 @@ class BatchPlan:
     chain: str
     allow_cross_network: bool = False
     validate: bool = True
+    record_spends: bool = True  # walk whole blocks with the coinbase index (pipeline.load.spends)
 
     @property
     def attribution_version(self) -> str | None:
@@ -159,34 +162,47 @@ def _timed(timings: dict[str, float], stage: str, started: float) -> float:
 # ------------------------------------------------------------------------------------------ stages
 
 
-def decode_raw(source: BlockSource, raw: RawBlock) -> DecodedBlock:
+def decode_raw(source: BlockSource, raw: RawBlock, spends: SpendRecorder | None = None) -> DecodedBlock:
     """A source's bytes as a ``DecodedBlock``: from the head when that is exact (no witness
     commitment, so no witness bytes anywhere), else from the whole block (read now if needed).
-    The bytes must hash to the block the node located: anything else is never stored."""
+    The bytes must hash to the block the node located: anything else is never stored.
+
+    ``spends``: the run's coinbase index. A block whose lower heights are all in it is read whole
+    (even where its head would do) and walked with the lookup (its ``spends`` set); without a
+    recorder (spends switched off) a head is enough, and the recorder says which blocks it skipped."""
     where = f"block {raw.hash} at height {raw.height}" + (f" ({raw.where})" if raw.where else "")
+    coinbases = spends.index if spends is not None and spends.ready(raw.height) else None
     try:
         block = None
+        if not raw.whole and coinbases is not None:
+            raw = source.read_whole(raw)  # the other transactions are what the lookup reads
         if not raw.whole:
             block = decode_block_head(raw.data, raw.size, source.network, height=raw.height,
                                       median_time=raw.median_time)
             if block is None:
                 raw = source.read_whole(raw)
         if block is None:
-            block = decode_block(raw.data, source.network, height=raw.height, median_time=raw.median_time)
+            block = decode_block(raw.data, source.network, height=raw.height, median_time=raw.median_time,
+                                 coinbases=coinbases)
     except DecodeError as exc:
         raise DecodeError(f"{where}: {exc}") from exc
     if block.hash != raw.hash:
         raise DecodeError(f"the source returned block {block.hash} for height {raw.height}, expected {raw.hash}")
+    if spends is not None:
+        spends.decoded(block)
     return block
 
 
 def read_decoded(source: BlockSource, located: Located, *, cancelled: Callable[[], bool] | None = None,
-                 timings: dict[str, float] | None = None) -> list[DecodedBlock]:
+                 timings: dict[str, float] | None = None, spends: SpendRecorder | None = None) -> list[DecodedBlock]:
     """Read and decode a located batch, ``READ_SLICE`` blocks at a time: the next slice is read by a
     helper thread (the source's only user meanwhile) while this one is decoded, so at most two
     slices of raw blocks are in memory and decoding adds nothing to the time spent waiting for the
-    source. ``cancelled`` is polled between slices."""
+    source. ``cancelled`` is polled between slices. ``spends``: see ``decode_raw`` (blocks are
+    decoded in height order, as the recorder needs)."""
     timings = timings if timings is not None else {}
+    if spends is not None and located.heights:
+        spends.prepare(located.heights[0])
     n = len(located.heights)
     starts = range(0, n, READ_SLICE)
     blocks: list[DecodedBlock] = []
@@ -194,7 +210,7 @@ def read_decoded(source: BlockSource, located: Located, *, cancelled: Callable[[
         mark = time.perf_counter()
         raws = source.read(located, 0, n)
         mark = _timed(timings, "read", mark)
-        blocks = [decode_raw(source, raw) for raw in raws]
+        blocks = [decode_raw(source, raw, spends) for raw in raws]
         _timed(timings, "decode", mark)
         return blocks
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolwatch-read") as reader:
@@ -207,7 +223,7 @@ def read_decoded(source: BlockSource, located: Located, *, cancelled: Callable[[
                 raise ReadCancelled(f"read of heights {located.heights[0]}..{located.heights[-1]} cancelled")
             if i + READ_SLICE < n:
                 upcoming = reader.submit(source.read, located, i + READ_SLICE, i + 2 * READ_SLICE)
-            blocks += [decode_raw(source, raw) for raw in raws]
+            blocks += [decode_raw(source, raw, spends) for raw in raws]
             _timed(timings, "decode", mark)
     return blocks
 
@@ -270,11 +286,11 @@ def locate(source: BlockSource, lo: int, hi: int) -> tuple[Located, dict[str, fl
     return located, timings
 
 
-def prepare(source: BlockSource, located: Located, timings: dict[str, float] | None, plan: BatchPlan
-            ) -> PreparedBatch:
+def prepare(source: BlockSource, located: Located, timings: dict[str, float] | None, plan: BatchPlan,
+            spends: SpendRecorder | None = None) -> PreparedBatch:
     """Every stage after locating and before the commit, for one batch, in this process."""
     timings = dict(timings or {})
-    batch = build(read_decoded(source, located, timings=timings), located, plan, timings)
+    batch = build(read_decoded(source, located, timings=timings, spends=spends), located, plan, timings)
     if plan.validate:
         batch.report = validate(batch, plan, located.previous)
     return batch
@@ -352,14 +368,19 @@ def _in_order(chunks: Sequence[tuple[int, int]], submit: Callable[[int, int], Fu
 
 
 def _in_workers(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: BatchPlan,
-                workers: int) -> Iterator[PreparedBatch]:
+                workers: int, spends: SpendRecorder | None = None) -> Iterator[PreparedBatch]:
     """N helper processes, each reading, decoding, building and validating whole batches that this
-    process located (two batched RPCs per batch: the node alone knows its active chain)."""
+    process located (two batched RPCs per batch: the node alone knows its active chain).
+
+    Coinbase spends are not recorded there: a worker's batch may spend coinbases of batches other
+    workers are still decoding, which no index holds yet; ``spends`` is told so per batch."""
     pool = _start_pool(workers, _init_worker, (source.recipe(), plan), "poolwatch-worker")
     if pool is None:
         for lo, hi in chunks:
-            yield prepare(source, *locate(source, lo, hi), plan)
+            yield prepare(source, *locate(source, lo, hi), plan, spends)
         return
+    if spends is not None and chunks:
+        spends.skip(SKIP_WORKERS, chunks[0][0], chunks[-1][1])
     try:
         yield from _in_order(chunks, lambda lo, hi: pool.submit(_prepare_in_worker, *locate(source, lo, hi)),
                              2 * workers)
@@ -367,7 +388,7 @@ def _in_workers(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: Ba
         pool.shutdown()
 
 
-def _read_ahead(source: BlockSource, chunks: Sequence[tuple[int, int]]
+def _read_ahead(source: BlockSource, chunks: Sequence[tuple[int, int]], spends: SpendRecorder | None = None
                 ) -> Iterator[tuple[Located, list[DecodedBlock], dict[str, float]]]:
     """(located, decoded blocks, timings) per chunk, in order, made by one background thread one
     chunk ahead of the consumer. The thread has its own source (connections and file handles); a
@@ -403,7 +424,7 @@ def _read_ahead(source: BlockSource, chunks: Sequence[tuple[int, int]]
                 located, seconds = upcoming.result()
                 upcoming = locator.submit(locate, chunks[i + 1]) if i + 1 < len(chunks) else None
                 timings = {"locate": seconds}
-                blocks = read_decoded(reader, located, cancelled=stop.is_set, timings=timings)
+                blocks = read_decoded(reader, located, cancelled=stop.is_set, timings=timings, spends=spends)
                 put(("chunk", (located, blocks, timings)))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             put(("error", exc))
@@ -428,7 +449,8 @@ def _read_ahead(source: BlockSource, chunks: Sequence[tuple[int, int]]
         thread.join()
 
 
-def _pipelined(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: BatchPlan) -> Iterator[PreparedBatch]:
+def _pipelined(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: BatchPlan,
+               spends: SpendRecorder | None = None) -> Iterator[PreparedBatch]:
     """One process, three stages at once: a thread reads and decodes batch k+1 while this thread
     builds batch k and a helper process validates it; batches come out in order. Each batch is
     handed to the commit as soon as it is validated, so the end of a range waits only for the last
@@ -439,7 +461,7 @@ def _pipelined(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: Bat
 
         warm_up()  # this process validates too: a fallback, and its share of a range's last batch
     try:
-        with closing(_read_ahead(source, chunks)) as ahead:
+        with closing(_read_ahead(source, chunks, spends)) as ahead:
             for i, (located, blocks, timings) in enumerate(ahead):
                 batch = build(blocks, located, plan, timings)
                 if not plan.validate:
@@ -479,17 +501,18 @@ def _validate_in(validator: HelperPool, batch: PreparedBatch, plan: BatchPlan,
 
 
 def prepared_batches(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: BatchPlan,
-                     workers: int = 1) -> Iterator[PreparedBatch]:
-    """Built (and validated) batches per chunk, in order; ``workers`` places the stages."""
+                     workers: int = 1, spends: SpendRecorder | None = None) -> Iterator[PreparedBatch]:
+    """Built (and validated) batches per chunk, in order; ``workers`` places the stages; ``spends``
+    (the run's coinbase index) is used by the one thread that decodes, in height order."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if workers > 1:
-        yield from _in_workers(source, chunks, plan, workers)
+        yield from _in_workers(source, chunks, plan, workers, spends)
     elif len(chunks) <= 1:
         for lo, hi in chunks:
-            yield prepare(source, *locate(source, lo, hi), plan)
+            yield prepare(source, *locate(source, lo, hi), plan, spends)
     else:
-        yield from _pipelined(source, chunks, plan)
+        yield from _pipelined(source, chunks, plan, spends)
 
 
 # ------------------------------------------------------------------------------------------- commit
@@ -500,6 +523,8 @@ class LoadResult:
     blocks: int = 0
     batches: int = 0
     stages: dict[str, float] = field(default_factory=dict)
+    spends_checked: int = 0  # blocks whose coinbase spends were recorded (spend_scans rows)
+    spends_skipped: list[str] = field(default_factory=list)  # why other blocks were not checked (SpendRecorder.summary)
 
 
 def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: BatchPlan, *, batch_size: int = 1000,
@@ -518,11 +543,12 @@ def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: Batc
 
     result = LoadResult(stages=stages if stages is not None else {})
     timings = result.stages
+    spends = SpendRecorder.for_warehouse(warehouse) if plan.record_spends else None
     expected_registry = plan.attribution_version
     last_hash: str | None = None
     last_height: int | None = None
     mark = time.perf_counter()
-    with closing(prepared_batches(source, plan_chunks(lo, hi, batch_size), plan, workers)) as batches:
+    with closing(prepared_batches(source, plan_chunks(lo, hi, batch_size), plan, workers, spends)) as batches:
         for batch in batches:
             got = time.perf_counter()
             with warehouse.writer(wait=lock_wait):
@@ -543,7 +569,11 @@ def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: Batc
                             f"the node's block at height {batch.lo - 1} is now {batch.previous_hash}, not the stored "
                             f"{stored_prev}: its chain changed during the load. Run sync again: it repairs reorgs",
                             height=batch.lo - 1, resume_from=batch.lo)
-                gate(warehouse, batch.tables, batch.report)
+                custody_started = time.perf_counter()
+                tables, report = with_custody_links(warehouse, batch.tables, batch.report,
+                                                    batch_context(plan, batch.lo, (None, None)), expected_registry)
+                _timed(timings, "custody", custody_started)  # part of "commit": links follow what is stored
+                gate(warehouse, tables, report)
             done = time.perf_counter()
             for stage, seconds in batch.timings.items():
                 timings[stage] = timings.get(stage, 0.0) + seconds
@@ -555,6 +585,15 @@ def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: Batc
             result.batches += 1
             if progress:
                 progress(batch.blocks)
+    if spends is not None:
+        result.spends_checked = spends.checked
+        result.spends_skipped = spends.summary()
+    elif result.blocks:
+        result.spends_skipped = [f"coinbase spends not recorded for {result.blocks} block(s) ({SKIP_OFF}): "
+                                 f"heights {lo}..{hi}"]
+    for line in result.spends_skipped:
+        log.warning("%s; load them again once the heights below are stored, in one process, with spends on "
+                    "(docs/custody.md)", line)
     return result
 
 

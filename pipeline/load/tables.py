@@ -1,4 +1,5 @@
-"""Decoded blocks -> the tables of one batch: blocks, coinbase_outputs and, with a registry, the
+"""Decoded blocks -> the tables of one batch: blocks, coinbase_outputs, the coinbase spends of the
+blocks walked with a coinbase index (spend_scans, coinbase_spends) and, with a registry, the
 attributions and their candidates, each conformed to its declaration in ``schemas/tables``.
 
 This is the step between decoding (``pipeline.chain``, which knows nothing of tables) and the
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from pipeline.attribution.registry import Registry
 
 
-_BLOCK_COLUMNS = [f.name for f in fields(DecodedBlock) if f.name != "outputs"]
+_BLOCK_COLUMNS = [f.name for f in fields(DecodedBlock) if f.name not in ("outputs", "spends", "inputs")]
 _TIMESTAMP = pa.timestamp("s", tz="UTC")
 
 
@@ -57,10 +58,40 @@ def blocks_to_tables(blocks: Sequence[DecodedBlock]) -> dict[str, pa.Table]:
     return {"blocks": blocks_table, "coinbase_outputs": outputs_table}
 
 
+def spends_to_tables(blocks: Sequence[DecodedBlock]) -> dict[str, pa.Table]:
+    """The blocks walked with a coinbase index (``spends`` not None) as spend_scans rows and their
+    spends as coinbase_spends rows; {} when no block was walked so, and no coinbase_spends table
+    when they spend no coinbase (its rows would be none: an empty table would only cost validation)."""
+    scanned = [b for b in blocks if b.spends is not None]
+    if not scanned:
+        return {}
+    scans = table_spec("spend_scans").conform(pa.table({
+        "height": pa.array([b.height for b in scanned], pa.int32()),
+        "block_hash": pa.array([b.hash for b in scanned], pa.string()),
+        "inputs": pa.array([b.inputs for b in scanned], pa.int32()),
+        "spends": pa.array([len(b.spends or ()) for b in scanned], pa.int32()),
+    }))
+    rows = [(b, s) for b in scanned for s in b.spends or ()]
+    if not rows:
+        return {"spend_scans": scans}
+    spends = table_spec("coinbase_spends").conform(pa.table({
+        "height": pa.array([b.height for b, _ in rows], pa.int32()),
+        "block_hash": pa.array([b.hash for b, _ in rows], pa.string()),
+        "tx_index": pa.array([s.tx_index for _, s in rows], pa.int32()),
+        "spending_txid": pa.array([s.txid for _, s in rows], pa.string()),
+        "input_index": pa.array([s.input_index for _, s in rows], pa.int32()),
+        "coinbase_txid": pa.array([s.coinbase_txid for _, s in rows], pa.string()),
+        "coinbase_vout": pa.array([s.coinbase_vout for _, s in rows], pa.int32()),
+        "coinbase_height": pa.array([s.coinbase_height for _, s in rows], pa.int32()),
+    }))
+    return {"spend_scans": scans, "coinbase_spends": spends}
+
+
 def build_tables(blocks: Sequence[DecodedBlock], registry: Registry | None, chain: str,
                  allow_cross_network: bool = False) -> dict[str, pa.Table]:
-    """Decoded blocks -> the tables of one batch (blocks, coinbase_outputs, attributions...)."""
+    """Decoded blocks -> the tables of one batch (blocks, coinbase_outputs, spends, attributions...)."""
     tables = blocks_to_tables(blocks)
+    tables.update(spends_to_tables(blocks))
     if registry is not None:
         from pipeline.attribution.engine import attribute_tables
 
@@ -69,4 +100,4 @@ def build_tables(blocks: Sequence[DecodedBlock], registry: Registry | None, chai
     return tables
 
 
-__all__ = ["blocks_to_tables", "build_tables"]
+__all__ = ["blocks_to_tables", "build_tables", "spends_to_tables"]

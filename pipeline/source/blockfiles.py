@@ -21,6 +21,9 @@ size is its size and its weight 4 x size (``decode.decode_block_head``). That is
 segwit (heights below 481,824 on mainnet) and every later block without segwit spends. A block that
 does commit to witness data is read whole: its stripped size and weight need every transaction's
 witness length, which only a walk of the whole block gives (in C, well under a millisecond per MB).
+A load that records coinbase spends reads whole every block it can check (``read_whole``: the
+lookup needs the other transactions; docs/custody.md); ``poolwatch sync --no-spends`` keeps the
+head-only reads.
 """
 
 from __future__ import annotations

@@ -310,6 +310,79 @@ def unknown_iff_no_evidence(table: pa.Table, batch: Mapping[str, pa.Table], ctx:
                     [f"{p}/{m}" for p, m in zip(pools, methods, strict=True)])
 
 
+# ---------------------------------------------------------------------------------- coinbase spends
+
+
+@invariant("spend_scanned")
+def spends_of_scanned_blocks(spends: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """A coinbase_spends row's height has a spend_scans row in the batch (undecided without that table)."""
+    scans = batch.get("spend_scans")
+    heights = _col(spends, "height")
+    if scans is None:
+        return Violation()
+    scanned = {int(h) for h in _col(scans, "height")}
+    return _failing([int(h) in scanned for h in heights], heights)
+
+
+@invariant("coinbase_ok")
+def spent_coinbase_matches_block(spends: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """coinbase_txid is the coinbase of the block at coinbase_height and coinbase_vout one of its
+    outputs, where that block is in the batch (undecided for coinbases of earlier batches)."""
+    blocks = batch.get("blocks")
+    txids = _col(spends, "coinbase_txid")
+    if blocks is None:
+        return Violation()
+    heights = _col(blocks, "height")
+    txid_at = _first_by_height(heights, _col(blocks, "coinbase_txid"))
+    outputs_at = _first_by_height(heights, _col(blocks, "output_count"))
+    flags: list[bool | None] = []
+    for h, txid, vout in zip(_col(spends, "coinbase_height"), txids, _col(spends, "coinbase_vout"), strict=True):
+        h = int(h)
+        flags.append(None if h not in txid_at else txid_at[h] == txid and 0 <= int(vout) < int(outputs_at[h]))
+    return _failing(flags, [f"{t}:{v}" for t, v in zip(txids, _col(spends, "coinbase_vout"), strict=True)])
+
+
+@invariant("spend_count_ok")
+def scan_counts_its_spends(scans: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """spends is the number of coinbase_spends rows at the height (a batch without that table
+    recorded none, so every count must be 0)."""
+    spends = batch.get("coinbase_spends")
+    counts: Counter = Counter(int(h) for h in _col(spends, "height")) if spends is not None else Counter()
+    values = _col(scans, "spends")
+    return _failing([counts.get(int(h), 0) == int(n) for h, n in zip(_col(scans, "height"), values, strict=True)],
+                    values)
+
+
+@invariant("inputs_cover_transactions")
+def scan_inputs_cover_transactions(scans: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """Every non-coinbase transaction has at least one input: inputs >= tx_count - 1 of the block
+    at the height (undecided when that block is not in the batch)."""
+    blocks = batch.get("blocks")
+    values = _col(scans, "inputs")
+    if blocks is None:
+        return Violation()
+    tx_count_at = _first_by_height(_col(blocks, "height"), _col(blocks, "tx_count"))
+    flags = [None if int(h) not in tx_count_at else int(n) >= int(tx_count_at[int(h)]) - 1
+             for h, n in zip(_col(scans, "height"), values, strict=True)]
+    return _failing(flags, values)
+
+
+@invariant("custody_pair_ordered")
+def custody_pair_ordered(links: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """A custody link names two different pools, pool_a < pool_b."""
+    pairs = list(zip(_col(links, "pool_a"), _col(links, "pool_b"), strict=True))
+    return _failing([a < b for a, b in pairs], [f"{a}/{b}" for a, b in pairs])
+
+
+@invariant("custody_pools_known")
+def custody_pools_known(links: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
+    """Both pools of a custody link are pools of the batch's registry ('unknown' blocks make no link)."""
+    pairs = list(zip(_col(links, "pool_a"), _col(links, "pool_b"), strict=True))
+    if ctx.pool_ids is None:
+        return Violation()
+    return _failing([a in ctx.pool_ids and b in ctx.pool_ids for a, b in pairs], [f"{a}/{b}" for a, b in pairs])
+
+
 # ------------------------------------------------------------------------------------------ metrics
 
 
