@@ -1,36 +1,47 @@
-"""Run every poolwatch benchmark and write benchmarks/results.md and benchmarks/results.json.
+"""Run the poolwatch benchmarks on a mainnet-shaped chain on Bitcoin Core; write results.json/.md.
 
-    python -m benchmarks                 # default: 3000 blocks of ~1 MB, about 30 minutes on 2 cores
-    python -m benchmarks --blocks 2000   # bigger run
+    python -m benchmarks                  # full size: ~15,000 blocks in five eras (~11 GB, built once, cached)
+    python -m benchmarks --quick          # smoke run: 50 blocks, 2 rounds, small synthetic warehouses
+    POOLWATCH_BENCH_QUICK=1 python -m benchmarks   # the same as --quick
+    python -m benchmarks --write-docs     # no measuring: README and docs/performance.md from results.json
     python -m benchmarks --help
 
-Steps: build a regtest chain of realistic ~1 MB blocks on a local node (benchmarks/chain.py); time the
-node's bare serving rate (a loop that only fetches raw blocks); time full backfills (fetch, decode,
-attribute, validate, commit) for each read path (REST, RPC getblock 0, blk files) with 1 and N
-worker processes, in rounds that each start with a fresh bare loop, and print the best of each as a
-ratio of the best bare REST rate; time each stage alone; measure
-peak RSS of a backfill in a child process; export the same range with bitcoin-etl (own venv);
-attribute 1,000,000 synthetic coinbases (benchmarks/bench_attribution.py); time the metrics over a
-synthetic 925,000-block warehouse (benchmarks/metrics_bench.py). Goals are printed next to results.
+Steps (benchmarks/backfill.py says what every timed loop does):
+
+1. the chain (benchmarks/chain.py, eras from benchmarks/eras.py), cached under benchmarks/out/chains/<key>;
+2. headline rounds over the newest era's segment (2023+ blocks, ~1.56 MB / ~3.9 MWU): in each round the
+   bare loops (REST with a new connection per block, getblock 0 through poolwatch's transport, pread of
+   the located records), then ``poolwatch sync`` as a process (REST, RPC, block files) and the production
+   loop ``pipeline.load.loop.load`` in a fresh interpreter (its steady state and stage timings). Every
+   ratio is computed per round; the median and min-max over rounds are the headline, best-of-N second;
+3. one loop run per read path on every era's segment: per-block costs for the projection
+   (benchmarks/projection.py) of a full-mainnet backfill;
+4. bitcoin-etl on part of the headline range, several runs (different work: every transaction);
+5. attribution of synthetic coinbases, decoding of real mainnet fixture blocks, and the full-history
+   upkeep on a synthetic warehouse (benchmarks/metrics_bench.py).
+
+Every stored ``blocks`` table must be identical across read paths (a benchmark of wrong output is void).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+QUICK_ENV = "POOLWATCH_BENCH_QUICK"
+PATHS = ("rest", "rpc", "blkfiles")
 
 
 def log(message: str) -> None:
@@ -38,53 +49,50 @@ def log(message: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from pipeline.load.loop import default_workers
-
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    p.add_argument("--blocks", type=int, default=3000,
-                   help="filled ~1 MB blocks to build (default 3000: three batches of sync's default 1000, so "
-                        "fetching overlaps validating as in a real backfill; about 8 minutes to build on 2 cores)")
-    p.add_argument("--block-bytes", type=int, default=1_000_000, help="target size of each block")
-    p.add_argument("--workers", type=int, default=default_workers(), help="worker processes for the parallel runs")
-    p.add_argument("--batch-size", type=int, default=1000,
-                   help="blocks per batch (validated and committed together; default 1000, as `poolwatch sync`)")
-    p.add_argument("--repeat", type=int, default=5,
-                   help="rounds of backfill runs (default 5); each round first re-measures the bare REST loop, so "
-                        "the pipeline and its yardstick get the same best-of-N treatment on a shared machine")
-    p.add_argument("--etl-blocks", type=int, default=300,
-                   help="blocks of the chain bitcoin-etl exports (default 300: it runs at a few blocks/s, so the "
-                        "whole chain would take it most of an hour; rates are per block either way)")
-    p.add_argument("--attribution-blocks", type=int, default=1_000_000)
-    p.add_argument("--metrics-blocks", type=int, default=925_000)
+    p.add_argument("--quick", action="store_true", default=os.environ.get(QUICK_ENV, "") not in ("", "0"),
+                   help=f"smoke run (also {QUICK_ENV}=1): 50 blocks (10 per era), batches of 5, 2 rounds, small "
+                        "synthetic warehouses; results go to benchmarks/out/quick unless --results is given, "
+                        "and never into the docs")
+    p.add_argument("--era-blocks", type=int, default=None,
+                   help="blocks per era in the chain (default 3000: three batches of 1000 each; 10 with --quick); "
+                        "other values make a reduced run, labelled so in the results")
+    p.add_argument("--rounds", type=int, default=None, help="headline rounds (default 3; 2 with --quick)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="blocks per batch (default 1000 as `poolwatch sync`; 5 with --quick)")
+    p.add_argument("--rpc-blocks", type=int, default=None,
+                   help="the RPC path's runs cover the first N blocks of each range (getblock 0 is several times "
+                        "slower than REST; default 1000, all with --quick); its bare loop covers the same blocks")
+    p.add_argument("--etl-blocks", type=int, default=None, help="blocks bitcoin-etl exports (default 100; 5 quick)")
+    p.add_argument("--etl-runs", type=int, default=3, help="bitcoin-etl runs (default 3)")
+    p.add_argument("--attribution-blocks", type=int, default=None, help="default 1,000,000 (20,000 quick)")
+    p.add_argument("--upkeep-blocks", type=int, default=None, help="synthetic warehouse size (925,000; 20,000 quick)")
     p.add_argument("--skip", action="append", default=[],
-                   choices=["backfill", "etl", "rss", "stages", "decode", "attribution", "metrics"], help="leave a part out")
-    p.add_argument("--keep", action="store_true", help="keep the node's datadir and the warehouses in --out")
-    p.add_argument("--reuse-chain", action="store_true",
-                   help="use the chain a --keep run left in --out (same --blocks and --block-bytes) instead of "
-                        "building one; results.md says so (its build time is then that run's)")
-    p.add_argument("--out", type=Path, default=HERE / "out", help="scratch directory (node, warehouses, venv)")
-    p.add_argument("--results", type=Path, default=HERE, help="where results.md and results.json go")
-    return p.parse_args(argv)
+                   choices=["eras", "etl", "decode", "attribution", "upkeep"], help="leave a part out")
+    p.add_argument("--rebuild-chain", action="store_true", help="build the chain even if a cached one exists")
+    p.add_argument("--keep", action="store_true", help="keep the warehouses in --out")
+    p.add_argument("--out", type=Path, default=HERE / "out", help="scratch directory (chains, warehouses, venv)")
+    p.add_argument("--results", type=Path, default=None,
+                   help="where results.md and results.json go (default benchmarks/, benchmarks/out/quick with --quick)")
+    p.add_argument("--write-docs", action="store_true",
+                   help="measure nothing: rewrite the generated sections of README.md and docs/performance.md "
+                        "from --results' results.json (a full run writes them itself)")
+    args = p.parse_args(argv)
+    q = args.quick
+    defaults = {"era_blocks": (3000, 10), "rounds": (3, 2), "batch_size": (1000, 5), "etl_blocks": (100, 5),
+                "attribution_blocks": (1_000_000, 20_000), "upkeep_blocks": (925_000, 20_000)}
+    for name, (full, quick) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if q else full)
+    if args.rpc_blocks is None:
+        args.rpc_blocks = 10**9 if q else 1000
+    if args.results is None:
+        args.results = args.out / "quick" if q else HERE
+    return args
 
 
-CHAIN_RECORD = "poolwatch-chain.json"  # beside a kept node's datadir: what build_chain returned
-
-
-def load_kept_chain(node_dir: Path, args: argparse.Namespace) -> Any:
-    """The chain a ``--keep`` run left in ``node_dir`` if it was built with the same size, else None."""
-    from benchmarks.chain import BuiltChain
-
-    try:
-        record = json.loads((node_dir / CHAIN_RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    if record.pop("blocks") != args.blocks or record.pop("block_bytes") != args.block_bytes:
-        return None
-    return BuiltChain(**record)
-
-
-def _attempt(results: dict[str, Any], key: str, fn, *args, **kwargs) -> Any:
-    """Run one benchmark; a failure is recorded in the results (with its reason) instead of aborting."""
+def attempt(results: dict[str, Any], key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run one part; a failure is recorded in the results (with its reason) instead of aborting."""
     try:
         value = fn(*args, **kwargs)
         results[key] = value
@@ -96,221 +104,284 @@ def _attempt(results: dict[str, Any], key: str, fn, *args, **kwargs) -> Any:
         return None
 
 
-def node_benchmarks(args: argparse.Namespace, results: dict[str, Any]) -> None:
+# ------------------------------------------------------------------------------------ statistics
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Median, min and max (and every value) of a list of per-round figures."""
+    if not values:
+        return {"values": [], "median": None, "min": None, "max": None}
+    return {"values": values, "median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def ratio(label: str, what: str, rounds: list[dict[str, Any]], num: Callable[[dict], float | None],
+          den: Callable[[dict], float | None]) -> dict[str, Any]:
+    """``num / den`` per round (median, min-max: the headline) and best numerator over best denominator
+    across rounds (best-of-N: secondary)."""
+    pairs = [(num(r), den(r)) for r in rounds]
+    pairs = [(a, b) for a, b in pairs if a is not None and b]
+    out = {"label": label, "what": what, **spread([a / b for a, b in pairs])}
+    out["best_of_n"] = max(a for a, _ in pairs) / max(b for _, b in pairs) if pairs else None
+    out["rounds"] = len(pairs)
+    return out
+
+
+def _rate(run: dict[str, Any] | None, key: str = "blocks_per_s") -> float | None:
+    return None if not run or "error" in run else run.get(key)
+
+
+def _steady(run: dict[str, Any] | None) -> float | None:
+    return None if not run or "error" in run or not run.get("steady") else run["steady"]["blocks_per_s"]
+
+
+def _process_rate(run: dict[str, Any] | None) -> float | None:
+    """A loop run's blocks/s over its whole interpreter (start-up, set-up, load)."""
+    return None if not run or "error" in run else run["blocks"] / run["process_seconds"]
+
+
+# --------------------------------------------------------------------------------------- the node
+
+
+def headline_rounds(args: argparse.Namespace, node: Any, segment: Any, results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each round: the bare loops, then every path as a ``poolwatch sync`` process and as the loop."""
     from benchmarks import backfill as bf
+
+    lo, hi = segment.first, segment.last
+    rpc_hi = min(hi, lo + args.rpc_blocks - 1)
+    hashes = bf.block_hashes(node, lo, hi)
+    locations = bf.record_locations(node, hashes)
+    results["headline_range"] = {"era": segment.era, "first": lo, "last": hi, "blocks": hi - lo + 1,
+                                 "bytes": segment.bytes, "weight": segment.weight, "rpc_last": rpc_hi,
+                                 "rpc_blocks": rpc_hi - lo + 1}
+    bf.bare_rest(node, hashes)  # warm-up: the node's block cache and the page cache
+    bf.warm_files(locations)
+    rounds = []
+    for rnd in range(1, args.rounds + 1):
+        r: dict[str, Any] = {"round": rnd}
+        r["bare_rest"] = bf.bare_rest(node, hashes)
+        r["bare_rpc"] = bf.bare_rpc(node, hashes[:rpc_hi - lo + 1])
+        r["bare_pread"] = bf.bare_pread(locations)
+        log(f"round {rnd}/{args.rounds}: bare REST {r['bare_rest']['blocks_per_s']:.0f}, getblock 0 "
+            f"{r['bare_rpc']['blocks_per_s']:.0f}, pread {r['bare_pread']['blocks_per_s']:.0f} blocks/s")
+        for source in PATHS:
+            end = rpc_hi if source == "rpc" else hi
+            wh = args.out / "warehouses" / f"{source}"
+            cli = attempt(r, f"cli_{source}", bf.run_cli, node, source, lo, end, wh, batch_size=args.batch_size)
+            loop = attempt(r, f"loop_{source}", bf.run_loop, node, source, lo, end, wh, batch_size=args.batch_size)
+            log(f"  {source}: poolwatch sync {_rate(cli) or 0:.1f} blocks/s (process), loop steady "
+                f"{_steady(loop) or 0:.1f} blocks/s")
+        digests = {r[k]["blocks_digest"] for k in ("loop_rest", "loop_blkfiles") if "blocks_digest" in r.get(k, {})}
+        r["same_blocks_table"] = len(digests) <= 1
+        if not r["same_blocks_table"]:
+            raise RuntimeError(f"round {rnd}: the REST and block-file loops stored different blocks tables")
+        rounds.append(r)
+    return rounds
+
+
+def headline_ratios(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    bare = lambda name: lambda r: _rate(r.get(name))  # noqa: E731
+    return [
+        ratio("sync REST (whole process) / bare REST",
+              "`poolwatch sync --no-metrics` over REST, process start to exit (imports, node checks, warehouse "
+              "set-up, validator start, every batch fetched, decoded, attributed, validated, committed) vs "
+              "http.client GET /rest/block/<hash>.bin with a new connection per block, same range",
+              rounds, lambda r: _rate(r.get("cli_rest")), bare("bare_rest")),
+        ratio("loop REST, steady state / bare REST",
+              "STEADY STATE: the production loop's blocks committed between its first and last commit over that "
+              "time (start-up and the first batch excluded) vs the same bare REST loop",
+              rounds, lambda r: _steady(r.get("loop_rest")), bare("bare_rest")),
+        ratio("sync RPC (whole process) / bare getblock 0",
+              "`poolwatch sync --no-rest --no-metrics`, process start to exit, vs getblock <hash> 0 through "
+              "poolwatch's own transport (same HTTP client, same batches), hex to bytes, same blocks",
+              rounds, lambda r: _rate(r.get("cli_rpc")), bare("bare_rpc")),
+        ratio("loop RPC, steady state / bare getblock 0",
+              "STEADY STATE of the loop over RPC vs the same bare getblock 0 loop",
+              rounds, lambda r: _steady(r.get("loop_rpc")), bare("bare_rpc")),
+        ratio("sync blkfiles (whole process) / bare pread",
+              "`poolwatch sync --source blkfiles --no-metrics`, process start to exit, vs one os.pread per "
+              "located record of the same blocks in the same blk*.dat files (no XOR, no hashing; page cache "
+              "warm)", rounds, lambda r: _rate(r.get("cli_blkfiles")), bare("bare_pread")),
+        ratio("loop blkfiles, steady state / bare pread",
+              "STEADY STATE of the loop over the block files vs the same bare pread loop",
+              rounds, lambda r: _steady(r.get("loop_blkfiles")), bare("bare_pread")),
+        ratio("sync blkfiles (whole process) / bare REST",
+              "`poolwatch sync --source blkfiles --no-metrics`, process start to exit, vs the bare REST loop",
+              rounds, lambda r: _rate(r.get("cli_blkfiles")), bare("bare_rest")),
+        ratio("loop blkfiles, steady state / bare REST",
+              "STEADY STATE of the loop over the block files vs the bare REST loop",
+              rounds, lambda r: _steady(r.get("loop_blkfiles")), bare("bare_rest")),
+    ]
+
+
+def era_costs(args: argparse.Namespace, node: Any, chain: Any) -> list[dict[str, Any]]:
+    """One loop run per read path on each era's segment, and the bare loops on it: per-block costs."""
+    from benchmarks import backfill as bf
+
+    out = []
+    for segment in chain.segments:
+        lo, hi = segment.first, segment.last
+        rpc_hi = min(hi, lo + args.rpc_blocks - 1)
+        hashes = bf.block_hashes(node, lo, hi)
+        locations = bf.record_locations(node, hashes)
+        bf.warm_files(locations)
+        entry: dict[str, Any] = {"era": segment.era, "first": lo, "last": hi, "blocks": segment.blocks,
+                                 "mean_bytes": segment.bytes / segment.blocks,
+                                 "mean_weight": segment.weight / segment.blocks,
+                                 "bare": {"rest": bf.bare_rest(node, hashes), "pread": bf.bare_pread(locations),
+                                          "rpc": bf.bare_rpc(node, hashes[:rpc_hi - lo + 1])}, "loop": {}}
+        for source in PATHS:
+            end = rpc_hi if source == "rpc" else hi
+            run = attempt(entry["loop"], source, bf.run_loop, node, source, lo, end,
+                          args.out / "warehouses" / f"era-{source}", batch_size=args.batch_size)
+            if run is not None:
+                run.pop("commits", None)
+        log(f"era {segment.era}: " + ", ".join(
+            f"{s} {_steady(entry['loop'].get(s)) or 0:.1f}" for s in PATHS) + " blocks/s steady")
+        out.append(entry)
+    return out
+
+
+def peak_memory(results: dict[str, Any]) -> dict[str, Any]:
+    """The largest process-tree peak of every timed run (main process plus helpers, summed peaks)."""
+    runs = []
+    for r in results.get("rounds") or []:
+        for key in [f"{k}_{s}" for k in ("cli", "loop") for s in PATHS]:
+            if isinstance(r.get(key), dict) and "memory" in r[key]:
+                runs.append((key, r[key]["memory"]))
+    if not runs:
+        return {}
+    key, mem = max(runs, key=lambda x: x[1]["total_mb"])
+    return {"max_total_mb": mem["total_mb"], "run": key, "main_mb": mem["main_mb"], "helpers_mb": mem["helpers_mb"],
+            "per_run_max_total_mb": {k: max(m["total_mb"] for kk, m in runs if kk == k) for k, _ in runs}}
+
+
+def etl_runs(args: argparse.Namespace, node: Any, segment: Any) -> dict[str, Any]:
     from benchmarks import etl
-    from benchmarks.chain import build_chain
+
+    exe, how = etl.ensure_venv(args.out)
+    entry: dict[str, Any] = {"install": how, "runs": []}
+    if exe is None:
+        entry["error"] = how
+        return entry
+    lo = segment.first
+    hi = min(segment.last, lo + args.etl_blocks - 1)
+    entry.update({"first": lo, "last": hi})
+    for i in range(args.etl_runs):
+        run = etl.run_export(exe, node.rpc_url, Path(node.cookie_file), lo, hi, args.out, 1)
+        entry["runs"].append(run)
+        log(f"  bitcoin-etl run {i + 1}/{args.etl_runs}: {run.get('blocks_per_s', 0):.2f} blocks/s")
+    entry["blocks_per_s"] = spread([r["blocks_per_s"] for r in entry["runs"] if r.get("ok")])
+    return entry
+
+
+def node_benchmarks(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    from benchmarks.backfill import NodeAccess
+    from benchmarks.chain import FULL_PLAN, QUICK_PLAN, ChainPlan, core_binary, ensure_chain, node_args
+    from benchmarks.projection import project
     from pipeline.attribution.registry import load_registry
     from pipeline.devnode.node import RegtestNode
 
-    node_dir = args.out / "node"
-    reused = load_kept_chain(node_dir, args) if args.reuse_chain else None
-    if reused is None:
-        shutil.rmtree(node_dir, ignore_errors=True)
-    with RegtestNode(datadir=node_dir) as node:
-        info = node.rpc("getnetworkinfo")
-        results["node"] = {"flavor": node.flavor, "subversion": info.get("subversion"),
-                           "version": info.get("version")}
-        if reused is not None:
-            chain = reused
-            log(f"reusing the kept chain of {args.blocks} blocks in {node_dir}")
-            if node.tip().hash != chain.hashes[-1]:
-                raise RuntimeError(f"the kept chain in {node_dir} does not end at its recorded tip; drop --reuse-chain")
-        else:
-            log(f"building {args.blocks} blocks of ~{args.block_bytes / 1e6:g} MB on {info.get('subversion')}")
-            chain = build_chain(node, load_registry(), args.blocks, args.block_bytes,
-                                progress=lambda i: i % 50 == 0 and log(f"  {i} blocks built"))
-            (node_dir / CHAIN_RECORD).write_text(json.dumps({
-                "blocks": args.blocks, "block_bytes": args.block_bytes, **dataclasses.asdict(chain)}))
-        start, end = chain.first_filled, chain.last
-        results["chain"] = {"first_height": start, "last_height": end, "blocks": end - start + 1,
-                            "mb": chain.total_bytes / 1e6, "avg_block_bytes": chain.total_bytes / (end - start + 1),
-                            "build_seconds": chain.seconds, "reused": reused is not None}
-        url, cookie = node.rpc_url, str(node.cookie_file)
-        rest_config = bf.node_config(url, cookie, "rest")
-        bf.bare_rest(rest_config, chain.hashes)  # warm-up: the node's caches and the page cache
-        log("bare serving rate")
-        # Best of 3: the node's capability, not a moment when a neighbour process had the CPU.
-        results["bare_rest"] = max((bf.bare_rest(rest_config, chain.hashes) for _ in range(3)),
-                                   key=lambda r: r["blocks_per_s"])
-        # getblock 0 is ~10x slower than REST: its bare rate over the first 500 blocks is as telling.
-        results["bare_rpc"] = max((bf.bare_rpc(bf.node_config(url, cookie, "rpc"), chain.hashes[:500])
-                                   for _ in range(3)), key=lambda r: r["blocks_per_s"])
-
-        if "backfill" not in args.skip:
-            results["backfill"] = backfill_rounds(args, results, node, chain)
-        if "stages" not in args.skip:
-            log("stage breakdown (sequential, REST)")
-            _attempt(results, "stages", bf.stage_breakdown, url, cookie, list(range(start, end + 1)),
-                     str(args.out / "wh-stages"), args.batch_size)
-        if "rss" not in args.skip:
-            rss_runs = []
-            for source, workers in (("rest", 1), ("blkfiles", args.workers)):
-                log(f"peak RSS: backfill via {source}, {workers} worker(s), in a child process")
-                job = {"rpc_url": url, "cookie_file": cookie, "warehouse_root": str(args.out / "wh-rss"),
-                       "start": start, "end": end, "source": source, "workers": workers,
-                       "datadir": str(node.datadir), "batch_size": args.batch_size}
-                r = _attempt({}, "rss", bf.measure_rss, job)
-                rss_runs.append(r if r is not None else {"source": source, "workers": workers, "error": "see log"})
-            results["rss"] = rss_runs
+    plan = QUICK_PLAN if args.quick else FULL_PLAN
+    if args.era_blocks != next(iter(plan.blocks.values())):
+        plan = ChainPlan({name: args.era_blocks for name in plan.blocks}, seed=plan.seed)
+    progress = (lambda era, i, n: (i % 250 == 0 or i == n) and log(f"  {era}: {i}/{n} blocks built"))
+    node_dir, chain, reused = ensure_chain(args.out, load_registry(), plan, rebuild=args.rebuild_chain,
+                                           progress=progress, say=log)
+    results["chain"] = {**chain.to_json(), "reused": reused, "directory": str(node_dir.parent)}
+    with RegtestNode(binary=core_binary(), datadir=node_dir, extra_args=node_args()) as regtest:
+        if regtest.tip().hash != chain.tip_hash:
+            raise RuntimeError(f"the cached chain in {node_dir} does not end at its recorded tip; use --rebuild-chain")
+        info = regtest.rpc("getnetworkinfo")
+        version_text = subprocess.run([str(regtest.binary), "-version"], capture_output=True, text=True,
+                                      timeout=60).stdout.strip().splitlines()
+        results["node"] = {"flavor": regtest.flavor, "binary": str(regtest.binary),
+                           "version_text": version_text[0] if version_text else None,
+                           "subversion": info.get("subversion"), "version": info.get("version")}
+        node = NodeAccess(regtest.rpc_url, str(regtest.cookie_file), str(regtest.datadir))
+        headline = chain.segment("current")
+        log(f"headline: {headline.blocks} blocks of the {headline.era} era, {args.rounds} rounds")
+        rounds = attempt(results, "rounds", headline_rounds, args, node, headline, results)
+        if rounds:
+            results["ratios"] = headline_ratios(rounds)
+            results["peak_memory"] = peak_memory(results)
+        if "eras" not in args.skip:
+            log("per-era costs (one loop run per path on each era's segment)")
+            eras = attempt(results, "eras", era_costs, args, node, chain)
+            if eras:
+                attempt(results, "projection", project, eras, results.get("rounds") or [])
         if "etl" not in args.skip:
             log("bitcoin-etl")
-            exe, how = etl.ensure_venv(args.out)
-            entry: dict[str, Any] = {"install": how}
-            if exe is not None:
-                etl_end = min(end, start + args.etl_blocks - 1)
-                entry.update(etl.run_export(exe, url, node.cookie_file, start, etl_end, args.out, args.workers))
-            results["bitcoin_etl"] = entry
-    if not args.keep:  # gigabytes of scratch data; the venv is kept for the next run
-        for path in [node_dir, *args.out.glob("wh-*")]:
-            shutil.rmtree(path, ignore_errors=True)
+            attempt(results, "bitcoin_etl", etl_runs, args, node, headline)
+    if not args.keep:
+        shutil.rmtree(args.out / "warehouses", ignore_errors=True)
 
 
-def backfill_rounds(args: argparse.Namespace, results: dict[str, Any], node: Any, chain: Any) -> list[dict[str, Any]]:
-    """Every read path with 1 and N workers, ``args.repeat`` rounds; the best run of each is reported.
-
-    The bare loop was timed best of 3 at the start; each round times it once more (raw socket, one
-    request at a time) and with N requests in flight, so a slow stretch of a shared machine hits
-    the yardstick as often as the pipeline. Ratios use the best of each: capability against
-    capability. Every run of a round must store the same blocks table.
-    """
-    from benchmarks import backfill as bf
-
-    start, end = chain.first_filled, chain.last
-    url, cookie = node.rpc_url, str(node.cookie_file)
-    rest_config = bf.node_config(url, cookie, "rest")
-    configs = [(source, workers) for source in ("rest", "rpc", "blkfiles") for workers in sorted({1, args.workers})]
-    samples: dict[tuple[str, int], list[dict[str, Any]]] = {c: [] for c in configs}
-    reads: dict[tuple[str, int], dict[str, Any]] = {}
-    in_flight = results.setdefault("bare_rest_in_flight", {"in_flight": args.workers, "rounds": []})
-    for rnd in range(1, args.repeat + 1):
-        bare = bf.bare_rest_in_flight(rest_config, chain.hashes, 1)
-        results["bare_rest"].setdefault("rounds_blocks_per_s", []).append(bare["blocks_per_s"])
-        if bare["blocks_per_s"] > results["bare_rest"]["blocks_per_s"]:
-            results["bare_rest"].update(bare)
-        if args.workers > 1:
-            in_flight["rounds"].append(bf.bare_rest_in_flight(rest_config, chain.hashes, args.workers))
-        log(f"round {rnd}/{args.repeat}: bare REST {bare['blocks_per_s']:.0f} blocks/s")
-        round_runs = []
-        for source, workers in configs:
-            run = _attempt({}, "run", bf.run_backfill, url, cookie, str(args.out / f"wh-{source}-{workers}"),
-                           start, end, source=source, workers=workers, datadir=str(node.datadir),
-                           batch_size=args.batch_size)
-            if run is None:
-                continue
-            run["round"] = rnd
-            samples[(source, workers)].append(run)
-            round_runs.append(run)
-            log(f"  {source}, {workers} worker(s): {run['blocks_per_s']:.1f} blocks/s")
-            if rnd == 1:  # the read path alone, once: it explains, it is not judged
-                read = _attempt({}, "read", bf.run_read, url, cookie, start, end, source=source,
-                                workers=workers, datadir=str(node.datadir), batch_size=args.batch_size)
-                if read is not None:
-                    reads[(source, workers)] = read
-        _check_same_tables(args.out, round_runs)
-    bare = results["bare_rest"]["blocks_per_s"]
-    bare_n = max((r["blocks_per_s"] for r in in_flight["rounds"]), default=None)
-    in_flight["blocks_per_s"] = bare_n
-    runs = []
-    for source, workers in configs:
-        done = samples[(source, workers)]
-        if not done:
-            runs.append({"source": source, "workers": workers, "error": "every round failed, see the log"})
-            continue
-        run = dict(max(done, key=lambda r: r["blocks_per_s"]))
-        run["rounds_blocks_per_s"] = [r["blocks_per_s"] for r in done]
-        run["rounds"] = [r["round"] for r in done]
-        run["same_blocks_table_as_first_run"] = all(r.get("same_blocks_table_as_first_run") for r in done)
-        run["mb_per_s"] = chain.total_bytes / 1e6 / run["seconds"]
-        run["ratio_to_bare_rest"] = run["blocks_per_s"] / bare
-        # The RPC path against the node's own getblock-0 rate too (its hex JSON is the limit).
-        own = results["bare_rpc"]["blocks_per_s"] if source == "rpc" else bare
-        run["ratio_to_bare_same_path"] = run["blocks_per_s"] / own
-        if source != "rpc":
-            # N workers keep N requests in flight: against the node serving N at once as well.
-            same = bare if workers == 1 else (bare_n if workers == args.workers else None)
-            run["ratio_to_bare_same_in_flight"] = run["blocks_per_s"] / same if same else None
-        read = reads.get((source, workers))
-        if read is not None:
-            run["read_blocks_per_s"] = read["blocks_per_s"]
-            run["read_ratio_to_bare_rest"] = read["blocks_per_s"] / bare
-        runs.append(run)
-        log(f"{source}, {workers} worker(s): best {run['blocks_per_s']:.1f} blocks/s = "
-            f"{run['ratio_to_bare_rest']:.2f} x bare REST")
-    return runs
-
-
-def _check_same_tables(out: Path, runs: list[dict[str, Any]]) -> None:
-    """Every read path must have stored the same blocks table (a benchmark of wrong output is void)."""
-    from pipeline.store.warehouse import Warehouse
-
-    reference = None
-    for run in runs:
-        if "error" in run:
-            continue
-        table = Warehouse(out / f"wh-{run['source']}-{run['workers']}").read("blocks").sort_by("height")
-        if reference is None:
-            reference = table
-        run["same_blocks_table_as_first_run"] = table.equals(reference)
+# ------------------------------------------------------------------------------ node-free parts
 
 
 def attribution_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    script = HERE / "bench_attribution.py"
-    if not script.exists():
-        return {"error": "benchmarks/bench_attribution.py is missing"}
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(script), "--blocks", str(args.attribution_blocks)],
+    proc = subprocess.run([sys.executable, str(HERE / "bench_attribution.py"), "--blocks", str(args.attribution_blocks)],
                           cwd=REPO, capture_output=True, text=True, timeout=3600)
     out = {"blocks": args.attribution_blocks, "wall_seconds": time.perf_counter() - started,
            "report": proc.stdout.strip().splitlines()}
     if proc.returncode != 0:
-        out["error"] = proc.stderr.strip().splitlines()[-3:]
+        raise RuntimeError(" | ".join(proc.stderr.strip().splitlines()[-3:]))
     return out
 
 
-def metrics_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+def upkeep_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.metrics_bench import run
 
-    result = run(args.out / "metrics-warehouse", args.metrics_blocks)
-    shutil.rmtree(args.out / "metrics-warehouse", ignore_errors=True)
-    return result
+    root = args.out / "upkeep-warehouse"
+    try:
+        return run(root, args.upkeep_blocks, say=log)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
+    from benchmarks.docs import write_docs
     from benchmarks.machine import describe
-    from benchmarks.report import write_results
+    from benchmarks.report import load_results, write_results
 
     args = parse_args(argv)
+    if args.write_docs:
+        for path in write_docs(load_results(args.results)):
+            log(f"wrote the generated section of {path}")
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"started": datetime.now(UTC).isoformat(timespec="seconds"),
-                               "command": " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])]),
-                               "machine": describe(args.out),
-                               "config": {"blocks": args.blocks, "block_bytes": args.block_bytes,
-                                          "workers": args.workers, "batch_size": args.batch_size,
-                                          "etl_blocks": args.etl_blocks,
-                                          "attribution_blocks": args.attribution_blocks,
-                                          "metrics_blocks": args.metrics_blocks, "skipped": args.skip}}
+    results: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])]),
+        "quick": args.quick, "machine": describe(args.out),
+        "config": {"era_blocks": args.era_blocks, "full_era_blocks": 3000, "rounds": args.rounds, "batch_size": args.batch_size, "workers": 1, "rpc_blocks": args.rpc_blocks,
+                   "etl_blocks": args.etl_blocks, "etl_runs": args.etl_runs,
+                   "attribution_blocks": args.attribution_blocks, "upkeep_blocks": args.upkeep_blocks,
+                   "skipped": args.skip}}
     started = time.perf_counter()
-    _attempt(results, "node_benchmarks", node_benchmarks, args, results)
+    attempt(results, "node_benchmarks", node_benchmarks, args, results)
     if results.get("node_benchmarks") is None:
         results.pop("node_benchmarks")
     if "decode" not in args.skip:
         from benchmarks.decode_bench import run as decode_run
 
         log("decoding real mainnet blocks (C and Python transaction walks)")
-        _attempt(results, "decode", decode_run)
+        attempt(results, "decode", decode_run)
     if "attribution" not in args.skip:
         log(f"attribution of {args.attribution_blocks:,} coinbases")
-        _attempt(results, "attribution", attribution_benchmark, args)
-    if "metrics" not in args.skip:
-        log(f"metrics on a synthetic {args.metrics_blocks:,}-block warehouse")
-        _attempt(results, "metrics", metrics_benchmark, args)
+        attempt(results, "attribution", attribution_benchmark, args)
+    if "upkeep" not in args.skip:
+        log(f"full-history upkeep on a synthetic {args.upkeep_blocks:,}-block warehouse")
+        attempt(results, "upkeep", upkeep_benchmark, args)
     results["total_seconds"] = time.perf_counter() - started
-    if hasattr(os, "getloadavg"):
-        results["machine"]["load_average_at_end"] = list(os.getloadavg())
+    results["machine"]["load_average_at_end"] = list(os.getloadavg())
     md, js = write_results(results, args.results)
     log(f"wrote {md} and {js}")
+    if not args.quick and args.results == HERE:
+        for path in write_docs(results):
+            log(f"wrote the generated section of {path}")
     print(md.read_text())
     return 0
 

@@ -1,8 +1,27 @@
-"""Backfill benchmarks: the node's bare serving rate, full backfills per read path, stage costs, peak RSS.
+"""Backfill measurements: the production loop, the real ``poolwatch sync`` process, and the bare
+loops they are set against (each doing the same work of getting the same blocks' bytes).
 
-Also runnable on its own as the child process whose peak RSS is measured:
+Nothing here re-implements the pipeline. A loop run is ``pipeline.load.loop.load`` itself, over a
+``BlockSource`` from ``pipeline.source.choice.open_block_source`` (as ``poolwatch sync`` builds
+it), in a fresh interpreter (``python -m benchmarks.backfill loop JSON``) so that every run pays the
+same imports and helper start-up; its ``stages`` hook gives the stage breakdown and its
+``progress`` hook the time of every commit (the steady-state rate: blocks committed between the
+first and the last commit over that time). A CLI run is the ``poolwatch`` console script, timed
+from process start to exit. Both report the peak resident memory of their process tree.
 
-    python -m benchmarks.backfill --config JSON
+The bare loops:
+
+* REST: ``http.client``, a new connection per block, ``GET /rest/block/<hash>.bin`` (as issue 15
+  measured the node's rate);
+* RPC: ``getblock <hash> 0`` through the pipeline's own transport (``pipeline.source.transport``:
+  the same HTTP client, batches of ``NodeConfig.block_batch_size`` calls, slices of ``READ_SLICE``
+  blocks), hex turned into bytes;
+* block files: one ``os.pread`` per record of the same blocks in the same ``blk*.dat`` files, at the
+  offsets the block-file reader located (located before the clock starts; no XOR, no hashing: the
+  disk's, or the page cache's, rate).
+
+The block hashes of the range are asked of the node before a bare loop starts (untimed); the
+pipeline locates them itself (two batched RPCs per batch) inside its time.
 """
 
 from __future__ import annotations
@@ -15,109 +34,58 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.source.client import NodeClient
-from pipeline.source.config import NodeConfig
+REPO = Path(__file__).resolve().parent.parent
 
 
-def node_config(rpc_url: str, cookie_file: str, source: str) -> NodeConfig:
-    """REST for "rest" and "blkfiles" (it is not used by the latter), getblock 0 for "rpc"."""
-    config = NodeConfig.resolve(url=rpc_url, cookie_file=cookie_file)
-    return dataclasses.replace(config, use_rest=(source != "rpc"), timeout=120)
+@dataclass(frozen=True)
+class NodeAccess:
+    """How to reach the benchmark node (all of it picklable / JSON-able for child processes)."""
+
+    rpc_url: str
+    cookie_file: str
+    datadir: str
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, port = self.rpc_url.split("://", 1)[1].rstrip("/").rsplit(":", 1)
+        return host, int(port)
+
+    def config(self, use_rest: bool = True) -> Any:
+        from pipeline.source.config import NodeConfig
+
+        return dataclasses.replace(NodeConfig.resolve(url=self.rpc_url, cookie_file=self.cookie_file),
+                                   use_rest=use_rest, timeout=300)
 
 
-# ------------------------------------------------------------------------------------------------
-# the node's own rate: a loop that does nothing but fetch raw blocks
-# ------------------------------------------------------------------------------------------------
+def rate(blocks: int, nbytes: int, seconds: float) -> dict[str, float]:
+    return {"blocks": blocks, "bytes": nbytes, "seconds": seconds,
+            "blocks_per_s": blocks / seconds if seconds > 0 else 0.0,
+            "mb_per_s": nbytes / 1e6 / seconds if seconds > 0 else 0.0}
 
 
-def bare_rest(config: NodeConfig, hashes: list[str]) -> dict[str, float]:
-    """GET /rest/block/<hash>.bin for each hash, bytes only: the fastest of three plain loops.
+def block_hashes(node: NodeAccess, lo: int, hi: int) -> list[str]:
+    from pipeline.source.client import NodeClient
 
-    http.client on one kept-alive connection; http.client with a new connection per block (on this
-    node kept-alive replies of a megabyte stall); and the raw-socket GET that NodeClient itself
-    uses (one recv_into per body). The node's bare rate is the best of them, so no ratio is
-    flattered by a slow baseline."""
-    kept, fresh = _bare_rest_kept_alive(config, hashes), _bare_rest_new_connections(config, hashes)
-    raw = _bare_rest_raw_socket(config, hashes)
-    best = dict(max(kept, fresh, raw, key=lambda r: r["blocks_per_s"]))
-    best["kept_alive_blocks_per_s"] = kept["blocks_per_s"]
-    best["new_connection_blocks_per_s"] = fresh["blocks_per_s"]
-    best["raw_socket_blocks_per_s"] = raw["blocks_per_s"]
-    return best
+    return NodeClient(node.config()).block_hashes(list(range(lo, hi + 1)))
 
 
-def _bare_rest_raw_socket(config: NodeConfig, hashes: list[str]) -> dict[str, float]:
-    """The leanest client: the same raw-socket GET NodeClient uses, nothing else per block."""
-    return bare_rest_in_flight(config, hashes, 1)
+# ----------------------------------------------------------------------------------- bare loops
 
 
-def bare_rest_in_flight(config: NodeConfig, hashes: list[str], in_flight: int) -> dict[str, float]:
-    """Raw-socket GETs with ``in_flight`` requests at once (one thread each, taking the next hash).
-
-    With 1 this is the bare loop the goal is judged on. With N it is what the node serves to N
-    clients at once, the fair yardstick for N worker processes (each keeps one request in flight)."""
-    import threading
-
-    from pipeline.source.transport import http_get as _http_get
-
-    todo = iter(hashes)
-    lock = threading.Lock()
-    total = [0]
-    errors: list[str] = []
-
-    def loop() -> None:
-        while not errors:
-            with lock:
-                h = next(todo, None)
-            if h is None:
-                return
-            status, data = _http_get(config.host, config.port, f"/rest/block/{h}.bin", 120)
-            with lock:
-                if status != 200:
-                    errors.append(f"REST block {h}: HTTP {status}")
-                total[0] += len(data)
-
-    started = time.perf_counter()
-    if in_flight == 1:
-        loop()
-    else:
-        threads = [threading.Thread(target=loop) for _ in range(in_flight)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    seconds = time.perf_counter() - started
-    if errors:
-        raise RuntimeError(errors[0])
-    return _rate(len(hashes), total[0], seconds)
-
-
-def _bare_rest_kept_alive(config: NodeConfig, hashes: list[str]) -> dict[str, float]:
-    conn = http.client.HTTPConnection(config.host, config.port, timeout=120)
-    total = 0
-    started = time.perf_counter()
-    try:
-        for h in hashes:
-            conn.request("GET", f"/rest/block/{h}.bin")
-            resp = conn.getresponse()
-            data = resp.read()
-            if resp.status != 200:
-                raise RuntimeError(f"REST block {h}: HTTP {resp.status}")
-            total += len(data)
-    finally:
-        conn.close()
-    return _rate(len(hashes), total, time.perf_counter() - started)
-
-
-def _bare_rest_new_connections(config: NodeConfig, hashes: list[str]) -> dict[str, float]:
+def bare_rest(node: NodeAccess, hashes: Sequence[str]) -> dict[str, float]:
+    """http.client, a new connection per block: the node's REST serving rate, one request at a time."""
+    host, port = node.host_port
     total = 0
     started = time.perf_counter()
     for h in hashes:
-        conn = http.client.HTTPConnection(config.host, config.port, timeout=120)
+        conn = http.client.HTTPConnection(host, port, timeout=300)
         try:
             conn.request("GET", f"/rest/block/{h}.bin")
             resp = conn.getresponse()
@@ -125,160 +93,64 @@ def _bare_rest_new_connections(config: NodeConfig, hashes: list[str]) -> dict[st
         finally:
             conn.close()
         if resp.status != 200:
-            raise RuntimeError(f"REST block {h}: HTTP {resp.status}")
+            raise RuntimeError(f"bare REST: block {h}: HTTP {resp.status}")
         total += len(data)
-    return _rate(len(hashes), total, time.perf_counter() - started)
+    return rate(len(hashes), total, time.perf_counter() - started)
 
 
-def bare_rpc(config: NodeConfig, hashes: list[str]) -> dict[str, float]:
-    """getblock <hash> 0 for each hash (one call at a time), hex decoded to bytes."""
-    client = NodeClient(config)
+def bare_rpc(node: NodeAccess, hashes: Sequence[str]) -> dict[str, float]:
+    """``getblock <hash> 0`` with the pipeline's transport and batching (what ``RpcSource.read`` asks
+    per slice of ``READ_SLICE`` blocks), hex decoded to bytes."""
+    from pipeline.load.loop import READ_SLICE
+    from pipeline.source.transport import Transport
+
+    config = node.config(use_rest=False)
+    transport = Transport(config)
     total = 0
     started = time.perf_counter()
+    for i in range(0, len(hashes), READ_SLICE):
+        replies = transport.batch([("getblock", [h, 0]) for h in hashes[i:i + READ_SLICE]], config.block_batch_size)
+        total += sum(len(bytes.fromhex(r)) for r in replies)
+    return rate(len(hashes), total, time.perf_counter() - started)
+
+
+def record_locations(node: NodeAccess, hashes: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(file path, offset, length) of each block's record, as the block-file source locates them."""
+    from pipeline.chain.networks import REGTEST
+    from pipeline.source.blockfiles import BlockFileReader
+
+    with BlockFileReader.for_datadir(node.datadir, REGTEST) as reader:
+        return [(str(reader.path(loc.file_number)), loc.offset, loc.length) for loc in reader.locate(hashes)]
+
+
+def bare_pread(locations: Sequence[tuple[str, int, int]]) -> dict[str, float]:
+    """One ``pread`` per record (files opened once, before the clock): the same bytes from the same
+    files as the block-file path, without XOR, hashing or decoding."""
+    fds = {path: os.open(path, os.O_RDONLY) for path in {p for p, _, _ in locations}}
+    total = 0
     try:
-        for h in hashes:
-            total += len(bytes.fromhex(client.call("getblock", h, 0)))
-    finally:
-        client.close()
-    return _rate(len(hashes), total, time.perf_counter() - started)
-
-
-def _rate(blocks: int, nbytes: int, seconds: float) -> dict[str, float]:
-    return {"blocks": blocks, "bytes": nbytes, "seconds": seconds, "blocks_per_s": blocks / seconds,
-            "mb_per_s": nbytes / 1e6 / seconds}
-
-
-# ------------------------------------------------------------------------------------------------
-# full backfill: fetch, decode, attribute, validate, commit (what `poolwatch sync` does)
-# ------------------------------------------------------------------------------------------------
-
-
-def run_backfill(rpc_url: str, cookie_file: str, warehouse_root: str, start: int, end: int, *, source: str,
-                 workers: int, datadir: str | None, batch_size: int = 1000, validate: bool = True) -> dict[str, Any]:
-    """One backfill of [start, end] into a fresh warehouse; the same steps as ``sync_range``."""
-    from pipeline.attribution.engine import pool_definitions_table
-    from pipeline.load.loop import BatchPlan, ChunkFetcher, load_chunks
-    from pipeline.attribution.registry import load_registry
-    from pipeline.load.loop import plan_chunks
-    from pipeline.store.warehouse import Warehouse
-
-    shutil.rmtree(warehouse_root, ignore_errors=True)
-    registry = load_registry()
-    client = NodeClient(node_config(rpc_url, cookie_file, source))
-    stages: dict[str, float] = {}
-    network = client.network()
-    genesis = client.block_hashes([0])[0]
-    warehouse = Warehouse(Path(warehouse_root))
-    fetch_source = "blkfiles" if source == "blkfiles" else "node"
-    plan = BatchPlan(registry=registry, chain=network.name, validate=validate)
-    with warehouse.writer(), ChunkFetcher(client, network, workers=workers, source=fetch_source,
-                                          datadir=datadir, plan=plan) as fetcher:
-        # Worker start-up (spawn + imports, once per run) is reported apart from the throughput.
-        startup = fetcher.start()
         started = time.perf_counter()
-        warehouse.bind_chain(network.name, genesis)
-        # The registry is the warehouse's before any batch attributed with it is committed.
-        warehouse.commit({"pool_definitions": pool_definitions_table(registry)})
-        warehouse.set_meta(registry_version=registry.version, registry_cross_network=False)
-        loaded = load_chunks(warehouse, fetcher, plan_chunks(start, end, batch_size), stages=stages)
-        finished = time.perf_counter()
-        warehouse.refresh_catalog()
-    client.close()
-    seconds = finished - started
-    stored = warehouse.stored_range()
-    return {"source": source, "workers": workers, "blocks": loaded, "seconds": seconds, "startup_seconds": startup,
-            "catalog_seconds": time.perf_counter() - finished, "stages": stages, "stored_range": stored,
-            "blocks_per_s": loaded / seconds}
-
-
-def stage_breakdown(rpc_url: str, cookie_file: str, heights: list[int], warehouse_root: str,
-                    batch_size: int = 1000) -> dict[str, float]:
-    """Seconds per stage for one sequential pass over ``heights`` via REST (each stage timed alone)."""
-    from pipeline.attribution.engine import attribute_tables
-    from pipeline.chain.decode import blocks_to_tables, decode_block
-    from pipeline.load.loop import BatchPlan, batch_context, locate_chunk
-    from pipeline.attribution.registry import load_registry
-    from pipeline.store.validation import validate_batch
-    from pipeline.store.warehouse import Warehouse
-
-    shutil.rmtree(warehouse_root, ignore_errors=True)
-    registry = load_registry()
-    client = NodeClient(node_config(rpc_url, cookie_file, "rest"))
-    network = client.network()
-    warehouse = Warehouse(Path(warehouse_root))
-    t: dict[str, float] = {k: 0.0 for k in ("locate_rpc", "raw_blocks_rest", "decode", "to_arrow", "attribute",
-                                             "validate", "commit")}
-    clock = time.perf_counter
-    with warehouse.writer():
-        warehouse.bind_chain(network.name, client.block_hashes([0])[0])
-        plan = BatchPlan(registry=registry, chain=network.name)
-        for lo in range(0, len(heights), batch_size):
-            chunk = heights[lo:lo + batch_size]
-            a = clock()
-            # As sync does: hashes and median times of the chunk and of its predecessor (batched RPC).
-            located = locate_chunk(client, chunk[0], chunk[-1], with_previous=True)
-            c = clock()
-            context = batch_context(plan, chunk[0], *located.previous)
-            raws = client.raw_blocks(located.hashes)
-            d = clock()
-            blocks = [decode_block(r, network, height=h, median_time=m)
-                      for r, h, m in zip(raws, chunk, located.median_times)]
-            e = clock()
-            tables = blocks_to_tables(blocks)
-            f = clock()
-            tables.update(attribute_tables(tables["blocks"], tables["coinbase_outputs"], registry, network.name))
-            g = clock()
-            report = validate_batch(tables, context)
-            if not report.ok:
-                raise RuntimeError(f"benchmark batch rejected: {report.summary()}")
-            h_ = clock()
-            warehouse.commit(tables)
-            i = clock()
-            for key, dt in zip(t, (c - a, d - c, e - d, f - e, g - f, h_ - g, i - h_)):
-                t[key] += dt
-    client.close()
-    return t
-
-
-def run_read(rpc_url: str, cookie_file: str, start: int, end: int, *, source: str, workers: int,
-             datadir: str | None, batch_size: int) -> dict[str, Any]:
-    """Read path alone: fetch and decode [start, end] (no attribution, validation or commit)."""
-    from pipeline.load.loop import ChunkFetcher
-    from pipeline.load.loop import plan_chunks
-
-    client = NodeClient(node_config(rpc_url, cookie_file, source))
-    network = client.network()
-    fetch_source = "blkfiles" if source == "blkfiles" else "node"
-    with ChunkFetcher(client, network, workers=workers, source=fetch_source, datadir=datadir) as fetcher:
-        startup = fetcher.start()
-        started = time.perf_counter()
-        blocks = sum(len(b) for _, b in fetcher.iter_chunks(plan_chunks(start, end, batch_size)))
+        for path, offset, length in locations:
+            total += len(os.pread(fds[path], length, offset))
         seconds = time.perf_counter() - started
-    client.close()
-    return {"blocks": blocks, "seconds": seconds, "startup_seconds": startup, "blocks_per_s": blocks / seconds}
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return rate(len(locations), total, seconds)
 
 
-# ------------------------------------------------------------------------------------------------
-# peak RSS: a child process does the backfill; wait4 gives its rusage
-# ------------------------------------------------------------------------------------------------
+def warm_files(locations: Sequence[tuple[str, int, int]]) -> None:
+    """Read every record once (page cache warm for the block-file measurements, stated as such)."""
+    bare_pread(locations)
 
 
-def measure_rss(job: dict[str, Any]) -> dict[str, Any]:
-    """Run ``run_backfill(**job)`` in a fresh interpreter; its own and its workers' peak RSS in MB."""
-    repo = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.backfill", "--config", json.dumps(job)],
-                            cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"backfill child failed ({proc.returncode}): {err.decode()[-2000:]}")
-    return json.loads(out.decode().strip().splitlines()[-1])
+# ------------------------------------------------------------------------ process-tree peak memory
 
 
 def vm_hwm_mb(pid: int | str = "self") -> float | None:
-    """Peak resident set of a process's current program image (VmHWM), in MB.
-
-    Not ``getrusage().ru_maxrss``: on Linux that survives exec, so a child started from a big
-    process (fork/vfork + exec) reports its parent's size (measured: 810 MB for a 9 MB child)."""
+    """Peak resident set of a process's current program image (VmHWM), in MB. Not
+    ``ru_maxrss``: on Linux that survives exec, so a child started from a big process reports the
+    parent's size."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -288,60 +160,211 @@ def vm_hwm_mb(pid: int | str = "self") -> float | None:
     return None
 
 
-class _ChildPeaks:
-    """Polls the VmHWM of this process's children (the pool's workers) until stopped."""
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
 
-    def __init__(self, interval: float = 0.25) -> None:
-        import threading
 
+class TreePeaks:
+    """Polls the VmHWM of a process and all its descendants until stopped; ``total_mb`` adds each
+    process's peak (an upper bound: the peaks need not coincide)."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid = pid
         self.peaks: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
         self._thread.start()
 
-    def _children(self) -> list[int]:
-        me = str(os.getpid())
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                # Field 4 (after the parenthesised command name) is the parent pid.
-                if stat[stat.rfind(")") + 2:].split()[1] == me:
-                    pids.append(int(entry.name))
-        return pids
+    def _poll(self) -> None:
+        todo = [self.pid]
+        while todo:
+            pid = todo.pop()
+            peak = vm_hwm_mb(pid)
+            if peak is not None:
+                self.peaks[pid] = max(peak, self.peaks.get(pid, 0.0))
+            todo += _children(pid)
 
     def _run(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            for pid in self._children():
-                peak = vm_hwm_mb(pid)
-                if peak is not None:
-                    self.peaks[pid] = max(peak, self.peaks.get(pid, 0.0))
+        while not self._stop.is_set():
+            self._poll()
+            self._stop.wait(interval)
 
-    def stop(self) -> dict[int, float]:
+    def stop(self) -> dict[str, Any]:
         self._stop.set()
         self._thread.join()
-        return self.peaks
+        main = self.peaks.get(self.pid, 0.0)
+        others = sorted((v for k, v in self.peaks.items() if k != self.pid), reverse=True)
+        return {"main_mb": main, "helpers_mb": others, "total_mb": main + sum(others)}
 
 
-def _child(job: dict[str, Any]) -> None:
+# ------------------------------------------------------------------------------ the production loop
+
+
+def loop_job(node: NodeAccess, source: str, lo: int, hi: int, warehouse: str, batch_size: int = 1000,
+             workers: int = 1) -> dict[str, Any]:
+    """One run of ``pipeline.load.loop.load`` over [lo, hi] into a fresh warehouse (in this process;
+    ``run_loop`` starts it in a fresh one). The warehouse is set up as ``sync_range`` sets up a new
+    one: chain bound, the shipped registry made current (cross-network matching on: regtest coinbases
+    pay the registry's mainnet addresses)."""
     started = time.perf_counter()
-    watcher = _ChildPeaks()
-    result = run_backfill(**job)
-    peaks = watcher.stop()
-    # The resource tracker of multiprocessing is a child too but tiny; the big children are the
-    # workers, or with one worker the validating process of the one-process pipeline.
-    worker_peaks = sorted(peaks.values(), reverse=True)[:job["workers"]]
-    own = vm_hwm_mb() or 0.0
-    result.update({"wall_seconds_with_imports": time.perf_counter() - started, "peak_rss_mb": own,
-                   "worker_peak_rss_mb": max(worker_peaks, default=0.0),
-                   "peak_rss_total_mb_upper_bound": own + sum(worker_peaks)})
-    print(json.dumps(result, default=str))
+    from pipeline.attribution.registry import load_registry
+    from pipeline.load.jobs import reattribute
+    from pipeline.load.loop import BatchPlan, load
+    from pipeline.source.choice import open_block_source
+    from pipeline.source.client import NodeClient
+    from pipeline.store.warehouse import Warehouse
+
+    imported = time.perf_counter()
+    shutil.rmtree(warehouse, ignore_errors=True)
+    registry = load_registry()
+    client = NodeClient(node.config(use_rest=source != "rpc"))
+    network = client.network()
+    wh = Warehouse(Path(warehouse))
+    with wh.writer():
+        wh.bind_chain(network.name, client.block_hashes([0], require_blocks=False)[0])
+        reattribute(wh, registry, allow_cross_network=True)
+    blocks_source = open_block_source(client, network, source, Path(node.datadir))
+    plan = BatchPlan(registry, network.name, allow_cross_network=True, validate=True)
+    stages: dict[str, float] = {}
+    commits: list[tuple[float, int]] = []
+    committed = [0]
+
+    def on_commit(n: int) -> None:
+        committed[0] += n
+        commits.append((time.perf_counter(), committed[0]))
+
+    set_up = time.perf_counter()
+    try:
+        result = load(blocks_source, wh, lo, hi, plan, batch_size=batch_size, workers=workers,
+                      progress=on_commit, stages=stages)
+    finally:
+        blocks_source.close()
+    done = time.perf_counter()
+    stored = wh.stored_range()
+    if stored != (lo, hi) or result.blocks != hi - lo + 1:
+        raise RuntimeError(f"loop run stored {stored}, {result.blocks} blocks; expected {lo}..{hi}")
+    blocks_table = wh.read("blocks", columns=["height", "hash", "size", "weight", "stripped_size", "tx_count"])
+    return {"source": source, "blocks": result.blocks, "batches": result.batches, "batch_size": batch_size,
+            "workers": workers, "import_seconds": imported - started, "setup_seconds": set_up - imported,
+            "load_seconds": done - set_up, "stages": stages,
+            "commits": [(t - set_up, n) for t, n in commits],
+            "steady": steady_state(commits),
+            "blocks_digest": _digest(blocks_table),
+            "bytes": int(sum(blocks_table.column("size").to_pylist()))}
+
+
+def _digest(table: Any) -> str:
+    """A fingerprint of the stored blocks table: every read path must store the same one."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for column in table.columns:
+        h.update(repr(column.to_pylist()).encode())
+    return h.hexdigest()[:16]
+
+
+def steady_state(commits: Sequence[tuple[float, int]]) -> dict[str, float] | None:
+    """Blocks per second between the first and the last commit (start-up, the first batch's read
+    and the end of the range excluded): the loop's rate once every stage is busy. None with fewer
+    than two commits."""
+    if len(commits) < 2:
+        return None
+    (t0, n0), (t1, n1) = commits[0], commits[-1]
+    if t1 <= t0:
+        return None
+    return {"blocks": n1 - n0, "seconds": t1 - t0, "blocks_per_s": (n1 - n0) / (t1 - t0)}
+
+
+def run_child(args: list[str], env: dict[str, str] | None = None, timeout: float = 3600) -> tuple[dict[str, Any], float, dict[str, Any], str]:
+    """Run a command; (its last stdout line as JSON or {}, wall seconds, memory peaks, stdout)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    peaks = TreePeaks(proc.pid)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise RuntimeError(f"{' '.join(args[:4])} ...: no exit after {timeout:.0f} s") from None
+    finally:
+        memory = peaks.stop()
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:4])} ... exited {proc.returncode}: {err.strip()[-2000:]}")
+    last = out.strip().splitlines()[-1] if out.strip() else ""
+    try:
+        doc = json.loads(last)
+    except ValueError:
+        doc = {}
+    return doc, wall, memory, out
+
+
+def run_loop(node: NodeAccess, source: str, lo: int, hi: int, warehouse: Path, batch_size: int = 1000,
+             workers: int = 1) -> dict[str, Any]:
+    """``loop_job`` in a fresh interpreter; adds the process's wall time and peak memory."""
+    job = {"node": dataclasses.asdict(node), "source": source, "lo": lo, "hi": hi, "warehouse": str(warehouse),
+           "batch_size": batch_size, "workers": workers}
+    doc, wall, memory, _ = run_child([sys.executable, "-m", "benchmarks.backfill", "loop", json.dumps(job)])
+    doc.update({"process_seconds": wall, "memory": memory})
+    return doc
+
+
+# --------------------------------------------------------------------------------- the CLI process
+
+
+def poolwatch_executable() -> str:
+    exe = Path(sys.executable).with_name("poolwatch")
+    if not exe.exists():
+        raise RuntimeError(f"{exe} is missing: install the project (make install) to time the real CLI")
+    return str(exe)
+
+
+def run_cli(node: NodeAccess, source: str, lo: int, hi: int, warehouse: Path, *, metrics: bool = False,
+            batch_size: int = 1000) -> dict[str, Any]:
+    """``poolwatch sync --from lo --to hi`` into a fresh warehouse, timed from process start to exit.
+    ``metrics`` False adds ``--no-metrics`` (loading only); True is the default command, which also
+    computes the metric tables."""
+    shutil.rmtree(warehouse, ignore_errors=True)
+    args = [poolwatch_executable(), "--warehouse", str(warehouse), "sync", "--from", str(lo), "--to", str(hi),
+            "--rpc-url", node.rpc_url, "--rpc-cookie", node.cookie_file, "--cross-network-registry",
+            "--batch-size", str(batch_size)]
+    if source == "blkfiles":
+        args += ["--source", "blkfiles", "--datadir", node.datadir]
+    elif source == "rpc":
+        args += ["--no-rest"]
+    if not metrics:
+        args.append("--no-metrics")
+    _, wall, memory, out = run_child(args, env={"COLUMNS": "200"})
+    reported = _reported_rate(out)
+    return {"source": source, "metrics": metrics, "blocks": hi - lo + 1, "seconds": wall,
+            "blocks_per_s": (hi - lo + 1) / wall, "reported": reported, "memory": memory}
+
+
+def _reported_rate(out: str) -> dict[str, float] | None:
+    """The CLI's own summary line: 'loaded N blocks (a..b) from the ... node in S s (R blocks/s)'."""
+    import re
+
+    match = re.search(r"loaded ([\d,]+) blocks .* in ([\d.]+) s \(([\d,.]+) blocks/s\)", out)
+    if not match:
+        return None
+    return {"blocks": int(match.group(1).replace(",", "")), "seconds": float(match.group(2)),
+            "blocks_per_s": float(match.group(3).replace(",", ""))}
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="one loop run in this process (for benchmarks.backfill.run_loop)")
+    parser.add_argument("what", choices=["loop"])
+    parser.add_argument("job", help="JSON arguments of loop_job")
+    args = parser.parse_args(argv)
+    job = json.loads(args.job)
+    job["node"] = NodeAccess(**job["node"])
+    print(json.dumps(loop_job(**job), default=str))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="one backfill in this process (for peak-RSS measurement)")
-    parser.add_argument("--config", required=True, help="JSON arguments of run_backfill")
-    _child(json.loads(parser.parse_args().config))
+    _main()

@@ -1,0 +1,97 @@
+"""The benchmark harness runs end to end (quick configuration) against the production loop on Core.
+
+Nothing here judges speed (the benchmark does); these check that every timed part ran, on the
+chain it claims (witness commitments, XORed block files), and that the derived figures (ratios,
+projection, generated docs section) follow from the measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.node
+@pytest.mark.slow
+def test_quick_benchmark_runs_the_production_loop_on_core(regtest_binary, tmp_path):
+    path, flavor = regtest_binary
+    if flavor != "core":
+        pytest.skip("the benchmark chain needs Bitcoin Core (witness data, XORed block files)")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "benchmarks", "--rounds", "1", "--out", str(out), "--results", str(tmp_path / "res"),
+           "--skip", "eras", "--skip", "etl", "--skip", "decode", "--skip", "attribution", "--skip", "upkeep"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "POOLWATCH_BITCOIND": str(path), "POOLWATCH_BENCH_QUICK": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert results["quick"] is True and results["node"]["flavor"] == "core"
+    chain = results["chain"]
+    assert chain["xor_key"] is True
+    segments = {s["era"]: s for s in chain["segments"]}
+    assert sum(s["last"] - s["first"] + 1 for s in segments.values()) == 50
+    for era, s in segments.items():
+        blocks = s["last"] - s["first"] + 1
+        # Witness eras commit to their witness data in every coinbase; pre-segwit eras never.
+        assert s["witness_commitments"] == (blocks if era in ("segwit", "current") else 0), era
+    current = segments["current"]
+    assert current["bytes"] / 10 > 1_400_000 and current["weight"] / 10 > 3_800_000
+    [rnd] = results["rounds"]
+    for key in ("cli_rest", "cli_rpc", "cli_blkfiles", "loop_rest", "loop_rpc", "loop_blkfiles"):
+        assert "error" not in rnd[key], (key, rnd[key])
+        assert rnd[key]["blocks"] == 10
+    for key in ("loop_rest", "loop_rpc", "loop_blkfiles"):
+        # The stage breakdown is the real loop's own timing hook.
+        stages = set(rnd[key]["stages"])
+        assert {"decode", "validate", "commit"} <= stages and any(s.startswith("read") for s in stages), stages
+        assert rnd[key]["steady"]["blocks"] > 0
+    assert rnd["same_blocks_table"] is True
+    assert len({rnd[k]["blocks_digest"] for k in ("loop_rest", "loop_rpc", "loop_blkfiles")}) == 1
+    ratios = {r["label"]: r for r in results["ratios"]}
+    whole = ratios["sync REST (whole process) / bare REST"]
+    assert whole["median"] == pytest.approx(rnd["cli_rest"]["blocks_per_s"] / rnd["bare_rest"]["blocks_per_s"])
+    assert all(r["median"] > 0 for r in ratios.values())
+    assert results["peak_memory"]["max_total_mb"] > 0
+    md = (tmp_path / "res" / "results.md").read_text()
+    assert "QUICK smoke run" in md and "sync REST (whole process) / bare REST" in md
+
+
+def _loop(blocks: int, steady_blocks: int, steady_seconds: float) -> dict:
+    return {"blocks": blocks, "load_seconds": steady_seconds * 2,
+            "steady": {"blocks": steady_blocks, "seconds": steady_seconds, "blocks_per_s": steady_blocks / steady_seconds}}
+
+
+def test_projection_multiplies_per_era_costs_by_mainnet_blocks():
+    from benchmarks.eras import ERAS, MAINNET_TIP
+    from benchmarks.projection import project
+
+    eras = [{"era": e.name, "mean_bytes": e.mean_bytes,
+             "loop": {"rest": _loop(100, 50, 1.0), "rpc": _loop(100, 50, 2.0), "blkfiles": {"error": "x"}},
+             "bare": {"rest": {"blocks_per_s": 100.0}, "pread": {"blocks_per_s": 1000.0}, "rpc": {"blocks_per_s": 10.0}}}
+            for e in ERAS]
+    # One round: sync took 12 s for 100 blocks at a steady 50 blocks/s -> 10 s of start-up.
+    rounds = [{"cli_rest": {"seconds": 12.0, "blocks": 100}, "loop_rest": _loop(100, 50, 1.0)}]
+    p = project(eras, rounds)
+    assert sum(e.blocks for e in ERAS) == MAINNET_TIP
+    assert p["total_hours"]["rest"] == pytest.approx((MAINNET_TIP * 0.02 + 10.0) / 3600)
+    assert p["total_hours"]["rpc"] == pytest.approx(MAINNET_TIP * 0.04 / 3600)
+    assert p["total_hours"]["blkfiles"] is None and p["goal_blkfiles_met"] is None
+    assert p["total_hours"]["bare_pread"] == pytest.approx(MAINNET_TIP / 1000 / 3600)
+    with pytest.raises(ValueError, match="current"):
+        project(eras[:-1], rounds)
+
+
+def test_docs_section_is_replaced_between_markers_only():
+    from benchmarks.docs import BEGIN, END, replace_section
+
+    text = f"intro\n{BEGIN}\nold figure 3.0x\n{END}\noutro\n"
+    new = replace_section(text, "new figure 0.9x", "README.md")
+    assert new == f"intro\n{BEGIN}\nnew figure 0.9x\n{END}\noutro\n"
+    with pytest.raises(ValueError, match="README.md"):
+        replace_section("no markers", "x", "README.md")
