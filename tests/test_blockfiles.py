@@ -9,6 +9,7 @@ and decode stages over the same blocks served whole by a node-shaped object (``t
 from __future__ import annotations
 
 import bz2
+import os
 import random
 import shutil
 import struct
@@ -57,12 +58,15 @@ def _write_blocks_dir(blocks_dir: Path, blocks: list[bytes], magic: bytes, *, ke
     files = [order[i:i + per_file] for i in range(0, len(order), per_file)]
     for number, chunk in enumerate(files):
         data = b"".join(magic + struct.pack("<I", len(b)) + b for b in chunk)
+        padding = b""
         if number == len(files) - 1 and torn_tail is not None:
             data += magic + struct.pack("<I", len(torn_tail)) + torn_tail[:len(torn_tail) // 2]
         else:
-            data += bytes(4096)  # pre-allocated zeros
+            padding = bytes(4096)  # pre-allocated zeros
         if key is not None:
             data = xor_at(data, key, 0)
+        # Core pre-allocates files with plain zeros that never pass through its XOR stream.
+        data += padding
         (blocks_dir / f"blk{number:05d}.dat").write_bytes(data)
     if key is not None:
         (blocks_dir / "xor.dat").write_bytes(key)
@@ -319,3 +323,22 @@ def test_header_and_coinbase_reads_give_the_rpc_tables(fixtures_dir: Path, tmp_p
     head_only = sum(1 for limit in reads if limit is not None) - witness_blocks
     assert witness_blocks >= 3 and head_only >= 5  # both paths ran
     assert reads.count(None) >= witness_blocks  # every block with witness bytes was read whole
+
+
+def test_xored_files_end_at_their_plain_zero_padding(fixtures_dir: Path, tmp_path: Path, caplog) -> None:
+    # Core 28+ XORs what it writes but pre-allocates with plain zeros: the scan must see the end of
+    # the data there, not a damaged record (after XOR the zeros would read as the key).
+    from test_decode import load_block, manifest
+
+    raws = [load_block(fixtures_dir / row["file"]) for row in manifest(fixtures_dir)][:5]
+    key = bytes.fromhex("a1b2c3d4e5f60718")
+    _write_blocks_dir(tmp_path / "blocks", raws, MAIN.magic, key=key)
+    path = tmp_path / "blocks" / "blk00000.dat"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with caplog.at_level("WARNING", logger="pipeline.source.blockfiles"):
+            result = scan_file(fd, 0, path.stat().st_size, MAIN.magic, key)
+    finally:
+        os.close(fd)
+    assert len(result.records) == len(raws) and result.complete
+    assert not [r for r in caplog.records if "no record magic" in r.getMessage()]

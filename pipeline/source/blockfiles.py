@@ -149,11 +149,14 @@ def scan_file(fd: int, file_number: int, size: int, magic: bytes, key: bytes, st
     records: list[tuple[str, BlockLocation]] = []
     pos = start
     while pos + RECORD_PREFIX + HEADER_SIZE <= size:
-        head = xor_at(os.pread(fd, RECORD_PREFIX + HEADER_SIZE, pos), key, pos)
+        raw = os.pread(fd, RECORD_PREFIX + HEADER_SIZE, pos)
+        head = xor_at(raw, key, pos)
         if len(head) < RECORD_PREFIX + HEADER_SIZE:
             break  # the file shrank under us (never done by Core); treat as its end
         if head[:4] != magic:
-            if not any(head[:RECORD_PREFIX]):
+            # Zero padding is checked on the bytes as stored: Core pre-allocates files with zeros that
+            # never went through its XOR stream (after our XOR they would read as the key).
+            if not any(raw[:RECORD_PREFIX]):
                 # Pre-allocated zeros: the end of the data written so far.
                 return _ScanResult(records, pos, complete=True)
             found = _resync(fd, size, magic, key, pos + 1)
@@ -169,8 +172,8 @@ def scan_file(fd: int, file_number: int, size: int, magic: bytes, key: bytes, st
             # Partly written newest record (or a torn one): come back to it later.
             return _ScanResult(records, pos, complete=False)
         header = head[RECORD_PREFIX:]
-        if not any(header):
-            # Magic and length written, header not yet: the block is being written right now.
+        if not any(raw[RECORD_PREFIX:]):
+            # Magic and length written, header not yet (still pre-allocated zeros on disk): the block is being written right now.
             return _ScanResult(records, pos, complete=False)
         records.append((header_hash(header), BlockLocation(file_number, body, length)))
         pos = body + length
