@@ -2,8 +2,10 @@
 
 plan (checks the range against the node's tip, once) -> load_chunk (dynamic task mapping: one
 mapped task per chunk, labelled by its height range, each idempotent and retryable alone; at most
-POOLWATCH_LOAD_CONCURRENCY run at once) -> refresh_views -> publish (blocks/attributions Assets,
-with the loaded range and registry version as extra). ``to`` defaults to the node's tip.
+POOLWATCH_LOAD_CONCURRENCY run at once) -> check_spends (records the coinbase spends of the blocks
+the chunks could not check: a chunk loaded while a lower one was still loading checks none;
+docs/custody.md) -> refresh_views -> publish (blocks/attributions Assets, with the loaded range,
+registry version and spends checked as extra). ``to`` defaults to the node's tip.
 """
 
 from __future__ import annotations
@@ -44,19 +46,24 @@ def poolwatch_backfill():
     def load_chunk(start: int, end: int, params=None) -> dict:
         return o.run_task(o.backfill_chunk, start, end, params["conn_id"])
 
+    @task(execution_timeout=timedelta(hours=24), **o.load_task_options())
+    def check_spends(chunks: list, params=None) -> dict:
+        return o.run_task(o.check_spends, params["conn_id"])
+
     @task
-    def refresh_views(chunks: list) -> dict:
+    def refresh_views(spends: dict) -> dict:
         return o.run_task(o.refresh_views)
 
     @task(outlets=[BLOCKS, ATTRIBUTIONS])
-    def publish(chunks: list, views: dict, outlet_events=None) -> dict:
-        extra = o.backfill_summary(list(chunks))
+    def publish(chunks: list, spends: dict, views: dict, outlet_events=None) -> dict:
+        extra = o.backfill_summary(list(chunks), spends)
         outlet_events[BLOCKS].extra = extra
         outlet_events[ATTRIBUTIONS].extra = extra
         return extra
 
     loaded = load_chunk.expand_kwargs(plan())
-    publish(loaded, refresh_views(loaded))
+    spends = check_spends(loaded)
+    publish(loaded, spends, refresh_views(spends))
 
 
 poolwatch_backfill()

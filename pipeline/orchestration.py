@@ -364,14 +364,34 @@ def backfill_chunk(start: int, end: int, conn_id: str = DEFAULT_CONN_ID) -> dict
     return _sync_summary(_load(node_client(conn_id), open_warehouse(), int(start), int(end)))
 
 
-def backfill_summary(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    """One summary (and asset-event extra) for the chunks of a backfill run."""
+def check_spends(conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
+    """Record the coinbase spends of every stored block left unchecked whose lower heights are all
+    stored (``pipeline.load.jobs.check_spends``): after a mapped backfill, every chunk but the lowest
+    was loaded while lower chunks were still loading, so its blocks were not checked."""
+    from pipeline.load.jobs import check_spends as _check_spends
+
+    done = _check_spends(node_client(conn_id), open_warehouse(), writer_wait=writer_wait())
+    log.info("checked coinbase spends of %d block(s) in %d range(s); %d stored block(s) still unchecked%s",
+             done.spends_checked, len(done.ranges), done.left.blocks + done.left.waiting,
+             f" (height {done.left.first_missing} is not stored)" if done.left.waiting else "")
+    return {"spends_checked": done.spends_checked, "ranges": [list(r) for r in done.ranges],
+            "blocks_reloaded": done.blocks_loaded, "unchecked": done.left.blocks + done.left.waiting,
+            "first_missing": done.left.first_missing, "seconds": round(done.seconds, 1)}
+
+
+def backfill_summary(chunks: list[dict[str, Any]], spends: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One summary (and asset-event extra) for the chunks of a backfill run (``spends``: what
+    ``check_spends`` did after them)."""
     versions = sorted({c.get("registry_version") for c in chunks if c.get("registry_version")})
-    return {"from_height": min((c["start"] for c in chunks), default=None),
-            "to_height": max((c["end"] for c in chunks), default=None),
-            "chunks": len(chunks), "blocks_loaded": sum(c["blocks_loaded"] for c in chunks),
-            "registry_version": versions[0] if len(versions) == 1 else versions,
-            "chain": next((c["chain"] for c in chunks if c.get("chain")), None)}
+    summary = {"from_height": min((c["start"] for c in chunks), default=None),
+               "to_height": max((c["end"] for c in chunks), default=None),
+               "chunks": len(chunks), "blocks_loaded": sum(c["blocks_loaded"] for c in chunks),
+               "registry_version": versions[0] if len(versions) == 1 else versions,
+               "chain": next((c["chain"] for c in chunks if c.get("chain")), None)}
+    if spends is not None:
+        summary["spends_checked_after_chunks"] = spends["spends_checked"]
+        summary["spends_unchecked"] = spends["unchecked"]
+    return summary
 
 
 def load_event_extra(loaded: dict[str, Any]) -> dict[str, Any]:

@@ -281,6 +281,51 @@ def test_loop_checks_nothing_above_a_gap_until_it_is_filled(early_chain, tmp_pat
     assert warehouse.read("spend_scans")["height"].to_pylist() == list(range(0, 261))
 
 
+def test_missing_ranges_lists_the_heights_without_a_scan() -> None:
+    from pipeline.load.spends import missing_ranges
+
+    assert missing_ranges(9, range(10)) == []
+    assert missing_ranges(9, []) == [(0, 9)]
+    assert missing_ranges(9, [0, 1, 4, 5, 9]) == [(2, 3), (6, 8)]
+    assert missing_ranges(9, [3, 4, 12, 13]) == [(0, 2), (5, 9)]  # scans above the end are not looked at
+    assert missing_ranges(-1, [0]) == []                              # nothing stored from 0: nothing checkable
+
+
+def test_unchecked_spends_finds_the_checkable_ranges_and_what_waits(early_chain, tmp_path) -> None:
+    """Chunks loaded out of order and with recording off: the finder returns the stored heights
+    without a spend_scans row whose lower heights are all stored, as ranges, and counts the ones
+    above a missing height (which no load can check yet)."""
+    from fake_node import fake_source
+    from pipeline.load.loop import BatchPlan, load
+    from pipeline.load.spends import unchecked_spends
+    from pipeline.store.warehouse import Warehouse
+
+    plan = BatchPlan(registry=None, chain="main", validate=False)
+    warehouse = Warehouse(tmp_path / "w")
+    assert unchecked_spends(warehouse).ranges == [] and unchecked_spends(warehouse).waiting == 0  # empty
+    source = fake_source(early_chain, MAIN, median_times=False)
+    load(source, warehouse, 300, 340, plan, batch_size=30)   # the highest chunk first: unchecked
+    load(source, warehouse, 200, 260, plan, batch_size=30)   # unchecked (0..199 missing)
+    found = unchecked_spends(warehouse)
+    assert (found.ranges, found.waiting, found.first_missing) == ([], 41 + 61, 0)
+    assert "102 stored block(s) above height 0" in found.describe()[0]
+    load(source, warehouse, 0, 99, plan, batch_size=50)      # checked: everything below it is stored
+    found = unchecked_spends(warehouse)
+    assert (found.ranges, found.waiting, found.first_missing) == ([], 102, 100)
+    load(source, warehouse, 100, 199, plan, batch_size=50)   # checked; 200..260 can be checked now
+    load(source, warehouse, 261, 280, BatchPlan(registry=None, chain="main", validate=False, record_spends=False))
+    found = unchecked_spends(warehouse)
+    assert (found.ranges, found.waiting, found.first_missing) == ([(200, 280)], 41, 281)
+    assert found.blocks == 81
+    load(source, warehouse, 281, 299, plan)                  # fills the gap: 281..299 checked, 300..340 not
+    found = unchecked_spends(warehouse)
+    assert (found.ranges, found.waiting, found.first_missing) == ([(200, 280), (300, 340)], 0, None)
+    for lo, hi in found.ranges:  # what the catch-up does, on the same loop
+        assert load(source, warehouse, lo, hi, plan, batch_size=40).spends_checked == hi - lo + 1
+    assert unchecked_spends(warehouse).ranges == [] and unchecked_spends(warehouse).describe() == []
+    assert warehouse.read("spend_scans")["height"].to_pylist() == list(range(341))
+
+
 # --------------------------------------------------------------------------- a real Core chain
 
 
@@ -294,17 +339,14 @@ def _registry(*extra: dict):
     ]})
 
 
-@pytest.mark.node
-@pytest.mark.parametrize("source", ["rest", "rpc", "blkfiles"])
-def test_custody_links_on_a_real_core_chain(regtest_node, tmp_path, source: str) -> None:
-    """Coinbases paid to P2WSH(OP_TRUE) (spendable by anyone with the witness [OP_TRUE]); after
-    100 blocks of maturity, transactions spend alpha's and beta's coinbases together (twice, at two
-    heights), alpha's alone, beta's with an unknown pool's: one link, alpha/beta, 2 transactions."""
+def _custody_chain(regtest_node) -> tuple[int, int, dict[str, bytes], dict[int, bytes]]:
+    """Mine the custody chain on a fresh Core regtest node: 8 tagged blocks whose coinbases pay
+    P2WSH(OP_TRUE), 100 fillers, then block 109 (``first``) spending alpha's and beta's coinbases
+    together, alpha's alone and beta's with an unknown block's, and block 110 (``second``) with a
+    second alpha/beta co-spend. Returns (first, second, the spending transactions by name, the
+    coinbase txids of heights 1..8 in internal byte order)."""
     from pipeline.devnode.blocks import CoinbaseSpec, build_block
     from pipeline.devnode.chains import mine_chain
-    from pipeline.load.jobs import sync_range
-    from pipeline.source.client import NodeClient
-    from pipeline.store.warehouse import Warehouse
 
     if regtest_node.flavor != "core":
         pytest.skip("needs Bitcoin Core (SegWit spends of P2WSH coinbases); set POOLWATCH_BITCOIND")
@@ -332,6 +374,22 @@ def test_custody_links_on_a_real_core_chain(regtest_node, tmp_path, source: str)
     second = submit([co_second])
     assert regtest_node.tip().height == second == first + 1 == 110
 
+    return first, second, {"co_first": co_first, "alone": alone, "with_unknown": with_unknown,
+                           "co_second": co_second}, coinbase
+
+
+@pytest.mark.node
+@pytest.mark.parametrize("source", ["rest", "rpc", "blkfiles"])
+def test_custody_links_on_a_real_core_chain(regtest_node, tmp_path, source: str) -> None:
+    """Coinbases paid to P2WSH(OP_TRUE) (spendable by anyone with the witness [OP_TRUE]); after
+    100 blocks of maturity, transactions spend alpha's and beta's coinbases together (twice, at two
+    heights), alpha's alone, beta's with an unknown pool's: one link, alpha/beta, 2 transactions."""
+    from pipeline.load.jobs import sync_range
+    from pipeline.source.client import NodeClient
+    from pipeline.store.warehouse import Warehouse
+
+    first, second, txs, coinbase = _custody_chain(regtest_node)
+    co_first, alone, with_unknown, co_second = (txs[k] for k in ("co_first", "alone", "with_unknown", "co_second"))
     client = NodeClient(regtest_node.client_config())
     warehouse = Warehouse(tmp_path / "w")
     # Batches 0..54, 55..109, 110: the second co-spend's batch adds to the links the first one stored.
@@ -420,3 +478,87 @@ def test_sync_no_spends_says_what_it_did_not_record(regtest_node, tmp_path) -> N
     mine_chain(regtest_node, [CoinbaseSpec(tag=b"/alpha/", payouts=[(OP_TRUE_P2WSH, 1)])])
     result = CliRunner().invoke(main, args, catch_exceptions=False)  # recording on again: checked from height 0
     assert result.exit_code == 0 and "not recorded" not in result.output, result.output
+
+
+_COMPARED = ["blocks", "coinbase_outputs", "attributions", "spend_scans", "coinbase_spends", "custody_links"]
+
+
+@pytest.mark.node
+def test_out_of_order_chunks_then_the_catch_up_equal_a_sequential_load(regtest_node, tmp_path) -> None:
+    """A mapped backfill's shape: the higher chunk loads first (its blocks cannot be checked: the
+    lower heights are missing), then the lower chunk. The catch-up (the job behind `poolwatch sync`
+    and the backfill DAG's check_spends task) loads the unchecked range again and every table,
+    custody_links and coinbase_spends included, equals a sequential load's exactly; through the
+    CLI the catch-up runs by itself after the load that made the range checkable."""
+    import json
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from pipeline.load.jobs import check_spends, sync_range
+    from pipeline.load.spends import unchecked_spends
+    from pipeline.source.client import NodeClient
+    from pipeline.store.warehouse import Warehouse
+
+    first, second, _, _ = _custody_chain(regtest_node)
+    client = NodeClient(regtest_node.client_config())
+    sequential = Warehouse(tmp_path / "sequential")
+    sync_range(client, sequential, registry=_registry(), batch_size=55)
+    expected = {t: sequential.read(t) for t in _COMPARED}
+    assert expected["custody_links"].select(["pool_a", "pool_b", "co_spend_txs"]).to_pylist() == [
+        {"pool_a": "alpha", "pool_b": "beta", "co_spend_txs": 2}]
+
+    chunks = Warehouse(tmp_path / "chunks")
+    high = sync_range(client, chunks, 55, second, registry=_registry(), batch_size=55)
+    assert high.spends_checked == 0 and "lower heights missing" in high.notes[0]
+    low = sync_range(client, chunks, 0, 54, registry=_registry(), batch_size=55)
+    assert low.spends_checked == 55 and low.notes == []
+    assert chunks.read("custody_links").num_rows == 0  # the co-spends are in the unchecked chunk
+    assert unchecked_spends(chunks).ranges == [(55, second)]
+    done = check_spends(client, chunks, batch_size=30)
+    assert (done.ranges, done.spends_checked, done.blocks_loaded) == ([(55, second)], second - 54, second - 54)
+    assert done.left.ranges == [] and done.left.waiting == 0 and done.notes == []
+    assert "checked coinbase spends of 56 stored block(s)" in done.describe()[0]
+    for table in _COMPARED:
+        assert chunks.read(table).equals(expected[table]), table
+    # Nothing left: a second catch-up loads nothing.
+    again = check_spends(client, chunks)
+    assert again.ranges == [] and again.blocks_loaded == 0 and again.describe() == []
+
+    # The CLI: the catch-up follows the load that left blocks (or found a higher chunk waiting).
+    registry_file = tmp_path / "registry.json"
+    registry_file.write_text(json.dumps({"format": "poolwatch-registry", "format_version": 1, "families": [],
+                                         "pools": [{"id": p, "name": p.title(), "tags": [{"tag": f"/{p}/"}],
+                                                    "addresses": []} for p in ("alpha", "beta")]}))
+    args = ["--warehouse", str(tmp_path / "cli"), "sync", "--no-metrics", "--registry", str(registry_file),
+            "--batch-size", "55", "--rpc-url", regtest_node.rpc_url, "--rpc-cookie", str(regtest_node.cookie_file)]
+    out = CliRunner().invoke(main, [*args, "--from", "55", "--to", str(second)], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())
+    assert "56 stored block(s) above height 0 stay unchecked for coinbase spends until height 0 is stored" in text
+    assert "not recorded" not in text  # the catch-up's account replaces the load's
+    out = CliRunner().invoke(main, [*args, "--from", "0", "--to", "54"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert "checked coinbase spends of 56 stored block(s) left unchecked by earlier loads (heights 55..110)" \
+        in " ".join(out.output.split())
+    cli = Warehouse(tmp_path / "cli")
+    assert unchecked_spends(cli).ranges == []
+    for table in ("spend_scans", "coinbase_spends", "custody_links"):
+        assert cli.read(table).equals(expected[table]), table
+    # Loaded with --no-spends: no catch-up follows; --no-check-spends leaves them; --check-spends looks
+    # over every stored block (here with nothing new to load) and checks them all.
+    args[1] = str(tmp_path / "cli-no-spends")
+    out = CliRunner().invoke(main, [*args, "--no-spends"], catch_exceptions=False)
+    assert out.exit_code == 0 and "checked coinbase spends" not in out.output, out.output
+    off = Warehouse(tmp_path / "cli-no-spends")
+    assert unchecked_spends(off).ranges == [(0, second)]
+    out = CliRunner().invoke(main, [*args, "--no-check-spends"], catch_exceptions=False)
+    assert out.exit_code == 0 and "up to date" in out.output, out.output
+    assert unchecked_spends(off).ranges == [(0, second)]
+    out = CliRunner().invoke(main, [*args, "--check-spends"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert f"checked coinbase spends of {second + 1} stored block(s)" in " ".join(out.output.split())
+    for table in _COMPARED:
+        assert off.read(table).equals(expected[table]), table
+    out = CliRunner().invoke(main, [*args, "--check-spends", "--no-spends"])
+    assert out.exit_code != 0 and "give one of them" in out.output

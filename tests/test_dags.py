@@ -56,6 +56,11 @@ def test_backfill_maps_chunks(dagbag):
     assert load.is_mapped and load.max_active_tis_per_dag == 2
     assert "heights" in load.map_index_template and "end" in load.map_index_template
     assert set(dag.params) >= {"from", "to", "chunk_size", "conn_id"}
+    # The spends catch-up runs once every chunk is stored, before the views and the Asset events.
+    assert [t.task_id for t in dag.topological_sort()] == ["plan", "load_chunk", "check_spends", "refresh_views",
+                                                           "publish"]
+    assert dag.get_task("check_spends").upstream_task_ids == {"load_chunk"}
+    assert dag.get_task("publish").upstream_task_ids == {"load_chunk", "check_spends", "refresh_views"}
 
 
 def test_load_concurrency_and_pool_come_from_the_environment(monkeypatch):
@@ -182,6 +187,9 @@ def test_backfill_dag_end_to_end(dagbag, regtest_node, airflow_env):
     assert [h for h, _ in rows] == list(range(5, 28))
     assert [h for _, h in rows] == hashes[4:27]
     assert con.execute("SELECT count(DISTINCT height) FROM attributions").fetchone()[0] == 23
+    # Heights 0..4 are not stored: no block's coinbase spends can be checked yet, and check_spends says so.
+    assert states["check_spends"] == "success"
+    assert con.execute("SELECT count(*) FROM spend_scans").fetchone()[0] == 0
 
     # Chunks are idempotent: running an overlapping range again changes nothing and duplicates nothing.
     run = dag.test(run_conf={"from": 0, "to": 12, "chunk_size": 10})
@@ -189,6 +197,9 @@ def test_backfill_dag_end_to_end(dagbag, regtest_node, airflow_env):
     con = Warehouse(airflow_env).connect()
     assert con.execute("SELECT count(*), count(DISTINCT height), min(height), max(height) FROM blocks").fetchone() \
         == (28, 28, 0, 27)
+    # Now every height below 28 is stored: check_spends checked the blocks the chunks could not
+    # (13..27, and whichever chunk ran before the lower one), so every block is checked.
+    assert [h for (h,) in con.execute("SELECT height FROM spend_scans ORDER BY height").fetchall()] == list(range(28))
 
 
 def _raiser(exc):

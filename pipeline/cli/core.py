@@ -134,7 +134,19 @@ def run_sync(client, warehouse_root: Path, start: int | None, end: int | None, *
     return warehouse, result
 
 
-def print_sync_result(result) -> None:
+def run_check_spends(client, warehouse, *, validate: bool, batch_size: int, wait: float, source: str = "node",
+                     datadir: Path | None = None):
+    """The spends catch-up (``pipeline.load.jobs.check_spends``) with a progress bar."""
+    from pipeline.load.jobs import check_spends
+
+    with progress_bar("spends", total=None) as advance:
+        return check_spends(client, warehouse, validate=validate, batch_size=batch_size, writer_wait=wait,
+                            source=source, datadir=datadir, progress=advance, on_plan=advance.set_total)
+
+
+def print_sync_result(result, checked=None) -> None:
+    """``checked``: the spends catch-up that followed the load, if one ran; its account of which blocks
+    are still unchecked replaces the load's own (the load's notes name heights it may have checked)."""
     if result.reorg_fork_height is not None:
         out.print(f"[yellow]reorg repaired:[/] rolled back from height {result.reorg_fork_height} and reloaded")
     if result.reattributed:
@@ -145,8 +157,14 @@ def print_sync_result(result) -> None:
                   f"node in {result.seconds:.1f} s ({result.blocks_per_second:,.0f} blocks/s)")
     else:
         out.print(f"up to date: nothing new to load on {result.chain}")
-    for note in result.notes:  # e.g. blocks whose coinbase spends were not recorded, and why
+    from pipeline.load.spends import NOT_RECORDED
+
+    notes = result.notes if checked is None else [n for n in result.notes if not n.startswith(NOT_RECORDED)]
+    for note in notes:  # e.g. blocks whose coinbase spends were not recorded, and why
         out.print(f"[yellow]note:[/] {note}")
+    if checked is not None:
+        for line in checked.describe():
+            out.print(line if line.startswith("checked ") else f"[yellow]note:[/] {line}")
 
 
 @click.command()
@@ -182,12 +200,17 @@ def print_sync_result(result) -> None:
               help="Do not record where coinbase outputs are spent (coinbase_spends, custody links): block files "
                    "are then read header and coinbase only where that is enough (faster). The blocks loaded so "
                    "are listed as not checked (docs/custody.md).")
+@click.option("--check-spends/--no-check-spends", "check_spends", default=None,
+              help="After loading, record the coinbase spends of stored blocks that earlier loads left unchecked "
+                   "(parallel backfill chunks, --workers, a gap since filled, --no-spends) by loading them again. "
+                   "Default: only when this load left such blocks (or a higher stored block was waiting for it); "
+                   "--check-spends looks over every stored block, --no-check-spends never (docs/custody.md).")
 @node_options
 @click.pass_context
 @friendly_errors
 def sync(ctx, start, end, registry_path, cross_network_registry, change_settings, no_metrics, no_validate,
-         batch_size, wait, workers, source, datadir, no_spends, rpc_url, rpc_cookie, rpc_user, rpc_password,
-         use_rest):
+         batch_size, wait, workers, source, datadir, no_spends, check_spends, rpc_url, rpc_cookie, rpc_user,
+         rpc_password, use_rest):
     """Load blocks from the node: from the last stored height (or --from) to the tip (or --to).
 
     The stored metric tables are then brought up to date (only the windows the new blocks touch)."""
@@ -195,12 +218,21 @@ def sync(ctx, start, end, registry_path, cross_network_registry, change_settings
         raise click.UsageError(f"--from {start} is above --to {end}: nothing to load (both heights are included)")
     if source == "blkfiles" and datadir is None:
         raise click.UsageError("--source blkfiles needs --datadir (the node's data directory)")
+    if no_spends and check_spends:
+        raise click.UsageError("--check-spends records coinbase spends, --no-spends does not: give one of them")
     client = make_client(rpc_url, rpc_cookie, rpc_user, rpc_password, use_rest)
     warehouse, result = run_sync(client, ctx.obj["warehouse"], start, end, registry_path=registry_path,
                                  cross_network=cross_network_registry, validate=not no_validate,
                                  batch_size=batch_size, wait=wait, workers=workers, source=source, datadir=datadir,
                                  change_settings=change_settings, record_spends=not no_spends)
-    print_sync_result(result)
+    checked = None
+    if not no_spends and check_spends is not False:
+        from pipeline.load.jobs import spends_left_behind
+
+        if check_spends or spends_left_behind(warehouse, result):
+            checked = run_check_spends(client, warehouse, validate=not no_validate, batch_size=batch_size, wait=wait,
+                                       source=source, datadir=datadir)
+    print_sync_result(result, checked)
     if not no_metrics:
         update_metrics(warehouse, wait=wait)
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from pipeline.load.custody import links_after, recompute_custody_links
 from pipeline.load.loop import (COMMIT_LOCK_WAIT, BatchPlan, ChainChangedError, RegistryChangedError, load,
                                 plan_chunks)
+from pipeline.load.spends import UncheckedSpends, unchecked_spends
 from pipeline.source.choice import open_block_source
 from pipeline.source.client import NodeClient
 from pipeline.source.errors import HeightAboveTipError, NodeError
@@ -221,7 +222,7 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
                on_plan: Callable[[int, int], None] | None = None, writer_wait: float = 0.0,
                workers: int = 1, source: str = "node", datadir: Path | None = None,
                default_registry: Callable[[], Registry] | None = None, default_cross_network: bool = False,
-               change_settings: bool = False, record_spends: bool = True) -> SyncResult:
+               change_settings: bool = False, record_spends: bool = True, refresh: bool = True) -> SyncResult:
     """Load heights [start, end] (default: from the stored tip + 1 to the node's tip).
 
     ``registry``: apply this registry (history is re-attributed first if the warehouse uses another);
@@ -235,7 +236,8 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
     Order: node readiness -> chain check -> reorg check/repair -> batches of fetch, decode,
     attribute, validate, commit -> catalog refresh. The writer lock is held for the set-up and for
     each commit (never while reading the node), so two runs never both write and parallel backfill
-    workers only queue for the short commits.
+    workers only queue for the short commits. ``refresh`` False leaves the catalog refresh (and Data
+    Docs) to the caller, which loads more ranges (``check_spends``).
     """
     choice = RegistryChoice(registry, allow_cross_network, default_registry, default_cross_network, change_settings)
     started = time.monotonic()
@@ -290,11 +292,91 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
     finally:
         blocks.close()
     # The registry version was made current (pool_definitions + meta) by reattribute() in the set-up.
+    if refresh:
+        _refresh(warehouse, writer_wait, validate and result.batches > 0)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _refresh(warehouse: Warehouse, writer_wait: float, data_docs: bool) -> None:
     with warehouse.writer(wait=max(writer_wait, COMMIT_LOCK_WAIT)):
         warehouse.refresh_catalog()
-        if validate and result.batches:
+        if data_docs:
             _build_data_docs(warehouse)
+
+
+@dataclass
+class SpendCheckResult:
+    """What ``check_spends`` did: the stored heights it loaded again to record their coinbase spends
+    (``ranges``), how many blocks that checked, and what is still unchecked afterwards (``left``)."""
+
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    blocks_loaded: int = 0
+    spends_checked: int = 0
+    left: UncheckedSpends = field(default_factory=lambda: UncheckedSpends([]))
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # the loads' own notes (heights they could not check, why)
+
+    def describe(self) -> list[str]:
+        lines = []
+        if self.ranges:
+            shown = ", ".join(f"{lo}..{hi}" for lo, hi in self.ranges[:5])
+            more = f" and {len(self.ranges) - 5} more range(s)" if len(self.ranges) > 5 else ""
+            lines.append(f"checked coinbase spends of {self.spends_checked} stored block(s) left unchecked by "
+                         f"earlier loads (heights {shown}{more}), in {self.seconds:.1f} s")
+        return lines + self.notes + self.left.describe()
+
+
+def spends_left_behind(warehouse: Warehouse, result: SyncResult) -> bool:
+    """Whether a load may have left blocks that ``check_spends`` can check now, told from the load
+    itself and one lookup: it skipped some of its blocks, or the block just above its range is
+    stored without a ``spend_scans`` row (a higher chunk loaded earlier, waiting for this one)."""
+    if result.blocks_loaded and result.spends_checked < result.blocks_loaded:
+        return True
+    if result.end is None or not result.blocks_loaded:
+        return False
+    above = result.end + 1
+    where = f"height = {int(above)}"
+    return (warehouse.read("blocks", where=where, columns=["height"]).num_rows > 0
+            and warehouse.read("spend_scans", where=where, columns=["height"]).num_rows == 0)
+
+
+def check_spends(client: NodeClient, warehouse: Warehouse, *, validate: bool = True, batch_size: int = 1000,
+                 writer_wait: float = 0.0, source: str = "node", datadir: Path | None = None,
+                 progress: Progress | None = None, on_plan: Callable[[int], None] | None = None) -> SpendCheckResult:
+    """Record the coinbase spends of every stored block that has none recorded yet and can be checked
+    (every lower height stored; ``pipeline.load.spends.unchecked_spends``): left by parallel backfill
+    chunks loaded out of order, ``--workers N``, a gap since filled, or ``--no-spends``.
+
+    Each range is loaded again through the one loop, in one process with spends on, with the
+    warehouse's current registry and settings: the blocks and attributions come out byte-identical
+    (same chain, registry, settings), and the loop adds the spend_scans / coinbase_spends rows and
+    recomputes custody_links in each commit, so the result is what a sequential load gives.
+    ``on_plan`` is told the number of blocks to load first.
+    """
+    started = time.monotonic()
+    todo = unchecked_spends(warehouse)
+    result = SpendCheckResult(ranges=list(todo.ranges))
+    if on_plan:
+        on_plan(todo.blocks)
+    if todo.ranges:
+        log.info("recording coinbase spends of %d stored block(s) in %d range(s) left unchecked by earlier loads",
+                 todo.blocks, len(todo.ranges))
+    for lo, hi in todo.ranges:
+        loaded = sync_range(client, warehouse, lo, hi, validate=validate, batch_size=batch_size, check_reorg=False,
+                            progress=progress, writer_wait=writer_wait, workers=1, source=source, datadir=datadir,
+                            record_spends=True, refresh=False)
+        result.blocks_loaded += loaded.blocks_loaded
+        result.spends_checked += loaded.spends_checked
+        result.notes += loaded.notes
+    if todo.ranges:
+        _refresh(warehouse, writer_wait, validate)
+        result.left = unchecked_spends(warehouse)
+    else:
+        result.left = todo
     result.seconds = time.monotonic() - started
+    for line in result.describe():
+        log.info("%s", line)
     return result
 
 

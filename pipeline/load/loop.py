@@ -49,7 +49,7 @@ import pyarrow as pa
 from pipeline.chain.decode import DecodedBlock, DecodeError, decode_block, decode_block_head
 from pipeline.load.custody import with_custody_links
 from pipeline.load.processes import HelperDiedError, HelperPool, HelperStartError
-from pipeline.load.spends import SKIP_OFF, SKIP_WORKERS, SpendRecorder
+from pipeline.load.spends import NOT_RECORDED, SKIP_OFF, SKIP_WORKERS, SpendRecorder
 from pipeline.load.tables import build_tables
 from pipeline.source.base import BlockSource, Located, RawBlock, SourceRecipe
 from pipeline.source.choice import open_source
@@ -589,10 +589,11 @@ def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: Batc
         result.spends_checked = spends.checked
         result.spends_skipped = spends.summary()
     elif result.blocks:
-        result.spends_skipped = [f"coinbase spends not recorded for {result.blocks} block(s) ({SKIP_OFF}): "
+        result.spends_skipped = [f"{NOT_RECORDED} for {result.blocks} block(s) ({SKIP_OFF}): "
                                  f"heights {lo}..{hi}"]
     for line in result.spends_skipped:
-        log.warning("%s; load them again once the heights below are stored, in one process, with spends on "
+        log.warning("%s; the spends catch-up (pipeline.load.jobs.check_spends: `poolwatch sync` runs it, and "
+                    "`poolwatch sync --check-spends`) checks them once the heights below are stored "
                     "(docs/custody.md)", line)
     return result
 

@@ -16,15 +16,20 @@ looks again whether the missing heights have been stored meanwhile, and checks t
 once they are. A block the recorder can check is read whole, also from block files (whose reader
 otherwise reads only the header and coinbase of a block without a witness commitment); with
 spends switched off (``poolwatch sync --no-spends``) that head-only read stays, and nothing is
-checked. The loop reports the heights left unchecked and why (``SpendRecorder.skipped``);
-reloading them (``poolwatch sync --from H --to H``) once the heights below are stored checks them.
+checked. The loop reports the heights left unchecked and why (``SpendRecorder.skipped``).
+
+Nothing in a run goes back to the heights it left unchecked; the catch-up does
+(``pipeline.load.jobs.check_spends``, run by ``poolwatch sync`` and the backfill DAG):
+``unchecked_spends`` finds the stored heights without a ``spend_scans`` row whose lower heights are
+all stored, and the job loads them again through the same loop, which now checks them.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from pipeline.chain.coinbases import CoinbaseIndex
 from pipeline.chain.decode import DecodedBlock
@@ -35,6 +40,8 @@ log = logging.getLogger("pipeline.load.spends")
 SKIP_MISSING = "lower heights missing"
 SKIP_WORKERS = "decoded in parallel worker processes"
 SKIP_OFF = "recording switched off (--no-spends)"
+# How every note about blocks left unchecked begins (the CLI replaces them by the catch-up's account).
+NOT_RECORDED = "coinbase spends not recorded"
 
 # (height, coinbase txid in display hex) of the stored blocks with lo <= height <= hi.
 StoredCoinbases = Callable[[int, int], list[tuple[int, str]]]
@@ -111,8 +118,80 @@ class SpendRecorder:
             count = sum(hi - lo + 1 for lo, hi in ranges)
             shown = ", ".join(f"{lo}..{hi}" if lo != hi else str(lo) for lo, hi in ranges[:5])
             more = f" and {len(ranges) - 5} more range(s)" if len(ranges) > 5 else ""
-            lines.append(f"coinbase spends not recorded for {count} block(s) ({reason}): heights {shown}{more}")
+            lines.append(f"{NOT_RECORDED} for {count} block(s) ({reason}): heights {shown}{more}")
         return lines
 
 
-__all__ = ["SKIP_MISSING", "SKIP_OFF", "SKIP_WORKERS", "SpendRecorder", "StoredCoinbases"]
+@dataclass(frozen=True)
+class UncheckedSpends:
+    """Stored blocks without a ``spend_scans`` row. ``ranges``: those whose lower heights are all
+    stored (checkable now), as inclusive height ranges in order; ``waiting``: how many stored blocks
+    above ``first_missing`` (the lowest height not stored, None when heights 0..tip all are) lack a
+    row; they cannot be checked until that height is stored."""
+
+    ranges: list[tuple[int, int]]
+    waiting: int = 0
+    first_missing: int | None = None
+
+    @property
+    def blocks(self) -> int:
+        return sum(hi - lo + 1 for lo, hi in self.ranges)
+
+    def describe(self) -> list[str]:
+        """What is left, one line each, for logs and the CLI ([] when every stored block is checked)."""
+        lines = []
+        if self.ranges:
+            lines.append(f"{self.blocks} stored block(s) can be checked for coinbase spends: heights "
+                         f"{_ranges_text(self.ranges)}")
+        if self.waiting:
+            lines.append(f"{self.waiting} stored block(s) above height {self.first_missing} stay unchecked for "
+                         f"coinbase spends until height {self.first_missing} is stored (load it, e.g. "
+                         f"`poolwatch sync --from {self.first_missing}`, and they are checked)")
+        return lines
+
+
+def missing_ranges(end: int, scanned: Iterable[int]) -> list[tuple[int, int]]:
+    """Heights 0..end that are not in ``scanned`` (ascending), as inclusive ranges."""
+    ranges: list[tuple[int, int]] = []
+    expected = 0
+    for height in scanned:
+        if height > end:
+            break
+        if height > expected:
+            ranges.append((expected, height - 1))
+        expected = max(expected, height + 1)
+    if expected <= end:
+        ranges.append((expected, end))
+    return ranges
+
+
+def unchecked_spends(warehouse) -> UncheckedSpends:  # noqa: ANN001 - pipeline.store.warehouse.Warehouse
+    """The stored blocks whose coinbase spends were not recorded (see ``UncheckedSpends``). Reads
+    two height columns; a block at h can be checked when heights 0..h-1 are stored (the coinbase
+    index needs every one of them), i.e. within the stored heights' prefix from 0."""
+    stored = warehouse.stored_range()
+    if stored is None:
+        return UncheckedSpends([])
+    lo, hi = stored
+    if lo > 0:
+        prefix_end, first_missing = -1, 0
+    else:
+        gaps = warehouse.gaps()
+        prefix_end = gaps[0][0] - 1 if gaps else hi
+        first_missing = gaps[0][0] if gaps else None
+    scanned = warehouse.read("spend_scans", columns=["height"])["height"].to_pylist()
+    ranges = missing_ranges(prefix_end, scanned) if prefix_end >= 0 else []
+    waiting = 0
+    if first_missing is not None:
+        above = warehouse.read("blocks", where=f"height > {int(first_missing)}", columns=["height"]).num_rows
+        waiting = above - sum(1 for h in scanned if h > first_missing)
+    return UncheckedSpends(ranges, waiting, first_missing)
+
+
+def _ranges_text(ranges: list[tuple[int, int]], shown: int = 5) -> str:
+    text = ", ".join(f"{lo}..{hi}" if lo != hi else str(lo) for lo, hi in ranges[:shown])
+    return text + (f" and {len(ranges) - shown} more range(s)" if len(ranges) > shown else "")
+
+
+__all__ = ["NOT_RECORDED", "SKIP_MISSING", "SKIP_OFF", "SKIP_WORKERS", "SpendRecorder", "StoredCoinbases",
+           "UncheckedSpends", "missing_ranges", "unchecked_spends"]
