@@ -239,12 +239,9 @@ def _lead(members: Iterable[str]) -> str:
     return min(members, key=rank)
 
 
-def groups_for(era: str, era_pools: tuple[str, ...], links: Iterable[InferredLink],
-               names: Mapping[str, str]) -> list[Group]:
-    """Connected components (two or more legal entities) of the link graph for one era value: each
-    linked pool stands for its legal entity then (``era`` gives it for the pools in ``era_pools``;
-    every other pool's entity is itself)."""
-    entity = dict(zip(era_pools, era.split("|") if era_pools else (), strict=True))
+def _components(pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """Connected components of the graph whose edges are ``pairs`` (union-find with path halving),
+    each a list of its nodes; a pair of one node twice gives a component of one."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -254,15 +251,25 @@ def groups_for(era: str, era_pools: tuple[str, ...], links: Iterable[InferredLin
             x = parent[x]
         return x
 
-    for link in links:
-        a, b = find(entity.get(link.pool_a, link.pool_a)), find(entity.get(link.pool_b, link.pool_b))
-        if a != b:
-            parent[max(a, b)] = min(a, b)  # deterministic whatever the link order
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)  # deterministic whatever the pair order
     components: dict[str, list[str]] = defaultdict(list)
     for node in list(parent):
         components[find(node)].append(node)
+    return list(components.values())
+
+
+def groups_for(era: str, era_pools: tuple[str, ...], links: Iterable[InferredLink],
+               names: Mapping[str, str]) -> list[Group]:
+    """Connected components (two or more legal entities) of the link graph for one era value: each
+    linked pool stands for its legal entity then (``era`` gives it for the pools in ``era_pools``;
+    every other pool's entity is itself)."""
+    entity = dict(zip(era_pools, era.split("|") if era_pools else (), strict=True))
     out = []
-    for members in components.values():
+    for members in _components((entity.get(link.pool_a, link.pool_a), entity.get(link.pool_b, link.pool_b))
+                               for link in links):
         if len(members) < 2:
             continue
         lead = _lead(members)
@@ -395,26 +402,11 @@ def suggest_memberships(registry: Registry, links: Iterable[InferredLink],
     here changes a registry: it is a proposal with its evidence."""
     used = [link for link in counted(links, settings)
             if link.pool_a in registry.by_id and link.pool_b in registry.by_id]
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for link in used:
-        a, b = find(link.pool_a), find(link.pool_b)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    components: dict[str, list[str]] = defaultdict(list)
-    for node in list(parent):
-        components[find(node)].append(node)
+    components = _components((link.pool_a, link.pool_b) for link in used)
     families: list[dict[str, Any]] = []
     memberships: list[dict[str, Any]] = []
     declared = {f.id for f in registry.families}
-    for members in sorted(sorted(c) for c in components.values()):
+    for members in sorted(sorted(c) for c in components):
         inside = [lk for lk in used if lk.pool_a in members]
         kinds = defaultdict(int)
         for lk in inside:
