@@ -150,10 +150,13 @@ def prev_hash_links(blocks: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckC
 @invariant("time_in_bounds")
 def time_in_bounds(blocks: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
     """A block time no earlier than mainnet's genesis and at most 2 hours after now."""
-    times = _epoch(_col(blocks, "time"))
+    return _times_in_bounds(_col(blocks, "time"), ctx)
+
+
+def _times_in_bounds(values: list[Any], ctx: CheckContext) -> Violation:
+    """Each time no earlier than mainnet's genesis and at most 2 hours after ``ctx.now``."""
     latest = ctx.now + MAX_FUTURE_BLOCK_TIME
-    return _failing([None if t is None else EARLIEST_BLOCK_TIME <= t <= latest for t in times],
-                    _col(blocks, "time"))
+    return _failing([None if t is None else EARLIEST_BLOCK_TIME <= t <= latest for t in _epoch(values)], values)
 
 
 def _median_time_past(times: Mapping[int, int | None], height: int) -> int | None:
@@ -549,10 +552,7 @@ def pool_reference_resolved(obs: pa.Table, batch: Mapping[str, pa.Table], ctx: C
 @invariant("template_observed_at_in_bounds")
 def observed_at_in_bounds(obs: pa.Table, batch: Mapping[str, pa.Table], ctx: CheckContext) -> Violation:
     """No earlier than mainnet's genesis block, at most 2 hours after now."""
-    times = _epoch(_col(obs, "observed_at"))
-    latest = ctx.now + MAX_FUTURE_BLOCK_TIME
-    return _failing([None if t is None else EARLIEST_BLOCK_TIME <= t <= latest for t in times],
-                    _col(obs, "observed_at"))
+    return _times_in_bounds(_col(obs, "observed_at"), ctx)
 
 
 @invariant("template_observation_grouped")
