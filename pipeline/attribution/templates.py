@@ -99,17 +99,21 @@ class Capture:
         return sorted({j.pool_ref for j in self.jobs if j.pool_ref.startswith(MEMPOOL_PREFIX)})
 
 
+def _read_input(path: Path, what: str, directory_note: str = "") -> bytes:
+    """The bytes of an input file, or a CaptureError naming ``what`` it was and why it can't be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CaptureError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise CaptureError(f"{what} {path} is a directory{directory_note}") from None
+    except PermissionError:
+        raise CaptureError(f"{what} {path} cannot be read (permission denied)") from None
+
+
 def read_capture(path: Path, fmt: str = "auto") -> Capture:
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CaptureError(f"capture file {path} does not exist") from None
-    except IsADirectoryError:
-        raise CaptureError(f"capture file {path} is a directory") from None
-    except PermissionError:
-        raise CaptureError(f"capture file {path} cannot be read (permission denied)") from None
-    return parse_capture(data, path.name, fmt)
+    return parse_capture(_read_input(path, "capture file"), path.name, fmt)
 
 
 def parse_capture(data: bytes, name: str, fmt: str = "auto") -> Capture:
@@ -375,12 +379,7 @@ class MempoolPoolList:
 
 def read_mempool_pool_list(path: Path) -> MempoolPoolList:
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CaptureError(f"mempool pool list {path} does not exist") from None
-    except IsADirectoryError:
-        raise CaptureError(f"mempool pool list {path} is a directory, not pools-v2.json") from None
+    data = _read_input(path, "mempool pool list", ", not pools-v2.json")
     try:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
