@@ -203,7 +203,7 @@ def register(main: click.Group) -> None:
         json_help="Print {window, level, registry_version, centralization: [...], pool_share: [...]} as JSON "
                   "(every column of the shown windows and pools) instead of tables.")
     @click.option("--csv-dir", "csv_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                  help="Also write centralization.csv and pool_share.csv (both levels, every window computed) "
+                  help="Also write centralization.csv and pool_share.csv (every level, every window computed) "
                        "into this folder.")
     @click.option("--refresh", is_flag=True,
                   help="Recompute the materialized tables (centralization, pool_share: day/week/month/epoch).")

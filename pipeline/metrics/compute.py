@@ -825,7 +825,7 @@ def _known_counts(per_window: pd.DataFrame) -> dict[tuple[int, str], np.ndarray]
 
 
 def _window_low_sample(info: pd.DataFrame, per_window: pd.DataFrame) -> pd.Series:
-    """One flag per window (both levels, every treatment and the pool_share rows agree), from its
+    """One flag per window (every level, every treatment and the pool_share rows agree), from its
     pool-level counts with unknown blocks as one entity: every block of the window counts, as in
     pool_share's shares, and no treatment's assumption about the unknown miners decides it. Always
     judged on the 95% interval, whatever confidence the caller asked of the intervals, so that
