@@ -616,8 +616,8 @@ def _data_files(root) -> dict:
 
 
 def _append(wh, pools, start_height, **kw):
-    blocks, attributions = synthetic_tables(pools, start_height=start_height,
-                                            start=T0 + timedelta(seconds=600 * start_height), **kw)
+    kw.setdefault("start", T0 + timedelta(seconds=600 * start_height))
+    blocks, attributions = synthetic_tables(pools, start_height=start_height, **kw)
     with wh.writer():
         wh.commit({"blocks": conformed(blocks, "blocks"), "attributions": conformed(attributions, "attributions")})
 
@@ -663,6 +663,81 @@ def test_incremental_refresh_gives_the_rows_of_a_full_refresh(tmp_path):
         m.refresh_metrics(reference, draws=50, full=True)
         assert _stored_metrics(inc) == _stored_metrics(reference), f"step {i}"
         assert _data_files(inc.root) == _data_files(full), f"step {i}"
+
+
+def _full_reference(wh, root):
+    """A copy of ``wh`` without its metric tables, refreshed in full."""
+    from pipeline.store.warehouse import Warehouse
+
+    shutil.copytree(wh.root, root, ignore=shutil.ignore_patterns("centralization", "pool_share"))
+    reference = Warehouse(root)
+    with reference.writer():
+        reference.set_meta(derived=None, dirty=None)
+    m.refresh_metrics(reference, draws=50, full=True)
+    return reference
+
+
+@pytest.fixture
+def small_metric_partitions(monkeypatch):
+    """The metric tables partitioned every 300 first heights (not 50,000), so a small chain has many."""
+    import dataclasses
+
+    from pipeline.store import warehouse as warehouse_module
+    from pipeline.store.schemas import table_spec
+
+    def spec(name):
+        found = table_spec(name)
+        return dataclasses.replace(found, bucket_size=300) if name in ("centralization", "pool_share") else found
+
+    monkeypatch.setattr(warehouse_module, "table_spec", spec)
+
+
+def test_incremental_refresh_rewrites_only_the_partitions_of_the_windows_it_recomputes(
+        tmp_path, small_metric_partitions):
+    """The metric tables are partitioned by window kind and first height: after blocks at the tip,
+    only the partitions holding recomputed windows are rewritten (the other files keep their bytes
+    and mtimes), and the rows and files equal a full refresh's. A warehouse whose metric tables are
+    still one file each (before they were partitioned) moves to the partitioned layout at its next
+    refresh, with the rows a full refresh gives."""
+    spacing = 3000  # 2100 blocks over 73 days: three months, many days and weeks
+
+    def append(pools, start_height):
+        _append(inc, pools, start_height, spacing=spacing,
+                start=T0 + timedelta(seconds=spacing * start_height))
+
+    inc = build_warehouse(tmp_path / "inc", demo_pools(2100, seed=1), spacing=spacing)
+    m.refresh_metrics(inc, draws=50)
+    before = {p: p.stat().st_mtime_ns for p in (inc.root / "data" / "pool_share").rglob("part.parquet")}
+    assert len(before) > 15
+    last_month = max(inc.read("centralization", where="window_kind = 'month'")["first_height"].to_pylist())
+    append(demo_pools(40, seed=2), 2100)
+    done = m.refresh_metrics(inc, draws=50)
+    assert done.mode == "incremental"
+    after = {p: p.stat().st_mtime_ns for p in (inc.root / "data" / "pool_share").rglob("part.parquet")}
+    rewritten = {p for p in before if after[p] != before[p]}
+    assert rewritten and len(rewritten) < len(before) / 2, sorted(map(str, rewritten))
+    # nothing older than the last month's partition is rewritten
+    assert all(int(p.parent.name.split("=")[1]) >= last_month // 300 for p in rewritten), sorted(map(str, rewritten))
+    reference = _full_reference(inc, tmp_path / "full")
+    assert _stored_metrics(inc) == _stored_metrics(reference)
+    assert _data_files(inc.root) == _data_files(reference.root)
+    assert done.rows == {t: reference.row_count(t) for t in ("centralization", "pool_share")}
+
+    # The layout before partitioning: one file per table.
+    import pyarrow.parquet as pq
+
+    for table in ("centralization", "pool_share"):
+        rows = inc.read(table)
+        shutil.rmtree(inc.root / "data" / table)
+        (inc.root / "data" / table).mkdir()
+        pq.write_table(rows, inc.root / "data" / table / "part.parquet")
+    assert _stored_metrics(inc) == _stored_metrics(reference)
+    append(demo_pools(30, seed=3), 2140)
+    assert m.refresh_metrics(inc, draws=50).mode == "incremental"
+    assert not any((inc.root / "data" / t / "part.parquet").exists() for t in ("centralization", "pool_share"))
+    reference = _full_reference(inc, tmp_path / "full2")
+    assert _stored_metrics(inc) == _stored_metrics(reference)
+    assert _data_files(inc.root) == _data_files(reference.root)
 
 
 def _rollback(wh, height):

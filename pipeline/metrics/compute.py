@@ -725,7 +725,12 @@ def _setup(con: duckdb.DuckDBPyConnection, window: WindowScheme, registry_versio
         if rows:
             con.executemany("INSERT INTO _pw_group_map VALUES (?, ?, ?, ?)", rows)
     con.execute(f"CREATE OR REPLACE TEMP VIEW _pw_base AS {_inferred_sql()}")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_stored AS {_stored_sql()}")
+    # Only the stored blocks from one below the selection to one above it: every window is made of
+    # selected blocks, so its neighbours and any gap inside it lie there, and a refresh of the
+    # windows at the tip does not scan the whole history (the same rows as over every block).
+    lo, hi = con.execute("SELECT min(height), max(height) FROM _pw_legal").fetchone()
+    near = "FALSE" if lo is None else f"height BETWEEN {int(lo) - 1} AND {int(hi) + 1}"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_stored AS SELECT * FROM ({_stored_sql()}) WHERE {near}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_gaps AS {_gaps_sql()}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _pw_assigned AS {_assign_sql(window)}")
     con.execute(f"CREATE OR REPLACE TEMP VIEW _pw_windows_raw AS {_windows_sql(window)}")
@@ -1030,6 +1035,30 @@ def _affected_span(con: duckdb.DuckDBPyConnection, window: WindowScheme, lo: int
     return rng, f"window_start >= TIMESTAMPTZ '{_iso(start)}' AND window_start < TIMESTAMPTZ '{_iso(end)}'"
 
 
+def _incremental_batch(warehouse: Warehouse, computed: dict[str, pa.Table], replaced: dict[str, str],
+                       top: int | None) -> tuple[dict[str, pa.Table], dict[str, tuple[int, int]] | None]:
+    """What an incremental refresh commits: the first heights [lo, hi] spanned by the recomputed
+    windows and the stored windows they replace, and for each table every row that range must hold
+    afterwards (the recomputed rows, plus the stored rows of the windows in it that were not
+    recomputed). Committed with ``replace_range``, so only the partitions (window kind x 50,000
+    first heights) overlapping the range are read and rewritten: the work follows the windows
+    touched, not the length of the history."""
+    if not replaced:
+        return {}, None
+    condition = " OR ".join(f"(window_kind = '{kind}' AND ({sql}))" for kind, sql in replaced.items())
+    stored = [warehouse.read(t, where=condition, columns=["first_height"]) for t in computed]
+    firsts = np.concatenate([np.asarray(t.column("first_height").to_numpy(), dtype=np.int64)
+                             for t in [*computed.values(), *stored]])
+    if not len(firsts):
+        return {}, None
+    lo, hi = int(firsts.min()), int(firsts.max())
+    keep = f"first_height BETWEEN {lo} AND {hi} AND NOT ({condition})"
+    if top is not None:
+        keep += f" AND last_height <= {int(top)}"  # windows that lost their blocks (a reorg) vanish
+    tables = {t: pa.concat_tables([warehouse.read(t, where=keep), rows]) for t, rows in computed.items()}
+    return tables, {t: (lo, hi) for t in tables}
+
+
 def inference_settings(warehouse: Warehouse) -> InferenceSettings:
     """The inferred-level thresholds the warehouse's metric tables were computed with (meta.json
     ``metrics_settings``), else the defaults: what every reader of a warehouse should use so that
@@ -1099,7 +1128,7 @@ def refresh_metrics(warehouse: Warehouse, draws: int = BOOTSTRAP_DRAWS, validate
         top = warehouse.max_height()
         con = warehouse.connect()
         new: dict[str, list[pd.DataFrame]] = {"centralization": [], "pool_share": []}
-        kept: dict[str, list[pa.Table]] = {"centralization": [], "pool_share": []}
+        replaced: dict[str, str] = {}  # window kind -> SQL condition on the stored rows recomputed
         recomputed = 0
         try:
             for name in MATERIALIZED_WINDOWS:
@@ -1108,18 +1137,12 @@ def refresh_metrics(warehouse: Warehouse, draws: int = BOOTSTRAP_DRAWS, validate
                     result = compute_metrics(con, window, registry_version=version, draws=draws, inference=settings)
                 else:
                     span = _affected_span(con, window, int(dirty[0]) - 1, int(dirty[1]) + 1)
-                    keep = f"window_kind = '{name}'"
-                    if top is not None:
-                        keep += f" AND last_height <= {int(top)}"
                     if span is None:
                         result = None
                     else:
-                        rng, replaced = span
-                        keep += f" AND NOT ({replaced})"
+                        rng, replaced[name] = span
                         result = compute_metrics(con, window, registry_version=version, rng=rng, draws=draws,
                                                  inference=settings)
-                    for table in kept:
-                        kept[table].append(warehouse.read(table, where=keep))
                 if result is not None:
                     new["centralization"].append(result.centralization)
                     new["pool_share"].append(result.pool_share)
@@ -1133,14 +1156,18 @@ def refresh_metrics(warehouse: Warehouse, draws: int = BOOTSTRAP_DRAWS, validate
         if validate and any(t.num_rows for t in computed.values()):
             # The same gate as every other batch: shares sum to 1 per window, HHI within [1/n, 1], ...
             report = validate_batch(computed, {"registry_version": version})
-        tables = {t: pa.concat_tables(kept[t] + [computed[t]]) if incremental else computed[t] for t in computed}
+        scope = None
+        if incremental:
+            tables, scope = _incremental_batch(warehouse, computed, replaced, top)
+        else:
+            tables = computed
         if report is not None and not report.ok:
             gate(warehouse, computed, report)  # quarantines the recomputed rows and raises
-        warehouse.commit(tables, derived_from=version, derived_meta=recorded)
+        warehouse.commit(tables, derived_from=version, derived_meta=recorded, replace_range=scope)
         if report is not None:
             save_report(warehouse.root, report)
         warehouse.refresh_catalog()
-    counts = {name: t.num_rows for name, t in tables.items()}
+        counts = {name: warehouse.row_count(name) for name in computed}
     mode = "incremental" if incremental else "full"
     log.info("metrics refreshed (%s, %d windows recomputed, attribution version %s): %s", mode, recomputed, version,
              counts)

@@ -217,14 +217,27 @@ def _stored_partitions(spec: TableSpec, table_dir: Path) -> dict[_Partition, Pat
     out: dict[_Partition, Path] = {}
     if not table_dir.is_dir():
         return out
+    depth = len(spec.partition_by_value) + (spec.partition_column is not None)
     for path in table_dir.rglob(PART_FILE):
         rel = path.relative_to(table_dir).parts[:-1]
+        if len(rel) != depth:
+            continue  # another layout (_legacy_files): its rows move to this one at the next commit
         values = tuple(p.split("=", 1)[1] for p in rel[: len(spec.partition_by_value)])
         bucket = None
         if spec.partition_column is not None:
             bucket = int(rel[len(spec.partition_by_value)].split("=", 1)[1])
         out[_Partition(values, bucket)] = path
     return out
+
+
+def _legacy_files(spec: TableSpec, table_dir: Path) -> list[Path]:
+    """Data files laid out for another partitioning of the table (e.g. the metric tables, one file
+    until they were partitioned by window kind and first height). The next commit of the table reads
+    their rows into the current layout and deletes them in the same journal."""
+    if not table_dir.is_dir():
+        return []
+    depth = len(spec.partition_by_value) + (spec.partition_column is not None)
+    return sorted(p for p in table_dir.rglob(PART_FILE) if len(p.relative_to(table_dir).parts) - 1 != depth)
 
 
 def _duplicate_keys(table: pa.Table, columns: Iterable[str], limit: int = 5) -> list[dict]:
@@ -508,7 +521,8 @@ class Warehouse:
 
     # -- commits
     def commit(self, tables: Mapping[str, pa.Table], *, derived_from: str | None = None,
-               derived_meta: Mapping[str, object] | None = None) -> None:
+               derived_meta: Mapping[str, object] | None = None,
+               replace_range: Mapping[str, tuple[int, int]] | None = None) -> None:
         """Store ``tables`` atomically: either every table changes or none does.
 
         Rows replace every stored row with the same ``replace_by`` values (every stored row of a
@@ -521,18 +535,30 @@ class Warehouse:
         version they were computed from, under the writer lock held since they were read) records
         that they follow from the current data and clears ``dirty``; ``derived_meta`` (top-level
         meta.json keys, e.g. the metrics' settings) is recorded in that same step.
+
+        ``replace_range`` {table: (lo, hi)}: for a table with a partition column, the batch is the
+        whole new content of the rows whose partition column lies in [lo, hi] (inclusive): those
+        stored rows are replaced whatever their replace_by values, the rest are kept, and only the
+        partitions overlapping the range (or receiving rows) are read and rewritten. Every batch row
+        must lie in the range. The metrics' incremental refresh rewrites only the windows it
+        recomputed this way, not the whole history's tables.
         """
         self._require_writer("commit")
         conformed = {name: self._conform(table_spec(name), t) for name, t in tables.items()}
         specs = [table_spec(n) for n in conformed]
         if any(s.derived for s in specs) and derived_from is None:
             raise ValueError("committing derived tables needs derived_from (the attribution version they follow)")
+        unknown = sorted(set(replace_range or {}) - set(conformed))
+        if unknown:
+            raise ValueError(f"replace_range names table(s) {unknown} that the commit does not hold")
         commit_id = self._new_commit_id()
         staged: list[tuple[Path, Path]] = []
+        deletes: list[Path] = []
         try:
             self._ensure_schema_files(specs)
             for name, batch in conformed.items():
-                staged += self._stage_table(table_spec(name), batch, commit_id)
+                staged += self._stage_table(table_spec(name), batch, commit_id, (replace_range or {}).get(name),
+                                            deletes)
             meta = self._meta_after(conformed, derived_from, derived_meta)
             if meta is not None:
                 staged.append(self._stage_meta(meta, commit_id))
@@ -540,7 +566,7 @@ class Warehouse:
             for tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
             raise
-        self._apply(commit_id, staged)
+        self._apply(commit_id, staged, deletes)
 
     def _meta_after(self, tables: Mapping[str, pa.Table], derived_from: str | None,
                     derived_meta: Mapping[str, object] | None = None) -> dict | None:
@@ -630,23 +656,40 @@ class Warehouse:
     def _read_file(self, spec: TableSpec, path: Path) -> pa.Table:
         return pq.read_table(path).select(spec.column_names).cast(spec.arrow_schema)
 
-    def _stage_table(self, spec: TableSpec, batch: pa.Table, commit_id: str) -> list[tuple[Path, Path]]:
+    def _stage_table(self, spec: TableSpec, batch: pa.Table, commit_id: str, scope: tuple[int, int] | None = None,
+                     deletes: list[Path] | None = None) -> list[tuple[Path, Path]]:
         table_dir = self.table_dir(spec.name)
         stored = _stored_partitions(spec, table_dir)
         new_rows = _partition_rows(spec, batch)
         replace_keys = batch.select(list(spec.replace_by)).group_by(list(spec.replace_by)).aggregate([]) \
-            if spec.replace_by and batch.num_rows else None
+            if spec.replace_by and batch.num_rows and scope is None else None
         touched = set(new_rows)
-        if spec.replace_all:
+        if scope is not None:
+            touched |= self._partitions_in_range(spec, batch, stored, scope)
+        elif spec.replace_all:
             touched |= set(stored)  # a stored partition the batch leaves out becomes a zero-row file
         elif replace_keys is not None:
             touched |= self._partitions_holding(spec, batch, stored)
+        # Rows of files in another layout join their partition's stored rows; the files go.
+        legacy: dict[_Partition, list[pa.Table]] = {}
+        for path in _legacy_files(spec, table_dir):
+            rows = self._read_file(spec, path)
+            for part, idx in _partition_rows(spec, rows).items():
+                legacy.setdefault(part, []).append(rows.take(pa.array(idx, pa.int64())))
+                touched.add(part)
+            if deletes is not None:
+                deletes.append(path)
         merged: dict[_Partition, pa.Table] = {}
         for part in sorted(touched, key=lambda p: (p.values, p.bucket if p.bucket is not None else -1)):
             path = part.path(table_dir, spec)
             old = self._read_file(spec, path) if part in stored and not spec.replace_all \
                 else spec.arrow_schema.empty_table()
-            if replace_keys is not None and old.num_rows:
+            if part in legacy and not spec.replace_all:
+                old = pa.concat_tables([old, *legacy[part]])
+            if scope is not None and old.num_rows:
+                values = old.column(spec.partition_column)
+                old = old.filter(pc.or_(pc.less(values, scope[0]), pc.greater(values, scope[1])))
+            elif replace_keys is not None and old.num_rows:
                 old = old.filter(pc.invert(_rows_matching(old, replace_keys)))
             fresh = batch.take(pa.array(new_rows.get(part, []), pa.int64()))
             table = _sort(spec, pa.concat_tables([old, fresh]))
@@ -660,6 +703,22 @@ class Warehouse:
         self._check_unique_across_partitions(spec, stored, merged)
         return [(_write_parquet_tmp(t, p.path(table_dir, spec), commit_id), p.path(table_dir, spec))
                 for p, t in merged.items()]
+
+    @staticmethod
+    def _partitions_in_range(spec: TableSpec, batch: pa.Table, stored: Mapping[_Partition, Path],
+                             scope: tuple[int, int]) -> set[_Partition]:
+        """Stored partitions whose bucket overlaps [lo, hi] (``commit``'s replace_range); refuses a
+        batch row outside the range, which would replace nothing and duplicate a kept row."""
+        if spec.partition_column is None:
+            raise ValueError(f"table {spec.name} has no partition column: replace_range does not apply")
+        lo, hi = int(scope[0]), int(scope[1])
+        if batch.num_rows:
+            bounds = pc.min_max(batch.column(spec.partition_column)).as_py()
+            if bounds["min"] < lo or bounds["max"] > hi:
+                raise ValueError(f"table {spec.name}: batch rows with {spec.partition_column} "
+                                 f"{bounds['min']}..{bounds['max']} lie outside replace_range {lo}..{hi}")
+        size = spec.bucket_size or 1
+        return {p for p in stored if p.bucket is not None and p.bucket * size <= hi and (p.bucket + 1) * size > lo}
 
     @staticmethod
     def _partitions_holding(spec: TableSpec, batch: pa.Table, stored: Mapping[_Partition, Path]) -> set[_Partition]:
@@ -690,8 +749,23 @@ class Warehouse:
         cols = list(spec.unique)
         key_schema = pa.schema([spec.arrow_schema.field(c) for c in cols])
         pieces = [t.select(cols) for t in merged.values()]
-        pieces += [pq.read_table(path, columns=cols).cast(key_schema)
-                   for part, path in stored.items() if part not in merged]
+        # Partitions that differ in a by-value column of the key cannot share a key: not read.
+        keyed = [i for i, col in enumerate(spec.partition_by_value) if col in spec.unique]
+        wanted = {tuple(p.values[i] for i in keyed) for p in merged}
+        # A stored row can equal a merged key only if each key column lies within the merged rows'
+        # range: the other partitions are read with that filter, which Parquet statistics turn into
+        # skipped row groups (the metric tables' day windows of the rest of the history).
+        merged_keys = pa.concat_tables(pieces)
+        filters = []
+        for col in cols:
+            values = merged_keys.column(col)
+            kind = values.type
+            if values.null_count == 0 and (pa.types.is_integer(kind) or pa.types.is_string(kind)):
+                bounds = pc.min_max(values).as_py()
+                filters += [(col, ">=", bounds["min"]), (col, "<=", bounds["max"])]
+        pieces += [pq.read_table(path, columns=cols, filters=filters or None).cast(key_schema)
+                   for part, path in stored.items()
+                   if part not in merged and tuple(part.values[i] for i in keyed) in wanted]
         allrows = pa.concat_tables(pieces)
         dups = _duplicate_keys(allrows, cols)
         if dups:
@@ -879,6 +953,10 @@ class Warehouse:
     def stored_hashes(self, lo: int, hi: int) -> dict[int, str]:
         rows = self._scalar_rows(f"WHERE height BETWEEN {int(lo)} AND {int(hi)} ORDER BY height", "height, hash")
         return {int(h): str(x) for h, x in rows}
+
+    def row_count(self, table: str) -> int:
+        """Rows stored in ``table`` (from the Parquet footers; no data is read)."""
+        return sum(pq.read_metadata(path).num_rows for path in self.table_dir(table).rglob(PART_FILE))
 
     def file_count(self, table: str) -> int:
         """Number of data files of ``table`` (``_schema.parquet`` excluded)."""
