@@ -156,7 +156,7 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
         for lo, hi in plan_chunks(stored[0], stored[1], chunk_size):
             where = f"height BETWEEN {lo} AND {hi}"
             if same_as is not None:
-                tables = _relabelled(warehouse, same_as, version, where)
+                tables = _relabelled(warehouse, same_as, version, lo, hi)
                 rows = tables["attributions"].num_rows
                 gate(warehouse, tables, None)  # the rows were validated when first committed
             else:
@@ -230,17 +230,17 @@ def reusable_version(warehouse: Warehouse, registry: Registry, allow_cross_netwo
     return current if (missing, extra) == (0, 0) else None
 
 
-def _relabelled(warehouse: Warehouse, source: str, version: str, where: str) -> dict:
-    """The attributions and candidates of ``source`` in ``where`` (heights), labelled ``version``."""
+def _relabelled(warehouse: Warehouse, source: str, version: str, lo: int, hi: int) -> dict:
+    """The attributions and candidates of ``source`` at heights [lo, hi], labelled ``version`` (read
+    from the source version's partition files alone: the work follows the rows relabelled)."""
     import pyarrow as pa
 
-    escaped = source.replace("'", "''")
     out = {}
     for table in ("attributions", "attribution_candidates"):
-        rows = warehouse.read(table, where=f"registry_version = '{escaped}' AND {where}")
+        rows = warehouse.read_range(table, {"registry_version": source}, lo, hi)
         column = rows.schema.get_field_index("registry_version")
-        out[table] = rows.set_column(column, rows.schema.field(column),
-                                     pa.array([version] * rows.num_rows, rows.schema.field(column).type))
+        field = rows.schema.field(column)
+        out[table] = rows.set_column(column, field, pa.array([version] * rows.num_rows, field.type))
     return out
 
 
