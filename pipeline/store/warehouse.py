@@ -238,7 +238,7 @@ def _stored_partitions(spec: TableSpec, table_dir: Path) -> dict[_Partition, Pat
 def _legacy_files(spec: TableSpec, table_dir: Path) -> list[Path]:
     """Data files laid out for another partitioning of the table (e.g. the metric tables, one file
     until they were partitioned by window kind and first height). The next commit of the table reads
-    their rows into the current layout and deletes them in the same journal."""
+    their rows into the current layout and leaves them as zero-row files, in the same journal."""
     if not table_dir.is_dir():
         return []
     depth = len(spec.partition_by_value) + (spec.partition_column is not None)
@@ -558,12 +558,10 @@ class Warehouse:
             raise ValueError(f"replace_range names table(s) {unknown} that the commit does not hold")
         commit_id = self._new_commit_id()
         staged: list[tuple[Path, Path]] = []
-        deletes: list[Path] = []
         try:
             self._ensure_schema_files(specs)
             for name, batch in conformed.items():
-                staged += self._stage_table(table_spec(name), batch, commit_id, (replace_range or {}).get(name),
-                                            deletes)
+                staged += self._stage_table(table_spec(name), batch, commit_id, (replace_range or {}).get(name))
             meta = self._meta_after(conformed, derived_from, derived_meta)
             if meta is not None:
                 staged.append(self._stage_meta(meta, commit_id))
@@ -571,7 +569,7 @@ class Warehouse:
             for tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
             raise
-        self._apply(commit_id, staged, deletes)
+        self._apply(commit_id, staged)
 
     def _meta_after(self, tables: Mapping[str, pa.Table], derived_from: str | None,
                     derived_meta: Mapping[str, object] | None = None) -> dict | None:
@@ -661,8 +659,8 @@ class Warehouse:
     def _read_file(self, spec: TableSpec, path: Path) -> pa.Table:
         return pq.read_table(path).select(spec.column_names).cast(spec.arrow_schema)
 
-    def _stage_table(self, spec: TableSpec, batch: pa.Table, commit_id: str, scope: tuple[int, int] | None = None,
-                     deletes: list[Path] | None = None) -> list[tuple[Path, Path]]:
+    def _stage_table(self, spec: TableSpec, batch: pa.Table, commit_id: str,
+                     scope: tuple[int, int] | None = None) -> list[tuple[Path, Path]]:
         table_dir = self.table_dir(spec.name)
         stored = _stored_partitions(spec, table_dir)
         new_rows = _partition_rows(spec, batch)
@@ -675,15 +673,18 @@ class Warehouse:
             touched |= set(stored)  # a stored partition the batch leaves out becomes a zero-row file
         elif replace_keys is not None:
             touched |= self._partitions_holding(spec, batch, stored)
-        # Rows of files in another layout join their partition's stored rows; the files go.
+        # Rows of files in another layout join their partition's stored rows; each such file becomes
+        # a zero-row file in the same commit (never deleted: a reader may have just globbed it).
         legacy: dict[_Partition, list[pa.Table]] = {}
+        emptied: list[tuple[Path, Path]] = []
         for path in _legacy_files(spec, table_dir):
             rows = self._read_file(spec, path)
+            if not rows.num_rows:
+                continue
             for part, idx in _partition_rows(spec, rows).items():
                 legacy.setdefault(part, []).append(rows.take(pa.array(idx, pa.int64())))
                 touched.add(part)
-            if deletes is not None:
-                deletes.append(path)
+            emptied.append((_write_parquet_tmp(spec.arrow_schema.empty_table(), path, commit_id), path))
         merged: dict[_Partition, pa.Table] = {}
         for part in sorted(touched, key=lambda p: (p.values, p.bucket if p.bucket is not None else -1)):
             path = part.path(table_dir, spec)
@@ -706,8 +707,8 @@ class Warehouse:
                     f"their replace_by ({', '.join(spec.replace_by)}) values differ)")
             merged[part] = table
         self._check_unique_across_partitions(spec, stored, merged)
-        return [(_write_parquet_tmp(t, p.path(table_dir, spec), commit_id), p.path(table_dir, spec))
-                for p, t in merged.items()]
+        return emptied + [(_write_parquet_tmp(t, p.path(table_dir, spec), commit_id), p.path(table_dir, spec))
+                          for p, t in merged.items()]
 
     @staticmethod
     def _partitions_in_range(spec: TableSpec, batch: pa.Table, stored: Mapping[_Partition, Path],
