@@ -248,3 +248,46 @@ def test_one_process_pipeline_validates_in_process_when_it_cannot_start_a_proces
     assert warehouse.stored_range() == (0, 99)  # validated here: the bad batch was still refused
     assert any("cannot start poolwatch-validator" in r.getMessage() and "in this process instead"
                in r.getMessage() for r in caplog.records)
+
+
+def test_one_process_pipeline_leaves_great_expectations_to_the_validating_process(
+        mainnet_blocks_dir, tmp_path: Path, monkeypatch) -> None:
+    """The validating process starts in the background while the first batch is read, and this
+    process never imports Great Expectations for it (seconds of start-up before the first block
+    otherwise): every batch is still validated (the bad last one is refused)."""
+    from pipeline.store import validation
+
+    monkeypatch.setattr(validation, "_gx", validation.lru_cache(maxsize=1)(validation._GX))
+    assert not validation.is_warm()
+    warehouse, rejected = _load_with_a_future_last_block(mainnet_blocks_dir[1], 120, 40, tmp_path)
+    assert "time" in str(rejected)
+    assert warehouse.stored_range() == (0, 79)
+    assert not validation.is_warm()
+
+
+def test_one_process_pipeline_stopped_early_stops_its_validator(mainnet_blocks_dir) -> None:
+    """A consumer that stops after the first batch: the background start of the validating process
+    is waited for and the process is stopped (no helper left running)."""
+    blocks_dir, chain = mainnet_blocks_dir
+    plan = BatchPlan(registry=None, chain="main", validate=True)
+    before = _children()
+    with _source(blocks_dir, chain) as source:
+        batches = prepared_batches(source, plan_chunks(0, 199, 50), plan)
+        first = next(batches)
+        assert first.report is not None and first.report.ok
+        batches.close()
+    assert _children() - before == set()
+
+
+def _children() -> set[int]:
+    """Live child processes of this one (from /proc; zombies are reaped ones' remains, not counted)."""
+    found = set()
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                found.add(int(pid))
+    return found

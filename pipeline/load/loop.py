@@ -72,8 +72,8 @@ MAX_DEFAULT_WORKERS = 4
 # row, and quarantined): the cheapest GX result format is enough for passing tables.
 PASSING_DETAIL = "BOOLEAN_ONLY"
 # The costliest suite (about 3/4 of a batch's validation). At the end of a range, when nothing is
-# left to read, the validating process takes it while this process validates the other tables, so
-# the run's last wait is for that suite alone.
+# left to read and this process has Great Expectations loaded, the validating process takes it
+# while this process validates the other tables, so the run's last wait is for that suite alone.
 _SHARED_SUITE = "blocks"
 
 
@@ -454,12 +454,19 @@ def _pipelined(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: Bat
     """One process, three stages at once: a thread reads and decodes batch k+1 while this thread
     builds batch k and a helper process validates it; batches come out in order. Each batch is
     handed to the commit as soon as it is validated, so the end of a range waits only for the last
-    batch's validation (shared between the two processes) and commit."""
-    validator = _start_pool(1, _init_validator, (), "poolwatch-validator") if plan.validate else None
-    if plan.validate:
-        from pipeline.store.validation import warm_up
+    batch's validation and commit.
 
-        warm_up()  # this process validates too: a fallback, and its share of a range's last batch
+    The validating process starts in the background (its interpreter, imports and Great
+    Expectations' multi-second import) while the first batch is read: nothing waits for it before
+    the first batch is built. This process imports Great Expectations only if it has to validate
+    (the helper could not start or died)."""
+    starting: Future | None = None
+    starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolwatch-validator-start") \
+        if plan.validate else None
+    if starter is not None:
+        starting = starter.submit(_start_pool, 1, _init_validator, (), "poolwatch-validator")
+        starter.shutdown(wait=False)
+    validator: HelperPool | None = None
     try:
         with closing(_read_ahead(source, chunks, spends)) as ahead:
             for i, (located, blocks, timings) in enumerate(ahead):
@@ -467,6 +474,11 @@ def _pipelined(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: Bat
                 if not plan.validate:
                     yield batch
                     continue
+                if starting is not None:
+                    mark = time.perf_counter()
+                    validator, starting = starting.result(), None
+                    # What the validator's start-up added to the first batch (0 when reading took longer).
+                    batch.timings["validator_start_wait"] = time.perf_counter() - mark
                 if validator is not None:
                     try:
                         batch.report = _validate_in(validator, batch, plan, located.previous,
@@ -480,15 +492,21 @@ def _pipelined(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: Bat
                     batch.report = validate(batch, plan, located.previous)
                 yield batch
     finally:
+        if starting is not None:  # stopped before the first batch was validated: the start still ends
+            validator = starting.result()
         if validator is not None:
             validator.shutdown()
 
 
 def _validate_in(validator: HelperPool, batch: PreparedBatch, plan: BatchPlan,
                  previous: tuple[str | None, int | None], share: bool) -> ValidationReport:
+    from pipeline.store.validation import is_warm
+
     context = batch_context(plan, batch.lo, previous)
     mark = time.perf_counter()
-    if not share or _SHARED_SUITE not in batch.tables or len(batch.tables) < 2:
+    # Sharing the last batch only pays where this process has Great Expectations loaded already:
+    # importing it here would cost more than the suites it would take over.
+    if not share or not is_warm() or _SHARED_SUITE not in batch.tables or len(batch.tables) < 2:
         report, seconds = validator.submit(_validate_remote, batch.tables, context).result()
     else:
         theirs = validator.submit(_validate_remote, batch.tables, context, [_SHARED_SUITE])

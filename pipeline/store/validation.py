@@ -368,6 +368,11 @@ def warm_up() -> None:
     _gx()
 
 
+def is_warm() -> bool:
+    """Whether this process has made its GX context already (validating here costs no import)."""
+    return _gx.cache_info().currsize > 0
+
+
 def build_gx_suite(decl: SuiteDecl, spec: TableSpec, *, name: str | None = None) -> Any:
     """The GX ExpectationSuite for a table: the schema's column set plus the declared expectations."""
     import great_expectations as gx
