@@ -235,6 +235,16 @@ def _stored_partitions(spec: TableSpec, table_dir: Path) -> dict[_Partition, Pat
     return out
 
 
+def _rows_at(table: pa.Table, idx: np.ndarray | None) -> pa.Table:
+    """``table``'s rows at ascending indices ``idx``: a zero-copy slice when they are consecutive (a
+    batch sorted by height falls into its buckets that way), else a take."""
+    if idx is None or not len(idx):
+        return table.slice(0, 0)
+    if int(idx[-1]) - int(idx[0]) + 1 == len(idx):
+        return table.slice(int(idx[0]), len(idx))
+    return table.take(pa.array(idx, pa.int64()))
+
+
 def _legacy_files(spec: TableSpec, table_dir: Path) -> list[Path]:
     """Data files laid out for another partitioning of the table (e.g. the metric tables, one file
     until they were partitioned by window kind and first height). The next commit of the table reads
@@ -250,6 +260,22 @@ def _duplicate_keys(table: pa.Table, columns: Iterable[str], limit: int = 5) -> 
     columns = list(columns)
     if not columns or table.num_rows < 2:
         return []
+    # Fast path (a partition of attributions: one registry_version, heights): key columns holding
+    # one value throughout cannot tell rows apart; when what is left is one integer column without
+    # nulls, numpy finds its repeats far faster than a hash group-by.
+    varying = [c for c in columns if table.column(c).null_count or pc.count_distinct(table.column(c)).as_py() > 1]
+    if (len(varying) == 1 and pa.types.is_integer(table.schema.field(varying[0]).type)
+            and not table.column(varying[0]).null_count):
+        values = table.column(varying[0]).to_numpy()
+        ordered = np.sort(values, kind="stable")
+        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])[:limit]
+        if not len(repeated):
+            return []
+        rows = table.filter(pc.is_in(table.column(varying[0]), value_set=pa.array(repeated.tolist())))
+        first = rows.select(columns).group_by(columns).aggregate([])
+        return first.slice(0, limit).to_pylist()
+    if not varying:
+        return table.select(columns).slice(0, 1).to_pylist()
     counts = table.select(columns).group_by(columns).aggregate([([], "count_all")])
     dups = counts.filter(pc.greater(counts.column("count_all"), 1))
     return dups.select(columns).slice(0, limit).to_pylist()
@@ -697,7 +723,7 @@ class Warehouse:
                 old = old.filter(pc.or_(pc.less(values, scope[0]), pc.greater(values, scope[1])))
             elif replace_keys is not None and old.num_rows:
                 old = old.filter(pc.invert(_rows_matching(old, replace_keys)))
-            fresh = batch.take(pa.array(new_rows.get(part, []), pa.int64()))
+            fresh = _rows_at(batch, new_rows.get(part))
             table = _sort(spec, pa.concat_tables([old, fresh]))
             dups = _duplicate_keys(table, spec.unique)
             if dups:
@@ -970,11 +996,8 @@ class Warehouse:
                              "and a partitioned height column")
         wanted = tuple(_encode_value(values[c]) for c in spec.partition_by_value)
         size = spec.bucket_size or 1
-        pieces = [self._read_file(spec, path)
-                  for part, path in sorted(_stored_partitions(spec, self.table_dir(table)).items(),
-                                           key=lambda kv: kv[0].bucket or 0)
-                  if part.values == wanted and part.bucket is not None and part.bucket * size <= hi
-                  and (part.bucket + 1) * size > lo]
+        paths = [_Partition(wanted, b).path(self.table_dir(table), spec) for b in range(lo // size, hi // size + 1)]
+        pieces = [self._read_file(spec, path) for path in paths if path.exists()]
         rows = pa.concat_tables(pieces) if pieces else spec.arrow_schema.empty_table()
         heights = rows.column(spec.partition_column)
         rows = rows.filter(pc.and_(pc.greater_equal(heights, lo), pc.less_equal(heights, hi)))
