@@ -340,6 +340,20 @@ def upkeep_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def code_version() -> dict[str, Any]:
+    """The commit measured (and whether the work tree differed from it): figures follow from code."""
+    def git(*a: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     from benchmarks.docs import write_docs
@@ -355,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])]),
-        "quick": args.quick, "machine": describe(args.out),
+        "quick": args.quick, "machine": describe(args.out), "code": code_version(),
         "config": {"era_blocks": args.era_blocks, "full_era_blocks": 3000, "rounds": args.rounds, "batch_size": args.batch_size, "workers": 1, "rpc_blocks": args.rpc_blocks,
                    "etl_blocks": args.etl_blocks, "etl_runs": args.etl_runs,
                    "attribution_blocks": args.attribution_blocks, "upkeep_blocks": args.upkeep_blocks,

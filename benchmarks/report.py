@@ -44,7 +44,10 @@ def describe_run(results: dict[str, Any]) -> str:
                 f"{config.get('batch_size')}, {config.get('rounds')} rounds)")
     else:
         kind = "a full run"
-    return (f"From {kind}: `{results.get('command')}` on {results.get('started')}, "
+    code = results.get("code") or {}
+    at = f" at commit {code['commit'][:12]}{' (with uncommitted changes)' if code.get('dirty') else ''}" \
+        if code.get("commit") else ""
+    return (f"From {kind}: `{results.get('command')}`{at} on {results.get('started')}, "
             f"{m.get('cpu_model')} ({m.get('cpus')} CPUs, shared), {m.get('ram_gb')} GB RAM, disk {m.get('disk')}; "
             f"node {node.get('version_text') or 'Bitcoin Core'} ({node.get('subversion')}, regtest, same machine); "
             f"headline range: {head.get('blocks', '?')} blocks of the `{head.get('era', '?')}` era "
@@ -241,8 +244,10 @@ def render(results: dict[str, Any]) -> str:
     stages = stages_table(results)
     if stages:
         lines += ["", "## Stage breakdown of the production loop (its own `stages` timings, round 1)", "",
-                  "`wait` is the committing thread waiting for the next validated batch (validator start-up "
-                  "included); stages in other threads/processes overlap.", ""] + stages
+                  "`wait` is the committing thread waiting for the next validated batch; "
+                  "`validator_start_wait` the part of it spent waiting for the validating process to start "
+                  "(it starts in the background while the first batch is read); stages in other "
+                  "threads/processes overlap.", ""] + stages
     if results.get("eras") is not None:
         lines += ["", "## Full-mainnet projection", ""] + projection_lines(results)
     decode = results.get("decode")

@@ -289,3 +289,59 @@ def test_extra_views_from_sql_files(warehouse_dir: Path, tmp_path: Path) -> None
     (views / "broken.sql").write_text("SELECT nope FROM blocks")
     with wh.writer(), pytest.raises(ValueError, match="broken.sql"):
         wh.refresh_catalog()
+
+
+def test_writer_rebuilds_the_catalog_only_when_its_statements_change(warehouse_dir: Path, tmp_path: Path) -> None:
+    """Taking the writer lock (once per committed batch in a load) keeps a catalog built from the
+    same statements, and rebuilds it when a view file appears or changes, the attribution version
+    (a view placeholder) changes, or the catalog or its digest is gone."""
+    views = tmp_path / "views"
+    views.mkdir()
+    wh = Warehouse(warehouse_dir, views_dir=views)
+    with wh.writer():
+        wh.commit(synthetic_tables(range(10)))
+    with wh.writer():
+        pass  # the first commit wrote meta.json: the freshness view now reads it
+
+    def identity() -> tuple[int, int]:
+        st = wh.catalog_path.stat()
+        return st.st_ino, st.st_mtime_ns
+
+    built = identity()
+    with wh.writer():
+        wh.commit(synthetic_tables(range(10, 20)))
+    assert identity() == built  # same statements: kept (its views read the new files anyway)
+    ro = duckdb.connect(str(wh.catalog_path), read_only=True)
+    assert ro.execute("SELECT count(*) FROM blocks").fetchall() == [(20,)]
+    ro.close()
+
+    (views / "tall_blocks.sql").write_text("SELECT height FROM blocks WHERE height >= 15")
+    with wh.writer():
+        pass
+    assert identity() != built
+    ro = duckdb.connect(str(wh.catalog_path), read_only=True)
+    assert ro.execute("SELECT count(*) FROM tall_blocks").fetchall() == [(5,)]
+    ro.close()
+
+    (views / "version.sql").write_text("SELECT {registry_version} AS v")
+    with wh.writer():
+        pass
+    built = identity()
+    with wh.writer():
+        wh.set_meta(attribution_version="abc+rules-2")
+    with wh.writer():
+        pass
+    assert identity() != built
+    ro = duckdb.connect(str(wh.catalog_path), read_only=True)
+    assert ro.execute("SELECT v FROM version").fetchall() == [("abc+rules-2",)]
+    ro.close()
+
+    (wh.root / "poolwatch.duckdb.inputs").unlink()
+    built = identity()
+    with wh.writer():
+        pass
+    assert identity() != built and (wh.root / "poolwatch.duckdb.inputs").exists()
+    wh.catalog_path.unlink()
+    with wh.writer():
+        pass
+    assert wh.catalog_path.exists()

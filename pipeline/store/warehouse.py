@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 CATALOG_NAME = "poolwatch.duckdb"
+# Beside the catalog: the digest of the statements it was built from (``_catalog_is_current``).
+CATALOG_DIGEST_NAME = "poolwatch.duckdb.inputs"
 # The catalog file is written in DuckDB's v1.0.0 storage format, not the library's own (duckdb 2.0
 # writes storage version 69, which no 1.x release opens): it holds only views, so nothing is lost,
 # and every DuckDB from 0.10 on, the CLIs on PyPI (duckdb-cli 1.4.x/1.5.x) included, opens it.
@@ -449,10 +451,13 @@ class Warehouse:
             if tmp.name.startswith("meta.json."):
                 tmp.unlink(missing_ok=True)
         self._remove_stale_catalog_temps()
-        self._ensure_schema_files(all_table_specs())
-        # Cheap, and picks up tables and view files added since the last run; a broken view file
-        # must not stop the writer (explicit refresh_catalog() calls do raise).
-        self.refresh_catalog(strict=False)
+        schemas_written = self._ensure_schema_files(all_table_specs())
+        # Picks up tables and view files added since the last run; a broken view file must not stop
+        # the writer (explicit refresh_catalog() calls do raise). Skipped when the catalog was built
+        # from exactly the statements it would be built from now: a load takes the lock once per
+        # batch, and rebuilding (binding every view over every Parquet file) cost more than the commit.
+        if schemas_written or not self._catalog_is_current():
+            self.refresh_catalog(strict=False)
 
     def _remove_stale_catalog_temps(self) -> None:
         """Leftovers of an interrupted catalog or Data Docs build. Every one of them is made under the
@@ -471,18 +476,26 @@ class Warehouse:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def _ensure_schema_files(self, specs: Iterable[TableSpec]) -> bool:
-        """Write ``data/<table>/_schema.parquet`` where missing or stale; True if any was written."""
+        """Write ``data/<table>/_schema.parquet`` where missing or stale; True if any was written.
+        A file this process found (or wrote) right is not read again while its inode, size and
+        mtime are unchanged (the writer lock is taken once per committed batch)."""
         changed = False
         for spec in specs:
             path = self.table_dir(spec.name) / SCHEMA_FILE
-            expected = spec.arrow_schema.empty_table()
-            if path.exists() and pq.read_schema(path).remove_metadata().equals(
-                    pq.read_table(_schema_probe(expected)).schema.remove_metadata()):
+            key = str(path.resolve())
+            stamp = _file_stamp(path)
+            if stamp is not None and _SCHEMA_FILES_CHECKED.get(key) == (spec.name, stamp):
                 continue
-            tmp = _write_parquet_tmp(expected, path, secrets.token_hex(8))
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-            changed = True
+            expected = spec.arrow_schema.empty_table()
+            if stamp is None or not pq.read_schema(path).remove_metadata().equals(
+                    pq.read_table(_schema_probe(expected)).schema.remove_metadata()):
+                tmp = _write_parquet_tmp(expected, path, secrets.token_hex(8))
+                os.replace(tmp, path)
+                _fsync_dir(path.parent)
+                changed = True
+            stamp = _file_stamp(path)
+            if stamp is not None:
+                _SCHEMA_FILES_CHECKED[key] = (spec.name, stamp)
         return changed
 
     # -- meta
@@ -912,6 +925,38 @@ class Warehouse:
         self._create_views(con)
         return con
 
+    def _catalog_inputs_digest(self) -> str:
+        """A digest of every statement the catalog is built from (table views, freshness, view
+        files with their placeholders filled) and of the DuckDB that builds it: equal digests
+        build equal catalogs."""
+        import hashlib
+
+        h = hashlib.sha256(f"{duckdb.__version__}|{CATALOG_STORAGE_VERSION}|{SCHEMA_VERSION}".encode())
+        for spec in all_table_specs():
+            h.update(f"\0{spec.name}\0{self._view_sql(spec)}".encode())
+        h.update(f"\0freshness\0{self._freshness_sql()}".encode())
+        try:
+            views = self.extra_views()
+        except ValueError as exc:  # two files for one view: the build reports it, never skip it
+            return f"unbuildable: {exc}"
+        for name, sql in sorted(views.items()):
+            h.update(f"\0{name}\0{sql}".encode())
+        return h.hexdigest()
+
+    @property
+    def _catalog_digest_path(self) -> Path:
+        return self.root / CATALOG_DIGEST_NAME
+
+    def _catalog_is_current(self) -> bool:
+        """The catalog file exists and was built from the statements it would be built from now."""
+        if not self.catalog_path.exists():
+            return False
+        try:
+            recorded = self._catalog_digest_path.read_text().strip()
+        except OSError:
+            return False
+        return recorded == self._catalog_inputs_digest()
+
     def refresh_catalog(self, strict: bool = True) -> None:
         """Rebuild poolwatch.duckdb in a temp file and rename it over the old one.
 
@@ -923,7 +968,11 @@ class Warehouse:
         """
         self._require_writer("refresh_catalog")
         tmp = self.root / f".{CATALOG_NAME}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        # The digest goes first (a crash after it leaves no digest: the next writer rebuilds) and is
+        # written again only once the new catalog is in place.
+        self._catalog_digest_path.unlink(missing_ok=True)
         try:
+            digest = self._catalog_inputs_digest()
             con = duckdb.connect(str(tmp), config={"storage_compatibility_version": CATALOG_STORAGE_VERSION})
             try:
                 self._create_views(con, strict=strict)
@@ -933,6 +982,7 @@ class Warehouse:
             _fsync_file(tmp)
             os.replace(tmp, self.catalog_path)
             _fsync_dir(self.root)
+            self._catalog_digest_path.write_text(digest + "\n")
         finally:
             tmp.unlink(missing_ok=True)
             Path(f"{tmp}.wal").unlink(missing_ok=True)
@@ -1026,6 +1076,18 @@ def _widen(dirty: list[int] | None, span: tuple[int, int]) -> list[int]:
     if not dirty:
         return [span[0], span[1]]
     return [min(int(dirty[0]), span[0]), max(int(dirty[1]), span[1])]
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+# Schema files this process has checked: resolved path -> (table, stamp when checked).
+_SCHEMA_FILES_CHECKED: dict[str, tuple[str, tuple[int, int, int]]] = {}
 
 
 def _schema_probe(empty: pa.Table) -> pa.BufferReader:
