@@ -829,3 +829,21 @@ def test_refresh_records_the_inference_settings_and_recomputes_when_they_change(
     assert again.rows["centralization"] > 0 and wh.meta["metrics_settings"]["min_co_spend_txs"] == 5
     levels = wh.connect().execute("SELECT DISTINCT level FROM centralization ORDER BY level").fetchall()
     assert [r[0] for r in levels] == sorted(m.LEVELS)
+
+
+def test_no_version_is_refused_where_several_are_stored() -> None:
+    """Each re-attribution keeps the older versions' rows: without ``registry_version`` every block
+    would count once per version (each pool's count doubled here), so that is refused by name; one
+    version alone is counted as before."""
+    import pyarrow as pa
+
+    blocks, v1 = synthetic_tables(EXAMPLE)
+    _, v2 = synthetic_tables(EXAMPLE, version="v2")
+    alone = m.compute_metrics(connect(blocks, v1), "all", bootstrap=False).centralization
+    assert alone["blocks"].tolist() == m.compute_metrics(
+        connect(blocks, v1), "all", registry_version="v1", bootstrap=False).centralization["blocks"].tolist()
+    both = connect(blocks, pa.concat_tables([v1, v2]))
+    with pytest.raises(m.MetricsError, match=r"several attribution versions \(v1, v2\).*registry_version"):
+        m.compute_metrics(both, "all", bootstrap=False)
+    chosen = m.compute_metrics(both, "all", registry_version="v2", bootstrap=False).centralization
+    assert chosen["blocks"].tolist() == alone["blocks"].tolist()

@@ -747,6 +747,19 @@ def _teardown(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"DROP {kind} IF EXISTS {name}")
 
 
+def _require_one_version(con: duckdb.DuckDBPyConnection) -> None:
+    """Without a version every stored attribution row counts: with rows of several attribution
+    versions side by side (each re-attribution keeps the older ones) each block would be counted
+    once per version, so that is refused."""
+    versions = [r[0] for r in con.execute(
+        "SELECT DISTINCT registry_version FROM attributions ORDER BY 1 LIMIT 6").fetchall()]
+    if len(versions) > 1:
+        shown = ", ".join(str(v) for v in versions[:5]) + (", ..." if len(versions) > 5 else "")
+        raise MetricsError(f"the attributions hold rows of several attribution versions ({shown}): pass "
+                           "registry_version (the warehouse's current one is Warehouse.attribution_version), "
+                           "else every block would be counted once per version")
+
+
 def compute_metrics(con: duckdb.DuckDBPyConnection, window: WindowScheme | str, *,
                     registry_version: str | None = None, rng: Range | None = None,
                     last: int | None = None, bootstrap: bool = True,
@@ -761,10 +774,14 @@ def compute_metrics(con: duckdb.DuckDBPyConnection, window: WindowScheme | str, 
     (default: ``InferenceSettings()``; callers with a warehouse pass its recorded ones,
     ``inference_settings(warehouse)``). ``registry``: the registry of ``registry_version`` (default:
     read from ``pool_definitions``), for family names and the families of linked pools.
+    ``registry_version`` None counts every attribution row: refused (``MetricsError``) when rows
+    of several versions are stored.
     """
     window = parse_window(window) if isinstance(window, str) else window
     rng = rng or Range()
     _require_views(con, ("blocks", "attributions"))
+    if registry_version is None:
+        _require_one_version(con)
     _setup(con, window, registry_version, rng, inference or InferenceSettings(), registry)
     try:
         windows = con.execute("SELECT * FROM _pw_windows ORDER BY window_key").df()
