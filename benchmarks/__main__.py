@@ -26,6 +26,7 @@ Every stored ``blocks`` table must be identical across read paths (a benchmark o
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -69,6 +70,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--upkeep-blocks", type=int, default=None, help="synthetic warehouse size (925,000; 20,000 quick)")
     p.add_argument("--skip", action="append", default=[],
                    choices=["eras", "etl", "decode", "attribution", "upkeep"], help="leave a part out")
+    p.add_argument("--upkeep-from", type=Path, default=None,
+                   help="take the upkeep part from this file (`python -m benchmarks.metrics_bench --json FILE`, "
+                        "run on its own: the 925,000-block warehouse takes most of an hour) instead of measuring it; "
+                        "the results say so, with that run's command, commit and time")
     p.add_argument("--rebuild-chain", action="store_true", help="build the chain even if a cached one exists")
     p.add_argument("--keep", action="store_true", help="keep the warehouses in --out")
     p.add_argument("--out", type=Path, default=HERE / "out", help="scratch directory (chains, warehouses, venv)")
@@ -386,7 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     if "attribution" not in args.skip:
         log(f"attribution of {args.attribution_blocks:,} coinbases")
         attempt(results, "attribution", attribution_benchmark, args)
-    if "upkeep" not in args.skip:
+    if args.upkeep_from is not None:
+        results["upkeep"] = json.loads(args.upkeep_from.read_text())
+        results["upkeep"]["taken_from"] = str(args.upkeep_from)
+        log(f"upkeep part taken from {args.upkeep_from} ({results['upkeep'].get('measured', {}).get('command')})")
+    elif "upkeep" not in args.skip:
         log(f"full-history upkeep on a synthetic {args.upkeep_blocks:,}-block warehouse")
         attempt(results, "upkeep", upkeep_benchmark, args)
     results["total_seconds"] = time.perf_counter() - started

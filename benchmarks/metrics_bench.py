@@ -225,5 +225,24 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=925_000)
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent / "out" / "metrics-warehouse")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the result (with when, which commit, the load average) to this file, "
+                             "for `python -m benchmarks --upkeep-from FILE`")
     args = parser.parse_args()
-    print(json.dumps(run(args.root, args.blocks, say=print), indent=2, default=str))
+    import os
+    import sys
+    from datetime import UTC, datetime
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.__main__ import code_version
+
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    load_at_start = list(os.getloadavg())
+    result = run(args.root, args.blocks, say=print)
+    result["measured"] = {"command": " ".join(["python -m benchmarks.metrics_bench", *sys.argv[1:]]), "started": started,
+                          "code": code_version(), "load_average_at_start": load_at_start,
+                          "load_average_at_end": list(os.getloadavg())}
+    text = json.dumps(result, indent=2, default=str)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+    print(text)

@@ -177,7 +177,11 @@ def upkeep_lines(results: dict[str, Any]) -> list[str]:
         return []
     if "error" in u:
         return [f"Upkeep: failed: {u['error']}"]
-    return [f"Synthetic {u['blocks']:,}-block warehouse (built in {u['build_seconds']:.0f} s, not timed): first "
+    measured = u.get("measured") or {}
+    source = (f" (measured on its own: `{measured.get('command')}` at commit {str((measured.get('code') or {}).get('commit'))[:12]} "
+              f"on {measured.get('started')}, load average {measured.get('load_average_at_start')} at its start)"
+              if u.get("taken_from") else "")
+    return [f"Synthetic {u['blocks']:,}-block warehouse{source} (built in {u['build_seconds']:.0f} s, not timed): first "
             f"attribution of the history {u['attribute_first_seconds']:.1f} s; `refresh_metrics(full=True)` "
             f"{u['refresh_full_seconds']:.1f} s; after an incremental load of one block, `refresh_metrics()` "
             f"**{u['upkeep_seconds_median']:.1f} s** median ({u['upkeep_seconds_range'][0]:.1f}-"
