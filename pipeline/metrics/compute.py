@@ -751,6 +751,9 @@ def _require_one_version(con: duckdb.DuckDBPyConnection) -> None:
     """Without a version every stored attribution row counts: with rows of several attribution
     versions side by side (each re-attribution keeps the older ones) each block would be counted
     once per version, so that is refused."""
+    columns = {r[0] for r in con.execute("DESCRIBE attributions").fetchall()}
+    if "registry_version" not in columns:  # attributions of one unnamed version (e.g. a simulation)
+        return
     versions = [r[0] for r in con.execute(
         "SELECT DISTINCT registry_version FROM attributions ORDER BY 1 LIMIT 6").fetchall()]
     if len(versions) > 1:
