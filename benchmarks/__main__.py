@@ -345,6 +345,14 @@ def upkeep_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _upkeep_from(path: Path) -> dict[str, Any]:
+    upkeep = json.loads(path.read_text())
+    if not isinstance(upkeep, dict) or "upkeep_seconds_median" not in upkeep or "measured" not in upkeep:
+        raise SystemExit(f"{path} is not the output of `python -m benchmarks.metrics_bench --json FILE`")
+    upkeep["taken_from"] = str(path)
+    return upkeep
+
+
 def code_version() -> dict[str, Any]:
     """The commit measured (and whether the work tree differed from it): figures follow from code."""
     def git(*a: str) -> str | None:
@@ -367,7 +375,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     if args.write_docs:
-        for path in write_docs(load_results(args.results)):
+        results = load_results(args.results)
+        if args.upkeep_from is not None:  # a separate upkeep run joins the results it completes
+            results["upkeep"] = _upkeep_from(args.upkeep_from)
+            results["command"] += f" (upkeep: --upkeep-from {args.upkeep_from})"
+            write_results(results, args.results)
+            log(f"upkeep part taken from {args.upkeep_from} into {args.results / 'results.json'}")
+        for path in write_docs(results):
             log(f"wrote the generated section of {path}")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
@@ -392,8 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"attribution of {args.attribution_blocks:,} coinbases")
         attempt(results, "attribution", attribution_benchmark, args)
     if args.upkeep_from is not None:
-        results["upkeep"] = json.loads(args.upkeep_from.read_text())
-        results["upkeep"]["taken_from"] = str(args.upkeep_from)
+        results["upkeep"] = _upkeep_from(args.upkeep_from)
         log(f"upkeep part taken from {args.upkeep_from} ({results['upkeep'].get('measured', {}).get('command')})")
     elif "upkeep" not in args.skip:
         log(f"full-history upkeep on a synthetic {args.upkeep_blocks:,}-block warehouse")
