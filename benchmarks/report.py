@@ -171,6 +171,10 @@ def etl_lines(results: dict[str, Any]) -> list[str]:
                f"({pw / s['median']:.0f}x as many blocks per second)." if pw and s["median"] and ratios else "")]
 
 
+def _loads(values: Any) -> str:
+    return " / ".join(f"{v:.1f}" for v in values) if isinstance(values, list) else str(values)
+
+
 def upkeep_lines(results: dict[str, Any]) -> list[str]:
     u = results.get("upkeep")
     if not u:
@@ -179,7 +183,8 @@ def upkeep_lines(results: dict[str, Any]) -> list[str]:
         return [f"Upkeep: failed: {u['error']}"]
     measured = u.get("measured") or {}
     source = (f" (measured on its own: `{measured.get('command')}` at commit {str((measured.get('code') or {}).get('commit'))[:12]} "
-              f"on {measured.get('started')}, load average {measured.get('load_average_at_start')} at its start)"
+              f"on {measured.get('started')}, load average {_loads(measured.get('load_average_at_start'))} at its start, "
+              f"{_loads(measured.get('load_average_at_end'))} at its end)"
               if u.get("taken_from") else "")
     return [f"Synthetic {u['blocks']:,}-block warehouse{source} (built in {u['build_seconds']:.0f} s, not timed): first "
             f"attribution of the history {u['attribute_first_seconds']:.1f} s; `refresh_metrics(full=True)` "
