@@ -197,7 +197,7 @@ def upkeep_lines(results: dict[str, Any]) -> list[str]:
             f"{_ok(u['reattribute_seconds'] < u['goal_reattribute_seconds'])})"
             + (f"; a registry differing only in its description relabels the stored rows in "
                f"{u['relabel_seconds']:.1f} s (no rule changed: not a re-attribution)" if "relabel_seconds" in u else "")
-            + "."]
+            + "." + (f" Note: {u['note']}" if u.get("note") else "")]
 
 
 def memory_lines(results: dict[str, Any]) -> list[str]:
