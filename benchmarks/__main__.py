@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="take the upkeep part from this file (`python -m benchmarks.metrics_bench --json FILE`, "
                         "run on its own: the 925,000-block warehouse takes most of an hour) instead of measuring it; "
                         "the results say so, with that run's command, commit and time")
+    p.add_argument("--attribution-from", type=Path, default=None,
+                   help="with --write-docs: take the attribution part from this file "
+                        "(`python benchmarks/bench_attribution.py --json FILE`, a run on its own); the results say so")
     p.add_argument("--rebuild-chain", action="store_true", help="build the chain even if a cached one exists")
     p.add_argument("--keep", action="store_true", help="keep the warehouses in --out")
     p.add_argument("--out", type=Path, default=HERE / "out", help="scratch directory (chains, warehouses, venv)")
@@ -381,6 +384,15 @@ def main(argv: list[str] | None = None) -> int:
             results["command"] += f" (upkeep: --upkeep-from {args.upkeep_from})"
             write_results(results, args.results)
             log(f"upkeep part taken from {args.upkeep_from} into {args.results / 'results.json'}")
+        if args.attribution_from is not None:
+            part = json.loads(args.attribution_from.read_text())
+            if not isinstance(part, dict) or "report" not in part or "measured" not in part:
+                raise SystemExit(f"{args.attribution_from} is not the output of bench_attribution.py --json FILE")
+            part["taken_from"] = str(args.attribution_from)
+            results["attribution"] = part
+            results["command"] += f" (attribution: --attribution-from {args.attribution_from})"
+            write_results(results, args.results)
+            log(f"attribution part taken from {args.attribution_from} into {args.results / 'results.json'}")
         for path in write_docs(results):
             log(f"wrote the generated section of {path}")
         return 0

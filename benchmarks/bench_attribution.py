@@ -14,6 +14,8 @@ then spelled a short tag of another pool, e.g. EclipseMC's 'EMC'; docs/attributi
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import resource
 import sys
@@ -81,7 +83,11 @@ def generate(registry, lo: int, hi: int, rnd: random.Random):
         for i, (value, script) in enumerate(outs):
             o_h.append(height), o_hash.append(block_hash), o_idx.append(i), o_val.append(value), o_script.append(script)
         truth.append(expected)
-    blocks = pa.table({"height": pa.array(b_h, pa.int32()), "hash": b_hash, "coinbase_script_sig_hex": b_sig})
+    # Mainnet-like block times (one every 600 s from the genesis block): the registry's family
+    # memberships are dated by block time, so attribution needs them.
+    times = pa.array([1231006505 + h * 600 for h in b_h], pa.timestamp("s", tz="UTC"))
+    blocks = pa.table({"height": pa.array(b_h, pa.int32()), "hash": b_hash, "time": times,
+                       "coinbase_script_sig_hex": b_sig})
     outputs = pa.table({"height": pa.array(o_h, pa.int32()), "block_hash": o_hash,
                         "output_index": pa.array(o_idx, pa.int32()), "value_sat": pa.array(o_val, pa.int64()),
                         "script_hex": o_script})
@@ -93,7 +99,11 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=1_000_000)
     parser.add_argument("--chunk", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the report (with when, which commit, the load average) to this file, "
+                             "for `python -m benchmarks --write-docs --attribution-from FILE`")
     args = parser.parse_args()
+    started_at, started, load_at_start = _now(), time.perf_counter(), list(os.getloadavg())
     registry = load_registry()
     matcher = compiled_matcher(registry, "main")
     rnd = random.Random(args.seed)
@@ -111,12 +121,28 @@ def main() -> None:
         done += hi - lo
         print(f"  {done:>9,} blocks  {done / seconds:>9,.0f} blocks/s", file=sys.stderr)
     peak_mb = _vm_hwm_mb()
-    print(f"registry {registry.version}: {len(registry.pools)} pools, "
-          f"{sum(len(p.tags) for p in registry.pools)} tags, {len(matcher.by_script)} payout scripts")
-    print(f"attributed {done:,} coinbases in {seconds:.1f} s: {done / seconds:,.0f} blocks/s")
-    print(f"peak memory (VmHWM of the process, generation included): {peak_mb:,.0f} MB")
-    print(f"agreement with the generating pool: {right / done:.4%}; conflicts flagged: {conflicts:,}; "
-          f"unknown: {unknown:,}")
+    report = [f"registry {registry.version}: {len(registry.pools)} pools, "
+              f"{sum(len(p.tags) for p in registry.pools)} tags, {len(matcher.by_script)} payout scripts",
+              f"attributed {done:,} coinbases in {seconds:.1f} s: {done / seconds:,.0f} blocks/s",
+              f"peak memory (VmHWM of the process, generation included): {peak_mb:,.0f} MB",
+              f"agreement with the generating pool: {right / done:.4%}; conflicts flagged: {conflicts:,}; "
+              f"unknown: {unknown:,}"]
+    print("\n".join(report))
+    if args.json is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from benchmarks.__main__ import code_version
+
+        doc = {"blocks": done, "wall_seconds": time.perf_counter() - started, "report": report,
+               "measured": {"command": " ".join(["python benchmarks/bench_attribution.py", *sys.argv[1:]]),
+                            "started": started_at, "code": code_version(), "load_average_at_start": load_at_start,
+                            "load_average_at_end": list(os.getloadavg())}}
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _vm_hwm_mb() -> float:

@@ -271,6 +271,11 @@ def render(results: dict[str, Any]) -> str:
     attribution = results.get("attribution")
     if isinstance(attribution, dict) and "report" in attribution:
         lines += ["", f"## Attribution ({attribution['blocks']:,} synthetic coinbases)", ""]
+        measured = attribution.get("measured") or {}
+        if attribution.get("taken_from"):
+            lines += [f"Measured on its own: `{measured.get('command')}` at commit "
+                      f"{str((measured.get('code') or {}).get('commit'))[:12]} on {measured.get('started')}, load "
+                      f"average {_loads(measured.get('load_average_at_start'))} at its start.", ""]
         lines += [f"    {line}" for line in attribution["report"]]
     failures = [k for k, v in results.items() if isinstance(v, dict) and "error" in v]
     if failures:
