@@ -348,6 +348,22 @@ def upkeep_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _attach_parts(results: dict[str, Any], upkeep: Path | None, attribution: Path | None) -> bool:
+    """Join separately measured parts (their files say how, when and at which commit) into ``results``;
+    the run's command line records it. True if any was joined."""
+    if upkeep is not None:
+        results["upkeep"] = _upkeep_from(upkeep)
+        results["command"] += f" (upkeep: --upkeep-from {upkeep})"
+    if attribution is not None:
+        part = json.loads(attribution.read_text())
+        if not isinstance(part, dict) or "report" not in part or "measured" not in part:
+            raise SystemExit(f"{attribution} is not the output of bench_attribution.py --json FILE")
+        part["taken_from"] = str(attribution)
+        results["attribution"] = part
+        results["command"] += f" (attribution: --attribution-from {attribution})"
+    return upkeep is not None or attribution is not None
+
+
 def _upkeep_from(path: Path) -> dict[str, Any]:
     upkeep = json.loads(path.read_text())
     if not isinstance(upkeep, dict) or "upkeep_seconds_median" not in upkeep or "measured" not in upkeep:
@@ -379,20 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.write_docs:
         results = load_results(args.results)
-        if args.upkeep_from is not None:  # a separate upkeep run joins the results it completes
-            results["upkeep"] = _upkeep_from(args.upkeep_from)
-            results["command"] += f" (upkeep: --upkeep-from {args.upkeep_from})"
+        if _attach_parts(results, args.upkeep_from, args.attribution_from):
             write_results(results, args.results)
-            log(f"upkeep part taken from {args.upkeep_from} into {args.results / 'results.json'}")
-        if args.attribution_from is not None:
-            part = json.loads(args.attribution_from.read_text())
-            if not isinstance(part, dict) or "report" not in part or "measured" not in part:
-                raise SystemExit(f"{args.attribution_from} is not the output of bench_attribution.py --json FILE")
-            part["taken_from"] = str(args.attribution_from)
-            results["attribution"] = part
-            results["command"] += f" (attribution: --attribution-from {args.attribution_from})"
-            write_results(results, args.results)
-            log(f"attribution part taken from {args.attribution_from} into {args.results / 'results.json'}")
+            log(f"separately measured part(s) joined into {args.results / 'results.json'}")
         for path in write_docs(results):
             log(f"wrote the generated section of {path}")
         return 0

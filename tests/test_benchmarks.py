@@ -95,3 +95,31 @@ def test_docs_section_is_replaced_between_markers_only():
     assert new == f"intro\n{BEGIN}\nnew figure 0.9x\n{END}\noutro\n"
     with pytest.raises(ValueError, match="README.md"):
         replace_section("no markers", "x", "README.md")
+
+
+def test_attribution_benchmark_runs_on_the_shipped_registry_and_joins_the_results(tmp_path):
+    """bench_attribution.py attributes its generated coinbases with the shipped registry (whose
+    family memberships are dated by block time, so the blocks carry times) and agrees with the
+    generating pool; its --json output joins a results.json through --write-docs --attribution-from."""
+    out = tmp_path / "attribution.json"
+    proc = subprocess.run([sys.executable, "benchmarks/bench_attribution.py", "--blocks", "3000", "--chunk", "1500",
+                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    part = json.loads(out.read_text())
+    assert part["blocks"] == 3000 and part["measured"]["code"]["commit"]
+    assert any(line.startswith("agreement with the generating pool: 100.0000%") for line in part["report"]), part
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    (results_dir / "results.json").write_text(json.dumps({"command": "python -m benchmarks", "quick": True,
+                                                          "machine": {}, "attribution": {"error": "x"}}))
+    docs_proc = subprocess.run([sys.executable, "-c",
+                                "import sys; from benchmarks.report import load_results, write_results; "
+                                "from benchmarks.__main__ import _attach_parts; from pathlib import Path; "
+                                "r = load_results(Path(sys.argv[1])); _attach_parts(r, None, Path(sys.argv[2])); "
+                                "write_results(r, Path(sys.argv[1]))", str(results_dir), str(out)],
+                               cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert docs_proc.returncode == 0, docs_proc.stderr[-3000:]
+    joined = json.loads((results_dir / "results.json").read_text())
+    assert joined["attribution"]["report"] == part["report"] and "attribution-from" in joined["command"]
+    md = (results_dir / "results.md").read_text()
+    assert "Measured on its own" in md and "Failed parts" not in md
