@@ -61,6 +61,9 @@ def ratios_table(results: dict[str, Any]) -> list[str]:
     for r in results.get("ratios") or []:
         goal = GOALS.get(r["label"])
         judged = None if goal is None or r["median"] is None else r["median"] >= goal
+        if not r["rounds"]:  # e.g. a loop run of one batch: no steady state to compare
+            lines.append(f"| {r['label']} | not measured | (no round had both sides) | - | - |")
+            continue
         lines.append(f"| {r['label']} | **{_x(r['median'])}x** | {_x(r['min'])}-{_x(r['max'])} "
                      f"({r['rounds']} rounds) | {_x(r['best_of_n'])} | "
                      + (f">= {goal}: {_ok(judged)}" if goal else "-") + " |")
@@ -143,7 +146,8 @@ def projection_lines(results: dict[str, Any]) -> list[str]:
     t = p["total_hours"]
     lines += ["", f"Projected: **REST {_f(t.get('rest'), 1)} h, RPC {_f(t.get('rpc'), 1)} h, block files "
                   f"{_f(t.get('blkfiles'), 1)} h** (goal for the block files: < {p['goal_blkfiles_hours']:g} h: "
-                  f"{_ok(p.get('goal_blkfiles_met'))}); the bare loops alone: REST {_f(t.get('bare_rest'), 1)} h, "
+                  f"{_ok(p.get('goal_blkfiles_met'))} at the page cache's rate, not on a cold disk; see the "
+                  "assumptions); the bare loops alone: REST {_f(t.get('bare_rest'), 1)} h, "
                   f"getblock 0 {_f(t.get('bare_rpc'), 1)} h, pread {_f(t.get('bare_pread'), 2)} h.", "",
               "Assumptions:", ""] + [f"- {a}" for a in p["assumptions"]]
     if any("whole load" in row[s]["how"] for row in p["eras"] for s in ("rest", "rpc", "blkfiles")):
@@ -218,9 +222,13 @@ def summary(results: dict[str, Any]) -> list[str]:
     p = results.get("projection")
     if isinstance(p, dict) and "total_hours" in p:
         t = p["total_hours"]
+        disk = (f" The block files' figure assumes the disk delivers {p['mainnet_gb'] / (t['blkfiles'] * 3600):.2f} GB/s "
+                "(the benchmark read a warm page cache) and leaves out the coinbase lookup of a backfill from genesis "
+                "(0.3-0.45 ms per full-size block, docs/custody.md)."
+                if t.get("blkfiles") and p.get("mainnet_gb") else "")
         lines += ["", f"Full-mainnet backfill projected from per-era costs: REST {_f(t.get('rest'), 1)} h, RPC "
                       f"{_f(t.get('rpc'), 1)} h, block files {_f(t.get('blkfiles'), 1)} h (assumptions in "
-                      "benchmarks/results.md)."]
+                      f"benchmarks/results.md).{disk}"]
     return lines
 
 
