@@ -283,9 +283,7 @@ def test_extra_views_from_sql_files(warehouse_dir: Path, tmp_path: Path) -> None
         wh.commit(synthetic_tables(range(10)))
         wh.refresh_catalog()
     assert wh.connect().execute("SELECT top FROM a_top").fetchall() == [(9,)]
-    ro = duckdb.connect(str(wh.catalog_path), read_only=True)
-    assert ro.execute("SELECT count(*) FROM tall_blocks").fetchall() == [(5,)]
-    ro.close()
+    assert _from_catalog(wh, "SELECT count(*) FROM tall_blocks") == [(5,)]
     (views / "broken.sql").write_text("SELECT nope FROM blocks")
     with wh.writer(), pytest.raises(ValueError, match="broken.sql"):
         wh.refresh_catalog()
@@ -311,17 +309,13 @@ def test_writer_rebuilds_the_catalog_only_when_its_statements_change(warehouse_d
     with wh.writer():
         wh.commit(synthetic_tables(range(10, 20)))
     assert identity() == built  # same statements: kept (its views read the new files anyway)
-    ro = duckdb.connect(str(wh.catalog_path), read_only=True)
-    assert ro.execute("SELECT count(*) FROM blocks").fetchall() == [(20,)]
-    ro.close()
+    assert _from_catalog(wh, "SELECT count(*) FROM blocks") == [(20,)]
 
     (views / "tall_blocks.sql").write_text("SELECT height FROM blocks WHERE height >= 15")
     with wh.writer():
         pass
     assert identity() != built
-    ro = duckdb.connect(str(wh.catalog_path), read_only=True)
-    assert ro.execute("SELECT count(*) FROM tall_blocks").fetchall() == [(5,)]
-    ro.close()
+    assert _from_catalog(wh, "SELECT count(*) FROM tall_blocks") == [(5,)]
 
     (views / "version.sql").write_text("SELECT {registry_version} AS v")
     with wh.writer():
@@ -332,9 +326,7 @@ def test_writer_rebuilds_the_catalog_only_when_its_statements_change(warehouse_d
     with wh.writer():
         pass
     assert identity() != built
-    ro = duckdb.connect(str(wh.catalog_path), read_only=True)
-    assert ro.execute("SELECT v FROM version").fetchall() == [("abc+rules-2",)]
-    ro.close()
+    assert _from_catalog(wh, "SELECT v FROM version") == [("abc+rules-2",)]
 
     (wh.root / "poolwatch.duckdb.inputs").unlink()
     built = identity()
@@ -345,3 +337,12 @@ def test_writer_rebuilds_the_catalog_only_when_its_statements_change(warehouse_d
     with wh.writer():
         pass
     assert wh.catalog_path.exists()
+
+
+def _from_catalog(wh: Warehouse, sql: str) -> list[tuple]:
+    """Rows of ``sql`` through the catalog file itself, opened read-only as a user's shell would."""
+    ro = duckdb.connect(str(wh.catalog_path), read_only=True)
+    try:
+        return ro.execute(sql).fetchall()
+    finally:
+        ro.close()

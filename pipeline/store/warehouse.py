@@ -221,20 +221,30 @@ def _partition_rows(spec: TableSpec, table: pa.Table) -> dict[_Partition, np.nda
 
 
 def _stored_partitions(spec: TableSpec, table_dir: Path) -> dict[_Partition, Path]:
+    return _scan_files(spec, table_dir)[0]
+
+
+def _scan_files(spec: TableSpec, table_dir: Path) -> tuple[dict[_Partition, Path], list[Path]]:
+    """One walk of a table's data files: (the partitions of its declared layout, the files laid out
+    for another partitioning of it, sorted). The latter (e.g. the metric tables' one file from before
+    they were partitioned by window kind and first height) are read into the current layout by the
+    table's next commit and left as zero-row files, in the same journal."""
     out: dict[_Partition, Path] = {}
+    other: list[Path] = []
     if not table_dir.is_dir():
-        return out
+        return out, other
     depth = len(spec.partition_by_value) + (spec.partition_column is not None)
     for path in table_dir.rglob(PART_FILE):
         rel = path.relative_to(table_dir).parts[:-1]
         if len(rel) != depth:
-            continue  # another layout (_legacy_files): its rows move to this one at the next commit
+            other.append(path)
+            continue
         values = tuple(p.split("=", 1)[1] for p in rel[: len(spec.partition_by_value)])
         bucket = None
         if spec.partition_column is not None:
             bucket = int(rel[len(spec.partition_by_value)].split("=", 1)[1])
         out[_Partition(values, bucket)] = path
-    return out
+    return out, sorted(other)
 
 
 def _rows_at(table: pa.Table, idx: np.ndarray | None) -> pa.Table:
@@ -245,16 +255,6 @@ def _rows_at(table: pa.Table, idx: np.ndarray | None) -> pa.Table:
     if int(idx[-1]) - int(idx[0]) + 1 == len(idx):
         return table.slice(int(idx[0]), len(idx))
     return table.take(pa.array(idx, pa.int64()))
-
-
-def _legacy_files(spec: TableSpec, table_dir: Path) -> list[Path]:
-    """Data files laid out for another partitioning of the table (e.g. the metric tables, one file
-    until they were partitioned by window kind and first height). The next commit of the table reads
-    their rows into the current layout and leaves them as zero-row files, in the same journal."""
-    if not table_dir.is_dir():
-        return []
-    depth = len(spec.partition_by_value) + (spec.partition_column is not None)
-    return sorted(p for p in table_dir.rglob(PART_FILE) if len(p.relative_to(table_dir).parts) - 1 != depth)
 
 
 def _duplicate_keys(table: pa.Table, columns: Iterable[str], limit: int = 5) -> list[dict]:
@@ -701,7 +701,7 @@ class Warehouse:
     def _stage_table(self, spec: TableSpec, batch: pa.Table, commit_id: str,
                      scope: tuple[int, int] | None = None) -> list[tuple[Path, Path]]:
         table_dir = self.table_dir(spec.name)
-        stored = _stored_partitions(spec, table_dir)
+        stored, other_layout = _scan_files(spec, table_dir)
         new_rows = _partition_rows(spec, batch)
         replace_keys = batch.select(list(spec.replace_by)).group_by(list(spec.replace_by)).aggregate([]) \
             if spec.replace_by and batch.num_rows and scope is None else None
@@ -716,12 +716,12 @@ class Warehouse:
         # a zero-row file in the same commit (never deleted: a reader may have just globbed it).
         legacy: dict[_Partition, list[pa.Table]] = {}
         emptied: list[tuple[Path, Path]] = []
-        for path in _legacy_files(spec, table_dir):
+        for path in other_layout:
             rows = self._read_file(spec, path)
             if not rows.num_rows:
                 continue
             for part, idx in _partition_rows(spec, rows).items():
-                legacy.setdefault(part, []).append(rows.take(pa.array(idx, pa.int64())))
+                legacy.setdefault(part, []).append(_rows_at(rows, idx))
                 touched.add(part)
             emptied.append((_write_parquet_tmp(spec.arrow_schema.empty_table(), path, commit_id), path))
         merged: dict[_Partition, pa.Table] = {}
