@@ -346,3 +346,19 @@ def _from_catalog(wh: Warehouse, sql: str) -> list[tuple]:
         return ro.execute(sql).fetchall()
     finally:
         ro.close()
+
+
+def test_refresh_catalog_keeps_a_current_catalog_unless_forced(warehouse_dir: Path) -> None:
+    """After every load and metrics refresh ``refresh_catalog()`` runs: with the statements unchanged
+    it keeps the catalog (its views read the new files anyway); ``force`` rebuilds it."""
+    wh = Warehouse(warehouse_dir)
+    with wh.writer():
+        wh.commit(synthetic_tables(range(10)))
+        wh.refresh_catalog()
+        built = wh.catalog_path.stat().st_ino
+        wh.commit(synthetic_tables(range(10, 15)))
+        wh.refresh_catalog()
+        assert wh.catalog_path.stat().st_ino == built
+        wh.refresh_catalog(force=True)
+        assert wh.catalog_path.stat().st_ino != built
+    assert _from_catalog(wh, "SELECT count(*) FROM blocks") == [(15,)]

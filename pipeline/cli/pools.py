@@ -379,15 +379,18 @@ def attribute(ctx, registry_path, cross_network_registry, change_settings, no_va
         with warehouse.writer(wait=wait):
             before = warehouse.attribution_version
             registry, cross = choice.resolve(warehouse)
+            stats: dict[str, int] = {}
             with progress_bar("attribute", total=stored[1] - stored[0] + 1) as advance:
                 done = reattribute(warehouse, registry, allow_cross_network=cross, validate=not no_validate,
-                                   progress=advance)
+                                   progress=advance, stats=stats)
             warehouse.refresh_catalog()
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
     version = attribution_version(registry.version, cross)
     change = "unchanged" if before == version else f"was {before}"
-    out.print(Text(f"attributed {done:,} stored blocks: attribution version {version} ({change})"))
+    again = stats.get("attributed_again", done)
+    how = "" if again == done else f" ({again:,} matched again, {done - again:,} unchanged by the registry's changes)"
+    out.print(Text(f"attributed {done:,} stored blocks{how}: attribution version {version} ({change})"))
     if not no_metrics:
         from pipeline.cli.core import update_metrics
 

@@ -12,19 +12,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pipeline.load.custody import links_after, recompute_custody_links
-from pipeline.load.loop import (COMMIT_LOCK_WAIT, BatchPlan, ChainChangedError, RegistryChangedError, load,
-                                plan_chunks)
+from pipeline.load.loop import (COMMIT_LOCK_WAIT, BackgroundValidator, BatchPlan, ChainChangedError, PendingReport,
+                                RegistryChangedError, in_order, load, plan_chunks)
 from pipeline.load.spends import UncheckedSpends, unchecked_spends
 from pipeline.source.choice import open_block_source
 from pipeline.source.client import NodeClient
 from pipeline.source.errors import HeightAboveTipError, NodeError
 
 if TYPE_CHECKING:
+    from pipeline.attribution.changes import RuleChanges
     from pipeline.attribution.registry import Registry
     from pipeline.source.base import BlockSource
     from pipeline.store.warehouse import Warehouse
@@ -132,45 +137,88 @@ class SettingsChangeError(ValueError):
 
 
 def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network: bool = False,
-                chunk_size: int = 50_000, validate: bool = True, progress: Progress | None = None) -> int:
+                chunk_size: int = 50_000, validate: bool = True, progress: Progress | None = None,
+                stats: dict[str, int] | None = None) -> int:
     """Re-attribute the whole stored history from stored coinbases (no node) with ``registry`` and
     the cross-network setting.
 
     Results of each attribution version (registry version + settings) are kept side by side
     (attributions are partitioned by it); the warehouse's current version, registry and settings
-    become these. The caller holds the writer lock.
+    become these. When the current version's rows are complete and were computed under the same
+    engine rules and settings, only the blocks the registry update can change are attributed again
+    (``pipeline.attribution.changes``); the others' rows are relabelled. Returns the blocks done;
+    ``stats`` (if given) also gets how many of them were attributed again. The caller holds the
+    writer lock.
     """
     from pipeline.attribution.engine import (AttributionSettings, attribute_tables, attribution_version,
-                                             pool_definitions_table)
+                                             compiled_matcher, pool_definitions_table)
     from pipeline.store.validation import gate, validate_batch
 
     stored = warehouse.stored_range()
     chain = warehouse.meta.get("chain", "main")
     version = attribution_version(registry.version, allow_cross_network)
-    done = 0
-    same_as = reusable_version(warehouse, registry, allow_cross_network) if stored is not None else None
-    if same_as is not None:
-        log.info("registry %s matches blocks as %s does (only its description differs): relabelling the stored "
-                 "attributions as %s instead of attributing every block again", registry.version, same_as, version)
-    if stored is not None:
-        for lo, hi in plan_chunks(stored[0], stored[1], chunk_size):
-            where = f"height BETWEEN {lo} AND {hi}"
-            if same_as is not None:
-                tables = _relabelled(warehouse, same_as, version, lo, hi)
-                rows = tables["attributions"].num_rows
-                gate(warehouse, tables, None)  # the rows were validated when first committed
-            else:
+    context = {"chain": chain, "registry_version": version, "pool_ids": sorted({p.id for p in registry.pools})}
+    done = again = 0
+    reuse = reuse_plan(warehouse, registry, allow_cross_network) if stored is not None else None
+    if reuse is not None:
+        log.info("registry %s against the stored %s: %s; attributing again only the blocks these can change, "
+                 "relabelling the other stored attributions as %s", registry.version, reuse.source,
+                 reuse.changes.describe(), version)
+    # Nothing is validated when no rule changed (every row relabelled): no helper then.
+    validator = BackgroundValidator() if validate and stored is not None and not (reuse and reuse.changes.none) \
+        else None
+    waiting: list[tuple[dict, PendingReport | None]] = []
+
+    def hand_over(tables: dict, checked: dict | None) -> None:
+        """Validate this group (``checked``: its rows not validated before) in the background and
+        commit, in order, the groups whose validation is in; with more than two groups waiting, the
+        oldest is waited for (what is held stays bounded)."""
+        checked_rows = checked is not None and checked["attributions"].num_rows
+        waiting.append((tables, validator.submit(checked, context) if validator and checked_rows else None))
+        while waiting and (len(waiting) > 2 or waiting[0][1] is None or waiting[0][1].done()):
+            previous, report = waiting.pop(0)
+            gate(warehouse, previous, report() if report is not None else None)
+
+    try:
+        if stored is not None and reuse is None:
+            for lo, hi in plan_chunks(stored[0], stored[1], chunk_size):
+                where = f"height BETWEEN {lo} AND {hi}"
                 blocks = warehouse.read("blocks", where=where)
                 outputs = warehouse.read("coinbase_outputs", where=where)
                 tables = attribute_tables(blocks, outputs, registry, chain, allow_cross_network=allow_cross_network)
-                report = validate_batch(tables, {"chain": chain, "registry_version": version,
-                                                 "pool_ids": sorted({p.id for p in registry.pools})}) \
-                    if validate else None
-                gate(warehouse, tables, report)
-                rows = blocks.num_rows
-            done += rows
-            if progress:
-                progress(rows)
+                hand_over(tables, tables)
+                done += blocks.num_rows
+                again += blocks.num_rows
+                if progress:
+                    progress(blocks.num_rows)
+        elif stored is not None:
+            matcher = compiled_matcher(registry, chain, allow_cross_network)
+            pending: list[_Carried] = []
+            # Chunks are read, matched and relabelled by two threads, ahead of the commits (the
+            # reads, Arrow kernels and Parquet writes run without the interpreter lock).
+            chunks = plan_chunks(stored[0], stored[1], chunk_size)
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="poolwatch-reattribute") as threads:
+                carried_chunks = in_order(chunks, lambda lo, hi: threads.submit(_carried_over, warehouse, reuse,
+                                                                               matcher, lo, hi), in_flight=3)
+                for carried in carried_chunks:
+                    pending.append(carried)
+                    # In groups: one validation per chunk_size blocks attributed again (carried rows
+                    # were validated when first committed), at most 8 chunks of rows per commit.
+                    if sum(c.fresh["attributions"].num_rows for c in pending) >= chunk_size or len(pending) >= 8:
+                        hand_over(_in_height_order(_concat([c.tables for c in pending])),
+                                  _concat([c.fresh for c in pending]))
+                        pending.clear()
+                    done += carried.rows
+                    again += carried.fresh["attributions"].num_rows
+                    if progress:
+                        progress(carried.rows)
+            if pending:
+                hand_over(_in_height_order(_concat([c.tables for c in pending])), _concat([c.fresh for c in pending]))
+        for previous, report in waiting:
+            gate(warehouse, previous, report() if report is not None else None)
+    finally:
+        if validator is not None:
+            validator.close()
     tables = {"pool_definitions": pool_definitions_table(registry)}
     links = links_after(warehouse, {}, version, force=True)
     if links is not None:  # the spent coinbases' pools under the new version, in the same commit
@@ -182,30 +230,35 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
     gate(warehouse, tables, report)
     warehouse.set_meta(registry_version=registry.version, attribution_version=version,
                        attribution_settings=AttributionSettings(allow_cross_network).to_meta())
+    log.info("attribution version %s: %d stored block(s), %d attributed again, %d relabelled", version, done,
+             again, done - again)
+    if stats is not None:
+        stats.update(blocks=done, attributed_again=again)
     return done
 
 
-# Top-level registry fields that no matching rule reads: a registry differing from the current one
-# only there attributes every block exactly as the current one does.
-DOCUMENTARY_FIELDS = ("description",)
+@dataclass(frozen=True)
+class Reuse:
+    """The stored version a re-attribution starts from, and what the new registry changes.
+    ``bucketed``: blocks and coinbase outputs lie wholly in their height buckets' files."""
+
+    source: str
+    changes: RuleChanges
+    bucketed: bool = True
 
 
-def _matching_document(document: dict) -> str:
-    from pipeline.attribution.registry import canonical_json
-
-    return canonical_json({k: v for k, v in document.items() if k not in DOCUMENTARY_FIELDS})
-
-
-def reusable_version(warehouse: Warehouse, registry: Registry, allow_cross_network: bool) -> str | None:
-    """The warehouse's current attribution version when its rows are exactly what ``registry`` gives:
-    same engine rules and settings (``attribution_version`` of the current registry under this
-    setting is the current version), a registry document equal but for ``DOCUMENTARY_FIELDS``, and
-    one row under it for every stored block (same height and hash, nothing more). Else None.
+def reuse_plan(warehouse: Warehouse, registry: Registry, allow_cross_network: bool) -> Reuse | None:
+    """The warehouse's current attribution version and the registry's rule changes against it,
+    when that version's rows can be carried over: computed under the same engine rules and
+    settings (``attribution_version`` of the current registry under this setting is the current
+    version), its registry readable, and one row under it for every stored block (same height and
+    hash, nothing more). Else None: every block is attributed again.
 
     Attribution is the whole-history pass that cannot be made cheaper per block (per-block Python
-    matching, ~100 us a block): a new registry version that only re-words its description would cost
-    minutes at mainnet height for byte-identical rows; those rows are relabelled instead."""
-    from pipeline.attribution.engine import attribution_version
+    matching, ~30-100 us a block): a registry update that touches a few pools would cost minutes at
+    mainnet height for rows that are mostly byte-identical."""
+    from pipeline.attribution.changes import rule_changes
+    from pipeline.attribution.engine import attribution_version, compiled_matcher
 
     current = warehouse.attribution_version
     version = attribution_version(registry.version, allow_cross_network)
@@ -217,8 +270,6 @@ def reusable_version(warehouse: Warehouse, registry: Registry, allow_cross_netwo
         return None
     if old is None or attribution_version(old.version, allow_cross_network) != current:
         return None
-    if _matching_document(old.document) != _matching_document(registry.document):
-        return None
     escaped = current.replace("'", "''")
     con = warehouse.connect()
     try:
@@ -229,14 +280,127 @@ def reusable_version(warehouse: Warehouse, registry: Registry, allow_cross_netwo
                  ON a.height = b.height AND a.block_hash = b.hash""").fetchone()
     finally:
         con.close()
-    return current if (missing, extra) == (0, 0) else None
+    if (missing, extra) != (0, 0):
+        return None
+    chain = warehouse.meta.get("chain", "main")
+    changes = rule_changes(compiled_matcher(old, chain, allow_cross_network),
+                           compiled_matcher(registry, chain, allow_cross_network))
+    bucketed = all(warehouse.in_declared_layout(t) for t in ("blocks", "coinbase_outputs"))
+    return Reuse(current, changes, bucketed)
+
+
+def reusable_version(warehouse: Warehouse, registry: Registry, allow_cross_network: bool) -> str | None:
+    """The current version when ``registry`` changes no rule a block is matched by (e.g. only its
+    description differs): every stored row is relabelled, none attributed again. Else None."""
+    reuse = reuse_plan(warehouse, registry, allow_cross_network)
+    return reuse.source if reuse is not None and reuse.changes.none else None
+
+
+@dataclass(frozen=True)
+class _Carried:
+    tables: dict          # the chunk's rows under the new version: carried over + attributed again
+    fresh: dict           # the rows of the blocks attributed again
+    rows: int             # blocks in the chunk
+
+
+def _carried_over(warehouse: Warehouse, reuse: Reuse, matcher, lo: int, hi: int) -> _Carried:
+    """Heights [lo, hi] under ``matcher``'s version: the blocks ``reuse.changes`` can alter are
+    attributed again, the others' stored rows relabelled. Only the columns the changes are found
+    by are read for every block (scriptSigs for tags, output scripts for addresses); block hashes
+    come from the stored attributions (one block per height, checked), not read again."""
+    from pipeline.attribution.changes import affected_heights
+    from pipeline.attribution.engine import attribute_with
+
+    old = _relabelled(warehouse, reuse.source, matcher.version, lo, hi)
+    stored = old["attributions"]
+    empty = {t: old[t].schema.empty_table() for t in old}
+    changes = reuse.changes
+    if changes.none:
+        return _Carried(old, empty, stored.num_rows)
+    bucketed = reuse.bucketed
+    blocks = _stored_rows(warehouse, "blocks", BLOCK_COLUMNS, lo, hi, stored, bucketed) if changes.tags else None
+    outputs = _stored_rows(warehouse, "coinbase_outputs", OUTPUT_COLUMNS, lo, hi, stored, bucketed) \
+        if changes.scripts else None
+    again = affected_heights(changes, blocks if blocks is not None else BLOCKS_NONE,
+                             outputs if outputs is not None else OUTPUTS_NONE, stored)
+    if not len(again):
+        return _Carried(old, empty, stored.num_rows)
+    if blocks is None:
+        blocks = _stored_rows(warehouse, "blocks", BLOCK_COLUMNS, lo, hi, stored, bucketed)
+    if outputs is None:
+        outputs = _stored_rows(warehouse, "coinbase_outputs", OUTPUT_COLUMNS, lo, hi, stored, bucketed)
+    blocks = blocks.filter(pc.is_in(blocks["height"], value_set=again))
+    hashes = stored.filter(pc.is_in(stored["height"], value_set=again))["block_hash"]  # same heights, same order
+    blocks = blocks.append_column("hash", hashes)
+    outputs = outputs.filter(pc.is_in(outputs["height"], value_set=again))
+    outputs = outputs.append_column("block_hash", pc.take(blocks["hash"], pc.index_in(outputs["height"],
+                                                                                      value_set=blocks["height"])))
+    fresh = attribute_with(matcher, blocks, outputs)
+    return _Carried({t: _merged(old[t], fresh[t], again) for t in old}, fresh, stored.num_rows)
+
+
+def _merged(old: pa.Table, fresh: pa.Table, again: pa.Array) -> pa.Table:
+    """``old``'s rows at heights not in ``again`` and all of ``fresh``, in height order (both are;
+    a block's rows keep their order): one take, no sort."""
+    import numpy as np
+
+    old_heights = old["height"].to_numpy()
+    keep = np.flatnonzero(~np.isin(old_heights, again.to_numpy()))
+    fresh_heights = fresh["height"].to_numpy()
+    heights = np.concatenate([old_heights[keep], fresh_heights])
+    rows = np.concatenate([keep, old.num_rows + np.arange(len(fresh_heights))])
+    order = rows[np.argsort(heights, kind="stable")]
+    return pa.concat_tables([old, fresh]).take(pa.array(order))
+
+
+# What attribution reads of the stored blocks and coinbase outputs besides the block hash (taken
+# from the stored attributions: the hash strings are a large part of both tables' bytes).
+BLOCK_COLUMNS = ("height", "time", "coinbase_script_sig_hex")
+OUTPUT_COLUMNS = ("height", "output_index", "value_sat", "script_hex")
+BLOCKS_NONE = pa.table({"height": pa.array([], pa.int32()), "coinbase_script_sig_hex": pa.array([], pa.string())})
+OUTPUTS_NONE = pa.table({"height": pa.array([], pa.int32()), "value_sat": pa.array([], pa.int64()),
+                         "script_hex": pa.array([], pa.string())})
+
+
+def _stored_rows(warehouse: Warehouse, table: str, columns: tuple[str, ...], lo: int, hi: int,
+                 attributions: pa.Table, bucketed: bool) -> pa.Table:
+    """``columns`` of ``table`` at heights [lo, hi]: from the height buckets' files (``read_range``:
+    no view over every file) when the table has no file of another layout (``bucketed``), else
+    through the catalog's view (``read``: every file). Its blocks must be those of
+    ``attributions`` (complete under the source version and one per height, checked by
+    ``reuse_plan``); a bucket read that misses one is read again through the view."""
+    where = f"height BETWEEN {lo} AND {hi}"
+    if not bucketed:
+        return warehouse.read(table, where=where, columns=columns)
+    rows = warehouse.read_range(table, {}, lo, hi, columns=columns)
+    heights = rows["height"].combine_chunks()
+    if table != "blocks":  # an output table: each stored block's heights once (every coinbase has an output)
+        heights = pc.unique(heights)
+    if heights.equals(attributions["height"].combine_chunks()):
+        return rows
+    log.info("heights %d..%d: %s rows are not all in their height buckets' files; reading every file", lo, hi, table)
+    return warehouse.read(table, where=where, columns=columns)
+
+
+def _concat(parts: list[dict]) -> dict:
+    return {t: pa.concat_tables([p[t] for p in parts]) for t in parts[0]}
+
+
+def _in_height_order(tables: dict) -> dict:
+    """Rows sorted by height (a stable sort: a block's candidates keep their order): the commit then
+    splits them into partitions by slicing, not by a take over many chunks."""
+    out = {}
+    for t, rows in tables.items():
+        heights = rows["height"]
+        if pc.all(pc.less_equal(heights[:-1], heights[1:])).as_py() is False:
+            rows = rows.sort_by([("height", "ascending")])
+        out[t] = rows
+    return out
 
 
 def _relabelled(warehouse: Warehouse, source: str, version: str, lo: int, hi: int) -> dict:
     """The attributions and candidates of ``source`` at heights [lo, hi], labelled ``version`` (read
     from the source version's partition files alone: the work follows the rows relabelled)."""
-    import pyarrow as pa
-
     out = {}
     for table in ("attributions", "attribution_candidates"):
         rows = warehouse.read_range(table, {"registry_version": source}, lo, hi)

@@ -376,7 +376,71 @@ def _start_pool(workers: int, initializer: Callable[..., Any], initargs: tuple, 
     return pool
 
 
-def _in_order(chunks: Sequence[tuple[int, int]], submit: Callable[[int, int], Future],
+@dataclass
+class PendingReport:
+    """A batch's report from ``BackgroundValidator``: ``done()`` without waiting, the report when
+    called (validated in this process when there was no helper, or again when it failed)."""
+
+    future: Future
+    tables: dict[str, pa.Table]
+    context: dict[str, Any]
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def __call__(self) -> ValidationReport:
+        from pipeline.store.validation import validate_batch
+
+        result = self.future.result()
+        return result if result is not None and result.ok else validate_batch(self.tables, self.context)
+
+
+class BackgroundValidator:
+    """Validation of whole batches in a helper process that starts now, in the background (its
+    interpreter and Great Expectations' multi-second import overlap the caller's work); in this
+    process when the helper cannot start or dies (slower, same result). ``submit`` returns at once
+    with a callable giving the report, so the caller computes its next batch meanwhile (a batch
+    submitted before the helper is up waits for it in a thread of this process, not in the caller).
+    Reports of passing tables carry the cheapest detail (``PASSING_DETAIL``); a failing batch is
+    validated again here with every failing row, for its quarantine."""
+
+    def __init__(self) -> None:
+        self._threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolwatch-validator")
+        self._starting: Future = self._threads.submit(_start_pool, 1, _init_validator, (), "poolwatch-validator")
+        self._pool: HelperPool | None = None
+        self._lost = False
+
+    def _remote(self, tables: dict[str, pa.Table], context: dict[str, Any]) -> ValidationReport | None:
+        """In the thread: the helper's report, or None when there is no helper (any more)."""
+        if self._pool is None and not self._lost:
+            self._pool = self._starting.result()
+            self._lost = self._pool is None
+        if self._pool is None:
+            return None
+        try:
+            return self._pool.submit(_validate_remote, tables, context).result()[0]
+        except HelperDiedError as exc:
+            log.warning("the validating process died (%s); validating in this process (slower, same result)", exc)
+            self._pool.shutdown()
+            self._pool, self._lost = None, True
+            return None
+
+    def submit(self, tables: dict[str, pa.Table], context: dict[str, Any]) -> PendingReport:
+        return PendingReport(self._threads.submit(self._remote, tables, context), tables, context)
+
+    def close(self) -> None:
+        """Stop the helper once what was submitted is done, without waiting here for it to exit."""
+        self._threads.submit(self._stop)
+        self._threads.shutdown(wait=False)
+
+    def _stop(self) -> None:
+        pool = self._pool if self._pool is not None else self._starting.result()
+        self._pool = None
+        if pool is not None:
+            pool.shutdown()
+
+
+def in_order(chunks: Sequence[tuple[int, int]], submit: Callable[[int, int], Future],
               in_flight: int) -> Iterator[Any]:
     """Results of ``submit`` per chunk in order, at most ``in_flight`` at once."""
     pending: deque[Future] = deque()
@@ -412,7 +476,7 @@ def _in_workers(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: Ba
     if spends is not None and chunks:
         spends.skip(SKIP_WORKERS, chunks[0][0], chunks[-1][1])
     try:
-        yield from _in_order(chunks, lambda lo, hi: pool.submit(_prepare_in_worker, *locate(source, lo, hi)),
+        yield from in_order(chunks, lambda lo, hi: pool.submit(_prepare_in_worker, *locate(source, lo, hi)),
                              2 * workers)
     finally:
         pool.shutdown()

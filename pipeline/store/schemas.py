@@ -50,6 +50,9 @@ class Column:
     type: str
     nullable: bool
     description: str
+    # False for values (nearly) unique per row (hashes, txids, scriptSigs): a Parquet dictionary
+    # would only be built to be abandoned, costing write time and file size.
+    dictionary: bool = True
 
     @property
     def arrow(self) -> pa.DataType:
@@ -83,6 +86,11 @@ class TableSpec:
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
+    @property
+    def dictionary_columns(self) -> list[str]:
+        """The columns written with a Parquet dictionary (``dictionary`` not false)."""
+        return [c.name for c in self.columns if c.dictionary]
+
     def conform(self, table: pa.Table) -> pa.Table:
         """Reorder and cast ``table`` to this schema; a missing or extra column is an error."""
         missing = [c for c in self.column_names if c not in table.column_names]
@@ -97,7 +105,8 @@ def _parse(doc: dict) -> TableSpec:
     return TableSpec(
         name=doc["table"],
         description=doc["description"],
-        columns=tuple(Column(c["name"], c["type"], bool(c["nullable"]), c["description"]) for c in doc["columns"]),
+        columns=tuple(Column(c["name"], c["type"], bool(c["nullable"]), c["description"], bool(c.get("dictionary", True)))
+                      for c in doc["columns"]),
         replace_by=tuple(doc["replace_by"]),
         unique=tuple(doc["unique"]),
         partition_column=part.get("column"),

@@ -28,7 +28,7 @@ import secrets
 import shutil
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -138,10 +138,13 @@ def _next_mtime(final: Path) -> int:
         return now
 
 
-def _write_parquet_tmp(table: pa.Table, final: Path, commit_id: str) -> Path:
+def _write_parquet_tmp(table: pa.Table, final: Path, commit_id: str, spec: TableSpec | None = None) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f"{final.name}.{commit_id}{TMP_SUFFIX}")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20)
+    # One chunk per column: the writer cuts pages along chunk boundaries, so the same rows split
+    # differently in memory would give other bytes (free when the rows are one chunk already).
+    dictionary = True if spec is None else [c for c in spec.dictionary_columns if c in table.column_names]
+    pq.write_table(table.combine_chunks(), tmp, compression="zstd", row_group_size=1 << 20, use_dictionary=dictionary)
     mtime = _next_mtime(final)
     os.utime(tmp, (mtime, mtime))
     _fsync_file(tmp)
@@ -298,7 +301,24 @@ def _rows_matching(table: pa.Table, keys: pa.Table) -> pa.Array:
 def _sort(spec: TableSpec, table: pa.Table) -> pa.Table:
     if not spec.sort_by or table.num_rows < 2:
         return table
+    if _in_order(table, spec.sort_by):
+        return table
     return table.sort_by([(c, "ascending") for c in spec.sort_by])
+
+
+def _in_order(table: pa.Table, columns: Sequence[str]) -> bool:
+    """Whether ``table`` is already sorted by ``columns`` (a batch built in height order, rows read
+    back from height buckets): a stable sort would give the same table, so one vectorised pass of
+    comparisons replaces a sort and a take. Tables with nulls in a key are left to the sort."""
+    keys = [table.column(c) for c in columns]
+    if any(k.null_count for k in keys):
+        return False
+    # Row i <= row i+1 lexicographically: built from the last key column backwards.
+    ok = pc.less_equal(keys[-1][:-1], keys[-1][1:])
+    for key in reversed(keys[:-1]):
+        a, b = key[:-1], key[1:]
+        ok = pc.or_(pc.less(a, b), pc.and_(pc.equal(a, b), ok))
+    return bool(pc.all(ok).as_py())
 
 
 # ----------------------------------------------------------------------------- journal
@@ -457,7 +477,7 @@ class Warehouse:
         # from exactly the statements it would be built from now: a load takes the lock once per
         # batch, and rebuilding (binding every view over every Parquet file) cost more than the commit.
         if schemas_written or not self._catalog_is_current():
-            self.refresh_catalog(strict=False)
+            self.refresh_catalog(strict=False, force=True)
 
     def _remove_stale_catalog_temps(self) -> None:
         """Leftovers of an interrupted catalog or Data Docs build. Every one of them is made under the
@@ -489,7 +509,7 @@ class Warehouse:
             expected = spec.arrow_schema.empty_table()
             if stamp is None or not pq.read_schema(path).remove_metadata().equals(
                     pq.read_table(_schema_probe(expected)).schema.remove_metadata()):
-                tmp = _write_parquet_tmp(expected, path, secrets.token_hex(8))
+                tmp = _write_parquet_tmp(expected, path, secrets.token_hex(8), spec)
                 os.replace(tmp, path)
                 _fsync_dir(path.parent)
                 changed = True
@@ -661,7 +681,7 @@ class Warehouse:
                     if keep.num_rows != stored.num_rows:
                         # An emptied partition becomes a zero-row file, never a missing one: a
                         # reader that has just globbed the path must still find it.
-                        staged.append((_write_parquet_tmp(keep, path, commit_id), path))
+                        staged.append((_write_parquet_tmp(keep, path, commit_id, spec), path))
             if staged:
                 meta = self.meta
                 top = self.max_height()
@@ -723,7 +743,7 @@ class Warehouse:
             for part, idx in _partition_rows(spec, rows).items():
                 legacy.setdefault(part, []).append(_rows_at(rows, idx))
                 touched.add(part)
-            emptied.append((_write_parquet_tmp(spec.arrow_schema.empty_table(), path, commit_id), path))
+            emptied.append((_write_parquet_tmp(spec.arrow_schema.empty_table(), path, commit_id, spec), path))
         merged: dict[_Partition, pa.Table] = {}
         for part in sorted(touched, key=lambda p: (p.values, p.bucket if p.bucket is not None else -1)):
             path = part.path(table_dir, spec)
@@ -738,7 +758,8 @@ class Warehouse:
                 old = old.filter(pc.invert(_rows_matching(old, replace_keys)))
             fresh = _rows_at(batch, new_rows.get(part))
             table = _sort(spec, pa.concat_tables([old, fresh]))
-            dups = _duplicate_keys(table, spec.unique)
+            # Without stored rows the partition holds batch rows alone, checked whole by _conform.
+            dups = _duplicate_keys(table, spec.unique) if old.num_rows else []
             if dups:
                 raise UniqueViolationError(
                     f"table {spec.name}: the batch would duplicate stored rows on unique key "
@@ -746,7 +767,7 @@ class Warehouse:
                     f"their replace_by ({', '.join(spec.replace_by)}) values differ)")
             merged[part] = table
         self._check_unique_across_partitions(spec, stored, merged)
-        return emptied + [(_write_parquet_tmp(t, p.path(table_dir, spec), commit_id), p.path(table_dir, spec))
+        return emptied + [(_write_parquet_tmp(t, p.path(table_dir, spec), commit_id, spec), p.path(table_dir, spec))
                           for p, t in merged.items()]
 
     @staticmethod
@@ -897,7 +918,8 @@ class Warehouse:
                              AS stale
                   FROM read_json({_sql_str(str(self.meta_path))}, columns={columns}))"""
 
-    def _create_views(self, con: duckdb.DuckDBPyConnection, strict: bool = True) -> None:
+    def _create_views(self, con: duckdb.DuckDBPyConnection, strict: bool = True) -> bool:
+        """Create every view; False when a view file failed and was left out (``strict`` false)."""
         for spec in all_table_specs():
             con.execute(f"CREATE OR REPLACE VIEW {_ident(spec.name)} AS {self._view_sql(spec)}")
         con.execute(f"CREATE OR REPLACE VIEW freshness AS {self._freshness_sql()}")
@@ -917,7 +939,8 @@ class Warehouse:
                 if strict:
                     raise ValueError(f"cannot create view(s): {detail}")
                 log.warning("catalog built without view(s) that fail: %s", detail)
-                return
+                return False
+        return True
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """In-memory DuckDB connection with every view; takes no file lock at all."""
@@ -957,8 +980,11 @@ class Warehouse:
             return False
         return recorded == self._catalog_inputs_digest()
 
-    def refresh_catalog(self, strict: bool = True) -> None:
-        """Rebuild poolwatch.duckdb in a temp file and rename it over the old one.
+    def refresh_catalog(self, strict: bool = True, force: bool = False) -> None:
+        """Rebuild poolwatch.duckdb in a temp file and rename it over the old one, unless it was
+        built from exactly the statements it would be built from now (its inputs digest): the
+        views read their Parquet files when queried, so new rows need no rebuild (``force``
+        rebuilds anyway).
 
         Readers holding the old file open keep their (identical) views; nothing waits for them.
         A view file that fails raises ``ValueError`` (the old catalog stays) unless ``strict`` is
@@ -967,6 +993,8 @@ class Warehouse:
         removed by the next writer (``_recover``), on whichever host.
         """
         self._require_writer("refresh_catalog")
+        if not force and self._catalog_is_current():
+            return
         tmp = self.root / f".{CATALOG_NAME}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
         # The digest goes first (a crash after it leaves no digest: the next writer rebuilds) and is
         # written again only once the new catalog is in place.
@@ -975,14 +1003,15 @@ class Warehouse:
             digest = self._catalog_inputs_digest()
             con = duckdb.connect(str(tmp), config={"storage_compatibility_version": CATALOG_STORAGE_VERSION})
             try:
-                self._create_views(con, strict=strict)
+                complete = self._create_views(con, strict=strict)
                 con.execute("CHECKPOINT")
             finally:
                 con.close()
             _fsync_file(tmp)
             os.replace(tmp, self.catalog_path)
             _fsync_dir(self.root)
-            self._catalog_digest_path.write_text(digest + "\n")
+            if complete:  # a catalog missing a failing view is never "current": the next call tries again
+                self._catalog_digest_path.write_text(digest + "\n")
         finally:
             tmp.unlink(missing_ok=True)
             Path(f"{tmp}.wal").unlink(missing_ok=True)
@@ -1036,22 +1065,37 @@ class Warehouse:
         rows = self._scalar_rows(f"WHERE height BETWEEN {int(lo)} AND {int(hi)} ORDER BY height", "height, hash")
         return {int(h): str(x) for h, x in rows}
 
-    def read_range(self, table: str, values: Mapping[str, object], lo: int, hi: int) -> pa.Table:
+    def read_range(self, table: str, values: Mapping[str, object], lo: int, hi: int,
+                   columns: Iterable[str] | None = None) -> pa.Table:
         """The rows of ``table`` whose by-value partition columns equal ``values`` and whose partition
         column lies in [lo, hi], read from those partitions' files alone (not through a view over
-        every file), sorted by sort_by as ``read`` gives them."""
+        every file), sorted by sort_by as ``read`` gives them. ``columns``: only these (they must
+        include the partition and sort columns). Files in another layout (``_scan_files``) are not
+        read: a caller that cannot rule them out checks what it got (or uses ``read``)."""
         spec = table_spec(table)
         if spec.partition_column is None or set(values) != set(spec.partition_by_value):
             raise ValueError(f"table {table}: read_range needs a value for each of {list(spec.partition_by_value)} "
                              "and a partitioned height column")
+        cols = list(columns) if columns is not None else spec.column_names
+        needed = [c for c in (spec.partition_column, *spec.sort_by) if c not in cols]
+        if needed or any(c not in spec.column_names for c in cols):
+            raise KeyError(f"table {table}: read_range columns {cols} must be declared columns and include {needed}")
+        schema = pa.schema([spec.arrow_schema.field(c) for c in cols])
         wanted = tuple(_encode_value(values[c]) for c in spec.partition_by_value)
         size = spec.bucket_size or 1
         paths = [_Partition(wanted, b).path(self.table_dir(table), spec) for b in range(lo // size, hi // size + 1)]
-        pieces = [self._read_file(spec, path) for path in paths if path.exists()]
-        rows = pa.concat_tables(pieces) if pieces else spec.arrow_schema.empty_table()
+        pieces = [pq.read_table(path, columns=cols).select(cols).cast(schema) for path in paths if path.exists()]
+        rows = pa.concat_tables(pieces) if pieces else schema.empty_table()
         heights = rows.column(spec.partition_column)
         rows = rows.filter(pc.and_(pc.greater_equal(heights, lo), pc.less_equal(heights, hi)))
         return _sort(spec, rows)
+
+    def in_declared_layout(self, table: str) -> bool:
+        """Whether every data file of ``table`` lies in its declared partition layout (so that
+        ``read_range`` over a height range sees all its rows); files with zero rows do not count."""
+        spec = table_spec(table)
+        _, other = _scan_files(spec, self.table_dir(table))
+        return all(pq.read_metadata(path).num_rows == 0 for path in other)
 
     def row_count(self, table: str) -> int:
         """Rows stored in ``table`` (from the Parquet footers; no data is read)."""
