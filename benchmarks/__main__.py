@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -353,15 +354,21 @@ def _attach_parts(results: dict[str, Any], upkeep: Path | None, attribution: Pat
     the run's command line records it. True if any was joined."""
     if upkeep is not None:
         results["upkeep"] = _upkeep_from(upkeep)
-        results["command"] += f" (upkeep: --upkeep-from {upkeep})"
+        results["command"] = _annotated(results["command"], "upkeep", f"--upkeep-from {upkeep}")
     if attribution is not None:
         part = json.loads(attribution.read_text())
         if not isinstance(part, dict) or "report" not in part or "measured" not in part:
             raise SystemExit(f"{attribution} is not the output of bench_attribution.py --json FILE")
         part["taken_from"] = str(attribution)
         results["attribution"] = part
-        results["command"] += f" (attribution: --attribution-from {attribution})"
+        results["command"] = _annotated(results["command"], "attribution", f"--attribution-from {attribution}")
     return upkeep is not None or attribution is not None
+
+
+def _annotated(command: str, part: str, source: str) -> str:
+    """``command`` with `` (<part>: <source>)``, replacing an earlier annotation of the same part
+    (a part measured again is joined again: the command names only the file now used)."""
+    return re.sub(rf" \({part}: [^)]*\)", "", command) + f" ({part}: {source})"
 
 
 def _upkeep_from(path: Path) -> dict[str, Any]:

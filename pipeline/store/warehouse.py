@@ -29,6 +29,7 @@ import shutil
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -767,8 +768,16 @@ class Warehouse:
                     f"their replace_by ({', '.join(spec.replace_by)}) values differ)")
             merged[part] = table
         self._check_unique_across_partitions(spec, stored, merged)
-        return emptied + [(_write_parquet_tmp(t, p.path(table_dir, spec), commit_id, spec), p.path(table_dir, spec))
-                          for p, t in merged.items()]
+        # Two writers: encoding and compressing run without the interpreter lock, and a commit
+        # of many partitions (a re-attribution writes hundreds) is mostly this.
+        paths = [p.path(table_dir, spec) for p in merged]
+        if len(paths) < 2:
+            written = [_write_parquet_tmp(t, path, commit_id, spec) for t, path in zip(merged.values(), paths)]
+        else:
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="poolwatch-write") as writers:
+                written = list(writers.map(lambda job: _write_parquet_tmp(job[0], job[1], commit_id, spec),
+                                           zip(merged.values(), paths)))
+        return emptied + list(zip(written, paths))
 
     @staticmethod
     def _partitions_in_range(spec: TableSpec, batch: pa.Table, stored: Mapping[_Partition, Path],
@@ -796,7 +805,7 @@ class Warehouse:
         buckets: set[int] | None = None
         if spec.partition_column is not None and spec.partition_column in spec.replace_by:
             size = spec.bucket_size or 1
-            buckets = {v // size for v in pc.unique(batch.column(spec.partition_column)).to_pylist()}
+            buckets = set(pc.unique(pc.divide(batch.column(spec.partition_column), size)).to_pylist())
         out = set()
         for part in stored:
             if buckets is not None and part.bucket not in buckets:
