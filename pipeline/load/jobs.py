@@ -169,15 +169,19 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
         else None
     waiting: list[tuple[dict, PendingReport | None]] = []
 
-    def hand_over(tables: dict, checked: dict | None) -> None:
-        """Validate this group (``checked``: its rows not validated before) in the background and
-        commit, in order, the groups whose validation is in; with more than two groups waiting, the
-        oldest is waited for (what is held stays bounded)."""
-        checked_rows = checked is not None and checked["attributions"].num_rows
-        waiting.append((tables, validator.submit(checked, context) if validator and checked_rows else None))
-        while waiting and (len(waiting) > 2 or waiting[0][1] is None or waiting[0][1].done()):
+    def commit_ready(hold: int) -> None:
+        """Commit, in order, the groups whose validation is in; while more than ``hold`` groups are
+        held, wait for the oldest (what is held stays bounded; 0 commits everything)."""
+        while waiting and (len(waiting) > hold or waiting[0][1] is None or waiting[0][1].done()):
             previous, report = waiting.pop(0)
             gate(warehouse, previous, report() if report is not None else None)
+
+    def hand_over(tables: dict, checked: dict | None) -> None:
+        """Validate this group (``checked``: its rows not validated before) in the background and
+        commit what is ready, holding at most two groups."""
+        checked_rows = checked is not None and checked["attributions"].num_rows
+        waiting.append((tables, validator.submit(checked, context) if validator and checked_rows else None))
+        commit_ready(hold=2)
 
     try:
         if stored is not None and reuse is None:
@@ -205,17 +209,15 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
                     # In groups: one validation per chunk_size blocks attributed again (carried rows
                     # were validated when first committed), at most 8 chunks of rows per commit.
                     if sum(c.fresh["attributions"].num_rows for c in pending) >= chunk_size or len(pending) >= 8:
-                        hand_over(_in_height_order(_concat([c.tables for c in pending])),
-                                  _concat([c.fresh for c in pending]))
+                        hand_over(_concat([c.tables for c in pending]), _concat([c.fresh for c in pending]))
                         pending.clear()
                     done += carried.rows
                     again += carried.fresh["attributions"].num_rows
                     if progress:
                         progress(carried.rows)
             if pending:
-                hand_over(_in_height_order(_concat([c.tables for c in pending])), _concat([c.fresh for c in pending]))
-        for previous, report in waiting:
-            gate(warehouse, previous, report() if report is not None else None)
+                hand_over(_concat([c.tables for c in pending]), _concat([c.fresh for c in pending]))
+        commit_ready(hold=0)
     finally:
         if validator is not None:
             validator.close()
@@ -383,19 +385,9 @@ def _stored_rows(warehouse: Warehouse, table: str, columns: tuple[str, ...], lo:
 
 
 def _concat(parts: list[dict]) -> dict:
+    """The chunks' tables, in chunk order: chunks are ascending height ranges, each in height order,
+    so the result is too (the commit cuts it into partitions by slicing)."""
     return {t: pa.concat_tables([p[t] for p in parts]) for t in parts[0]}
-
-
-def _in_height_order(tables: dict) -> dict:
-    """Rows sorted by height (a stable sort: a block's candidates keep their order): the commit then
-    splits them into partitions by slicing, not by a take over many chunks."""
-    out = {}
-    for t, rows in tables.items():
-        heights = rows["height"]
-        if pc.all(pc.less_equal(heights[:-1], heights[1:])).as_py() is False:
-            rows = rows.sort_by([("height", "ascending")])
-        out[t] = rows
-    return out
 
 
 def _relabelled(warehouse: Warehouse, source: str, version: str, lo: int, hi: int) -> dict:

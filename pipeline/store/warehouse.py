@@ -139,12 +139,12 @@ def _next_mtime(final: Path) -> int:
         return now
 
 
-def _write_parquet_tmp(table: pa.Table, final: Path, commit_id: str, spec: TableSpec | None = None) -> Path:
+def _write_parquet_tmp(table: pa.Table, final: Path, commit_id: str, spec: TableSpec) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f"{final.name}.{commit_id}{TMP_SUFFIX}")
     # One chunk per column: the writer cuts pages along chunk boundaries, so the same rows split
     # differently in memory would give other bytes (free when the rows are one chunk already).
-    dictionary = True if spec is None else [c for c in spec.dictionary_columns if c in table.column_names]
+    dictionary = [c for c in spec.dictionary_columns if c in table.column_names]
     pq.write_table(table.combine_chunks(), tmp, compression="zstd", row_group_size=1 << 20, use_dictionary=dictionary)
     mtime = _next_mtime(final)
     os.utime(tmp, (mtime, mtime))
@@ -716,8 +716,12 @@ class Warehouse:
                 f"repeated values: {dups}")
         return out
 
-    def _read_file(self, spec: TableSpec, path: Path) -> pa.Table:
-        return pq.read_table(path).select(spec.column_names).cast(spec.arrow_schema)
+    def _read_file(self, spec: TableSpec, path: Path, columns: list[str] | None = None) -> pa.Table:
+        """One data file in the declared types; ``columns``: only these (the others are not decoded)."""
+        if columns is None:
+            return pq.read_table(path).select(spec.column_names).cast(spec.arrow_schema)
+        return pq.read_table(path, columns=columns).select(columns).cast(
+            pa.schema([spec.arrow_schema.field(c) for c in columns]))
 
     def _stage_table(self, spec: TableSpec, batch: pa.Table, commit_id: str,
                      scope: tuple[int, int] | None = None) -> list[tuple[Path, Path]]:
@@ -1089,12 +1093,11 @@ class Warehouse:
         needed = [c for c in (spec.partition_column, *spec.sort_by) if c not in cols]
         if needed or any(c not in spec.column_names for c in cols):
             raise KeyError(f"table {table}: read_range columns {cols} must be declared columns and include {needed}")
-        schema = pa.schema([spec.arrow_schema.field(c) for c in cols])
         wanted = tuple(_encode_value(values[c]) for c in spec.partition_by_value)
         size = spec.bucket_size or 1
         paths = [_Partition(wanted, b).path(self.table_dir(table), spec) for b in range(lo // size, hi // size + 1)]
-        pieces = [pq.read_table(path, columns=cols).select(cols).cast(schema) for path in paths if path.exists()]
-        rows = pa.concat_tables(pieces) if pieces else schema.empty_table()
+        pieces = [self._read_file(spec, path, cols) for path in paths if path.exists()]
+        rows = pa.concat_tables(pieces) if pieces else pa.schema([spec.arrow_schema.field(c) for c in cols]).empty_table()
         heights = rows.column(spec.partition_column)
         rows = rows.filter(pc.and_(pc.greater_equal(heights, lo), pc.less_equal(heights, hi)))
         return _sort(spec, rows)
