@@ -167,16 +167,18 @@ def headline_rounds(args: argparse.Namespace, node: Any, segment: Any, results: 
     rounds = []
     for rnd in range(1, args.rounds + 1):
         r: dict[str, Any] = {"round": rnd}
-        r["bare_rest"] = bf.bare_rest(node, hashes)
-        r["bare_rpc"] = bf.bare_rpc(node, hashes[:rpc_hi - lo + 1])
-        r["bare_pread"] = bf.bare_pread(locations)
+        r["bare_rest"] = bf.with_cpu(node, bf.bare_rest, node, hashes)
+        r["bare_rpc"] = bf.with_cpu(node, bf.bare_rpc, node, hashes[:rpc_hi - lo + 1])
+        r["bare_pread"] = bf.with_cpu(node, bf.bare_pread, locations)
         log(f"round {rnd}/{args.rounds}: bare REST {r['bare_rest']['blocks_per_s']:.0f}, getblock 0 "
             f"{r['bare_rpc']['blocks_per_s']:.0f}, pread {r['bare_pread']['blocks_per_s']:.0f} blocks/s")
         for source in PATHS:
             end = rpc_hi if source == "rpc" else hi
             wh = args.out / "warehouses" / f"{source}"
-            cli = attempt(r, f"cli_{source}", bf.run_cli, node, source, lo, end, wh, batch_size=args.batch_size)
-            loop = attempt(r, f"loop_{source}", bf.run_loop, node, source, lo, end, wh, batch_size=args.batch_size)
+            cli = attempt(r, f"cli_{source}", bf.with_cpu, node, bf.run_cli, node, source, lo, end, wh,
+                          batch_size=args.batch_size, child=True)
+            loop = attempt(r, f"loop_{source}", bf.with_cpu, node, bf.run_loop, node, source, lo, end, wh,
+                           batch_size=args.batch_size, child=True)
             log(f"  {source}: poolwatch sync {_rate(cli) or 0:.1f} blocks/s (process), loop steady "
                 f"{_steady(loop) or 0:.1f} blocks/s")
         digests = {r[k]["blocks_digest"] for k in ("loop_rest", "loop_blkfiles") if "blocks_digest" in r.get(k, {})}

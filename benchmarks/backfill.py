@@ -64,6 +64,40 @@ class NodeAccess:
                                    use_rest=use_rest, timeout=300)
 
 
+def node_cpu_seconds(node: NodeAccess) -> float | None:
+    """The node process's CPU seconds so far (user + system, from /proc), or None where unknown."""
+    for pid_file in sorted(Path(node.datadir).glob("**/bitcoind.pid")):
+        try:
+            fields = Path(f"/proc/{int(pid_file.read_text().strip())}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError):
+            continue
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return None
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of every finished child process (and the children they waited for)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def with_cpu(node: NodeAccess, fn: Any, *args: Any, child: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """``fn``'s result (a dict) with ``cpu``: the CPU seconds this side spent over the call (this
+    process's threads; with ``child``, the child process tree ``fn`` ran and reaped instead: this
+    process only watched it) and the node's. On a machine with few CPUs their sum over the CPU
+    count bounds how fast the work can go."""
+    node_before = node_cpu_seconds(node)
+    own_before = children_cpu_seconds() if child else time.process_time()
+    out = fn(*args, **kwargs)
+    own_after = children_cpu_seconds() if child else time.process_time()
+    node_after = node_cpu_seconds(node)
+    out["cpu"] = {"client": own_after - own_before,
+                  "node": None if node_before is None or node_after is None else node_after - node_before}
+    return out
+
+
 def rate(blocks: int, nbytes: int, seconds: float) -> dict[str, float]:
     return {"blocks": blocks, "bytes": nbytes, "seconds": seconds,
             "blocks_per_s": blocks / seconds if seconds > 0 else 0.0,

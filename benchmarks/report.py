@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,48 @@ def ratios_table(results: dict[str, Any]) -> list[str]:
                      f"({r['rounds']} rounds) | {_x(r['best_of_n'])} | "
                      + (f">= {goal}: {_ok(judged)}" if goal else "-") + " |")
     return lines
+
+
+CPU_PAIRS = (("REST", "bare_rest", "cli_rest"), ("RPC", "bare_rpc", "cli_rpc"), ("block files", "bare_pread", "cli_blkfiles"))
+
+
+def _median_of(rounds: list[dict[str, Any]], key: str, get: Any) -> float | None:
+    values = []
+    for r in rounds:
+        run = r.get(key)
+        if isinstance(run, dict) and "error" not in run and isinstance(run.get("cpu"), dict):
+            v = get(run)
+            if v is not None:
+                values.append(v)
+    return statistics.median(values) if values else None
+
+
+def cpu_table(results: dict[str, Any]) -> list[str]:
+    """Wall and CPU seconds of each bare loop and `poolwatch sync` (median over rounds): the node's
+    CPU and this side's (every thread and helper process). Their sum over the machine's CPUs is the
+    shortest wall time the work allows; the bare loop's wall over it bounds the whole-process ratio."""
+    rounds = results.get("rounds") or []
+    cpus = (results.get("machine") or {}).get("cpus") or 1
+    rows = []
+    for label, bare, cli in CPU_PAIRS:
+        for name, key in ((f"bare {label}", bare), (f"`poolwatch sync` {label}", cli)):
+            wall = _median_of(rounds, key, lambda run: run.get("seconds"))
+            own = _median_of(rounds, key, lambda run: run["cpu"].get("client"))
+            node = _median_of(rounds, key, lambda run: run["cpu"].get("node"))
+            if wall is None or own is None:
+                continue
+            floor = (own + (node or 0.0)) / cpus
+            rows.append(f"| {name} | {wall:.1f} | {own:.1f} | {_f(node, 1)} | {floor:.1f} |")
+        bare_wall = _median_of(rounds, bare, lambda run: run.get("seconds"))
+        own = _median_of(rounds, cli, lambda run: run["cpu"].get("client"))
+        node = _median_of(rounds, cli, lambda run: run["cpu"].get("node"))
+        if bare_wall and own is not None:
+            rows.append(f"| ceiling of sync {label} / bare {label} on {cpus} CPUs | - | - | - | "
+                        f"{bare_wall / ((own + (node or 0.0)) / cpus):.2f}x |")
+    if not rows:
+        return []
+    return ["| run (median over rounds) | wall s | its CPU s | node CPU s | CPU sum / CPUs, s |",
+            "|---|---:|---:|---:|---:|"] + rows
 
 
 def rates_table(results: dict[str, Any]) -> list[str]:
@@ -147,7 +190,7 @@ def projection_lines(results: dict[str, Any]) -> list[str]:
     lines += ["", f"Projected: **REST {_f(t.get('rest'), 1)} h, RPC {_f(t.get('rpc'), 1)} h, block files "
                   f"{_f(t.get('blkfiles'), 1)} h** (goal for the block files: < {p['goal_blkfiles_hours']:g} h: "
                   f"{_ok(p.get('goal_blkfiles_met'))} at the page cache's rate, not on a cold disk; see the "
-                  "assumptions); the bare loops alone: REST {_f(t.get('bare_rest'), 1)} h, "
+                  f"assumptions); the bare loops alone: REST {_f(t.get('bare_rest'), 1)} h, "
                   f"getblock 0 {_f(t.get('bare_rpc'), 1)} h, pread {_f(t.get('bare_pread'), 2)} h.", "",
               "Assumptions:", ""] + [f"- {a}" for a in p["assumptions"]]
     if any("whole load" in row[s]["how"] for row in p["eras"] for s in ("rest", "rpc", "blkfiles")):
@@ -278,6 +321,14 @@ def render(results: dict[str, Any]) -> str:
         lines += ["", "## Rates over the headline range (median over rounds)", ""] + rates
         lines += ["", "What each ratio compares:", ""] + [f"- **{r['label']}**: {r['what']}"
                                                           for r in results.get("ratios") or []]
+    cpu = cpu_table(results)
+    if cpu:
+        lines += ["", "## CPU used over the headline range", "",
+                  "This side's CPU is the benchmark's own threads for a bare loop, the whole process tree (main "
+                  "process, threads, validating helper) for `poolwatch sync`; the node's is bitcoind's (from "
+                  "/proc). Both share the machine's CPUs: no run can finish in less wall time than their sum "
+                  "over the CPU count, so the bare loop's wall time over that sum bounds the whole-process "
+                  "ratio on this machine (the ceiling rows).", ""] + cpu
     stages = stages_table(results)
     if stages:
         lines += ["", "## Stage breakdown of the production loop (its own `stages` timings, round 1)", "",

@@ -123,3 +123,33 @@ def test_attribution_benchmark_runs_on_the_shipped_registry_and_joins_the_result
     assert joined["attribution"]["report"] == part["report"] and "attribution-from" in joined["command"]
     md = (results_dir / "results.md").read_text()
     assert "Measured on its own" in md and "Failed parts" not in md
+
+
+def test_published_report_has_no_unfilled_template_fields():
+    # A literal missing its f prefix once printed "{_f(t.get('bare_rest'), 1)} h" into results.md.
+    import re
+
+    from benchmarks.report import render
+
+    results = json.loads((REPO / "benchmarks" / "results.json").read_text())
+    md = render(results)
+    leftovers = re.findall(r"\{[^{}\n]*\}", md)
+    assert leftovers == [], leftovers[:5]
+    assert "the bare loops alone: REST " in md
+
+
+def test_cpu_table_bounds_the_whole_process_ratio_by_cpu_over_the_cpus():
+    from benchmarks.report import cpu_table
+
+    def run(seconds: float, own: float, node: float | None) -> dict:
+        return {"seconds": seconds, "cpu": {"client": own, "node": node}}
+
+    rounds = [{"bare_rest": run(10.0, 4.0, 10.0), "cli_rest": run(18.0, 16.0, 10.0)},
+              {"bare_rest": run(12.0, 4.0, 10.0), "cli_rest": run(20.0, 18.0, 10.0)},
+              {"bare_rest": run(11.0, 4.0, 10.0), "cli_rest": {"error": "x"}}]
+    lines = cpu_table({"rounds": rounds, "machine": {"cpus": 2}})
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
+    # Medians: bare 11 s wall; sync 17 s of its CPU + 10 s of the node's on 2 CPUs -> 13.5 s at best.
+    assert "| 13.5 |" in rows["`poolwatch sync` REST"]
+    assert rows["ceiling of sync REST / bare REST on 2 CPUs"].endswith(f"{11.0 / 13.5:.2f}x |")
+    assert cpu_table({"rounds": [{"bare_rest": {"seconds": 1.0}}], "machine": {"cpus": 2}}) == []

@@ -13,7 +13,7 @@ import pytest
 
 from fake_node import FakeNode, decoded, fake_source
 from pipeline.chain.networks import MAIN, REGTEST
-from pipeline.load.loop import BatchPlan, default_workers, load, plan_chunks, prepared_batches
+from pipeline.load.loop import BatchPlan, default_workers, load, loop_chunks, plan_chunks, prepared_batches
 from pipeline.load.tables import blocks_to_tables
 from pipeline.source.blockfiles import BlockFileError, BlockFileSource
 
@@ -117,7 +117,7 @@ def _load(warehouse_root: Path, source, chunk: int, hi: int, workers: int) -> pa
     warehouse = Warehouse(warehouse_root)
     with warehouse.writer():
         result = load(source, warehouse, 0, hi, NO_REGISTRY, batch_size=chunk, workers=workers)
-    assert result.blocks == hi + 1 and result.batches == len(plan_chunks(0, hi, chunk))
+    assert result.blocks == hi + 1 and result.batches == len(loop_chunks(0, hi, chunk))
     return warehouse.read("blocks").sort_by("height")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.load.jobs import find_fork_height
-from pipeline.load.loop import plan_chunks
+from pipeline.load.loop import MIN_PIPELINED_BATCH, PIPELINED_BATCHES, loop_chunks, plan_chunks
 
 
 def test_plan_chunks_covers_range_exactly():
@@ -17,6 +17,27 @@ def test_plan_chunks_covers_range_exactly():
     assert covered == list(range(17, 1235))
     with pytest.raises(ValueError, match="chunk size"):
         plan_chunks(0, 10, 0)
+
+
+def test_loop_chunks_split_a_range_that_fits_one_batch_so_reading_overlaps_validation():
+    # A one-batch range overlaps nothing: read everything, then validate, then commit.
+    assert loop_chunks(0, 999, 1000) == [(0, 333), (334, 667), (668, 999)]
+    assert len(loop_chunks(0, 1999, 1000)) == PIPELINED_BATCHES
+    # Long ranges keep the asked batch size; short ones stay one batch (an incremental load).
+    assert loop_chunks(0, 9999, 1000) == plan_chunks(0, 9999, 1000)
+    assert loop_chunks(7, 7, 1000) == [(7, 7)]
+    assert loop_chunks(0, MIN_PIPELINED_BATCH - 1, 1000) == [(0, MIN_PIPELINED_BATCH - 1)]
+    # Never above the asked size, never below the floor (unless the asked size is below it).
+    for total in (1, 50, 101, 250, 299, 301, 1000, 3001):
+        for size in (5, 40, 100, 500, 1000):
+            chunks = loop_chunks(10, 10 + total - 1, size)
+            assert [h for lo, hi in chunks for h in range(lo, hi + 1)] == list(range(10, 10 + total))
+            sizes = [hi - lo + 1 for lo, hi in chunks]
+            assert max(sizes) <= size
+            assert min(sizes[:-1] or [MIN_PIPELINED_BATCH]) >= min(size, MIN_PIPELINED_BATCH)
+    assert loop_chunks(10, 9, 1000) == []
+    with pytest.raises(ValueError, match="batch size"):
+        loop_chunks(0, 10, 0)
 
 
 class FakeWarehouse:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from pipeline.load.custody import links_after, recompute_custody_links
 from pipeline.load.loop import (COMMIT_LOCK_WAIT, BackgroundValidator, BatchPlan, ChainChangedError, PendingReport,
-                                RegistryChangedError, in_order, load, plan_chunks)
+                                RegistryChangedError, in_order, load, loop_chunks, plan_chunks)
 from pipeline.load.spends import UncheckedSpends, unchecked_spends
 from pipeline.source.choice import open_block_source
 from pipeline.source.client import NodeClient
@@ -502,7 +502,7 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
     if on_plan:
         on_plan(start, end)
     log.info("loading heights %d..%d (%d blocks) from a %s node in %d batches", start, end,
-             max(0, end - start + 1), network.name, len(plan_chunks(start, end, batch_size)))
+             max(0, end - start + 1), network.name, len(loop_chunks(start, end, batch_size)))
     blocks = open_block_source(client, network, source, datadir)
     next_lo = start
     try:

@@ -115,6 +115,26 @@ def plan_chunks(start: int, end: int, chunk_size: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + chunk_size - 1, end)) for lo in range(start, end + 1, chunk_size)]
 
 
+# The loop overlaps reading batch k+1 with building, validating and committing batch k: a range
+# loaded as one batch overlaps nothing (every block is read, then all are validated, then committed).
+# So a range of more than MIN_PIPELINED_BATCH blocks is loaded in at least PIPELINED_BATCHES batches.
+# Not more: every batch costs a fixed validation pass (~0.2 s of Great Expectations per batch).
+PIPELINED_BATCHES = 3
+MIN_PIPELINED_BATCH = 100
+READ_AHEAD_CHUNKS = 4  # decoded chunks the reading thread may hold for the consumer
+
+
+def loop_chunks(start: int, end: int, batch_size: int) -> list[tuple[int, int]]:
+    """The batches ``load`` makes of [start, end]: ``plan_chunks`` with batch_size, or smaller
+    batches (never under MIN_PIPELINED_BATCH blocks) so that the range has PIPELINED_BATCHES of
+    them. Batch boundaries change no stored row."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    total = max(0, end - start + 1)
+    size = min(batch_size, max(MIN_PIPELINED_BATCH, -(-total // PIPELINED_BATCHES)))
+    return plan_chunks(start, end, size)
+
+
 def default_workers(cpu_count: int | None = None) -> int:
     """min(4, CPUs): decoding needs a core per worker, and 4 fits the smallest default -rpcthreads."""
     import os
@@ -484,12 +504,14 @@ def _in_workers(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: Ba
 
 def _read_ahead(source: BlockSource, chunks: Sequence[tuple[int, int]], spends: SpendRecorder | None = None
                 ) -> Iterator[tuple[Located, list[DecodedBlock], dict[str, float]]]:
-    """(located, decoded blocks, timings) per chunk, in order, made by one background thread one
-    chunk ahead of the consumer. The thread has its own source (connections and file handles); a
+    """(located, decoded blocks, timings) per chunk, in order, made by one background thread up to
+    ``READ_AHEAD_CHUNKS`` chunks ahead of the consumer. The thread has its own source (connections and file handles); a
     second helper thread, with a source of its own, locates the next chunk (two batched RPCs) while
     this one is read, so reads never wait for them. Exceptions are re-raised here; when the
     consumer stops early the threads are told to stop and give up within a few blocks."""
-    results: queue.Queue = queue.Queue(maxsize=1)
+    # Decoded blocks are small (header and coinbase): several chunks may wait, so reading goes on
+    # while the consumer waits for the validating process to start (seconds) or for a long validation.
+    results: queue.Queue = queue.Queue(maxsize=READ_AHEAD_CHUNKS)
     stop = threading.Event()
 
     def put(item: tuple[str, Any]) -> None:
@@ -661,7 +683,7 @@ def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: Batc
     last_hash: str | None = None
     last_height: int | None = None
     mark = time.perf_counter()
-    with closing(prepared_batches(source, plan_chunks(lo, hi, batch_size), plan, workers, spends)) as batches:
+    with closing(prepared_batches(source, loop_chunks(lo, hi, batch_size), plan, workers, spends)) as batches:
         for batch in batches:
             got = time.perf_counter()
             with warehouse.writer(wait=lock_wait):
@@ -714,4 +736,5 @@ def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: Batc
 __all__ = ["BatchPlan", "COMMIT_LOCK_WAIT", "ChainChangedError", "LoadResult", "MAX_DEFAULT_WORKERS", "PreparedBatch",
            "READ_SLICE", "ReadCancelled", "RegistryChangedError", "batch_context", "build", "decode_raw",
            "default_workers", "first_broken_link", "keep_block_buffers_on_the_heap", "load", "plan_chunks", "prepare", "prepared_batches",
+           "loop_chunks",
            "read_decoded", "validate"]
