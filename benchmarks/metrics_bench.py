@@ -29,6 +29,7 @@ mainnet payout addresses, ~5% unknown, 3% with a second pool's payout). Committe
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import statistics
@@ -187,6 +188,25 @@ def relabelled_registry(registry: Any) -> Any:
     return parse_registry(document)
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process (every thread) and of its finished children."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def _wait_for_children(timeout: float = 60.0) -> None:
+    """Until this process has no child process left (they are reaped by whoever started them)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tasks = Path("/proc/self/task")
+        if not tasks.exists() or not any((t / "children").read_text().split() for t in tasks.iterdir()
+                                         if (t / "children").exists()):
+            return
+        time.sleep(0.05)
+
+
 def _timed(fn, *args, **kwargs) -> tuple[Any, float]:
     started = time.perf_counter()
     value = fn(*args, **kwargs)
@@ -235,15 +255,23 @@ def time_upkeep(root: Path, registry: Any, incremental_loads: int = 3,
         f"({tagged:,} blocks won by its tag)")
     # Timed REATTRIBUTE_RUNS times, each a rule change to a new version with the same blocks to match
     # again: the tags closed, opened again, closed again (the machine is shared: a median, not one run).
-    timings, again = [], []
+    runs_done: list[dict[str, Any]] = []
     changed = registry
     for run in range(REATTRIBUTE_RUNS):
-        changed = closed_tags_registry(registry, pool_id, height if run % 2 == 0 else None, label=f"benchmark run {run + 1}")
+        changed = closed_tags_registry(registry, pool_id, height if run % 2 == 0 else None,
+                                       label=f"benchmark run {run + 1}")
+        cpu_before = _cpu_seconds()
         stats, seconds = _timed(attribute, changed)
-        say(f"    run {run + 1}: {seconds:.1f} s, {stats['attributed_again']:,} attributed again")
-        timings.append(seconds)
-        again.append(stats["attributed_again"])
-    out["reattribute_runs"] = [{"seconds": t, "attributed_again": a} for t, a in zip(timings, again)]
+        # This process's threads plus the validating helper (a child: it exits, and is reaped, just
+        # after the run, which does not wait for that; its CPU is counted once it has).
+        _wait_for_children()
+        cpu = _cpu_seconds() - cpu_before
+        say(f"    run {run + 1}: {seconds:.1f} s ({cpu:.1f} s of CPU), {stats['attributed_again']:,} attributed again")
+        runs_done.append({"seconds": seconds, "cpu_seconds": cpu, "attributed_again": stats["attributed_again"]})
+    timings = [r["seconds"] for r in runs_done]
+    again = [r["attributed_again"] for r in runs_done]
+    out["reattribute_runs"] = runs_done
+    out["reattribute_cpu_seconds"] = statistics.median(r["cpu_seconds"] for r in runs_done)
     out["reattribute_seconds"] = statistics.median(timings)
     out["reattribute_seconds_range"] = [min(timings), max(timings)]
     out["reattribute_blocks"], out["reattribute_again_blocks"] = stats["blocks"], again[0]
@@ -267,6 +295,7 @@ def time_upkeep(root: Path, registry: Any, incremental_loads: int = 3,
         con.close()
     out["goal_upkeep_seconds"] = GOAL_UPKEEP_SECONDS
     out["goal_reattribute_seconds"] = GOAL_REATTRIBUTE_SECONDS
+    out["cpus"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return out
 
 

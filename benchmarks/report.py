@@ -243,6 +243,20 @@ def upkeep_lines(results: dict[str, Any]) -> list[str]:
             + "." + (f" Note: {u['note']}" if u.get("note") else "")]
 
 
+def _runs_text(u: dict[str, Any]) -> str:
+    """' median (a-b, N runs; C s of CPU ...)' for results that timed the rule change more than once."""
+    runs = u.get("reattribute_runs") or []
+    if len(runs) < 2:
+        return " (one run)" if "reattribute_change" in u else ""
+    lo, hi = u["reattribute_seconds_range"]
+    cpu = u.get("reattribute_cpu_seconds")
+    cpus = u.get("cpus")
+    return (f" median ({lo:.1f}-{hi:.1f}, {len(runs)} runs: the tags closed, opened again, closed again"
+            + (f"; {cpu:.1f} s of CPU, this process and its validating helper"
+               + (f", i.e. at least {cpu / cpus:.1f} s on {cpus} CPUs" if cpus else "") if cpu is not None else "")
+            + ")")
+
+
 def _reattribution_text(u: dict[str, Any]) -> str:
     goal = f"goal < {u['goal_reattribute_seconds']:g} s: {_ok(u['reattribute_seconds'] < u['goal_reattribute_seconds'])}"
     change = u.get("reattribute_change")
@@ -254,7 +268,7 @@ def _reattribution_text(u: dict[str, Any]) -> str:
                    if "relabel_seconds" in u else ""))
     return (f"re-attribution of the whole history after a rule change ({change['pool_id']}, the pool with the most "
             f"blocks won by tag ({change['blocks_won_by_tag']:,}), has its tags closed at height "
-            f"{change['tags_closed_at']:,}) **{u['reattribute_seconds']:.1f} s** ({goal}; "
+            f"{change['tags_closed_at']:,}) **{u['reattribute_seconds']:.1f} s**{_runs_text(u)} ({goal}; "
             f"{u['reattribute_again_blocks']:,} blocks carrying a changed tag attributed again, the other "
             f"{u['reattribute_blocks'] - u['reattribute_again_blocks']:,} rows carried over under the new version); "
             f"one pool gaining a tag no block carries {u['newtag_seconds']:.1f} s ({u['newtag_again_blocks']:,} "

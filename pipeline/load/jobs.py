@@ -398,7 +398,7 @@ def _relabelled(warehouse: Warehouse, source: str, version: str, lo: int, hi: in
         rows = warehouse.read_range(table, {"registry_version": source}, lo, hi)
         column = rows.schema.get_field_index("registry_version")
         field = rows.schema.field(column)
-        out[table] = rows.set_column(column, field, pa.array([version] * rows.num_rows, field.type))
+        out[table] = rows.set_column(column, field, pa.repeat(pa.scalar(version, field.type), rows.num_rows))
     return out
 
 

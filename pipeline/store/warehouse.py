@@ -718,9 +718,10 @@ class Warehouse:
 
     def _read_file(self, spec: TableSpec, path: Path, columns: list[str] | None = None) -> pa.Table:
         """One data file in the declared types; ``columns``: only these (the others are not decoded)."""
+        # Mapped, not read into a buffer: a file is only ever replaced by a rename, never rewritten.
         if columns is None:
-            return pq.read_table(path).select(spec.column_names).cast(spec.arrow_schema)
-        return pq.read_table(path, columns=columns).select(columns).cast(
+            return pq.read_table(path, memory_map=True).select(spec.column_names).cast(spec.arrow_schema)
+        return pq.read_table(path, columns=columns, memory_map=True).select(columns).cast(
             pa.schema([spec.arrow_schema.field(c) for c in columns]))
 
     def _stage_table(self, spec: TableSpec, batch: pa.Table, commit_id: str,
@@ -1099,7 +1100,10 @@ class Warehouse:
         pieces = [self._read_file(spec, path, cols) for path in paths if path.exists()]
         rows = pa.concat_tables(pieces) if pieces else pa.schema([spec.arrow_schema.field(c) for c in cols]).empty_table()
         heights = rows.column(spec.partition_column)
-        rows = rows.filter(pc.and_(pc.greater_equal(heights, lo), pc.less_equal(heights, hi)))
+        bounds = pc.min_max(heights)
+        if rows.num_rows and not (lo <= bounds["min"].as_py() and bounds["max"].as_py() <= hi):
+            # Not a whole number of buckets: drop the rows outside (a filter copies every column).
+            rows = rows.filter(pc.and_(pc.greater_equal(heights, lo), pc.less_equal(heights, hi)))
         return _sort(spec, rows)
 
     def in_declared_layout(self, table: str) -> bool:
