@@ -224,6 +224,21 @@ def headline_ratios(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def disk_rate(node: Any, runs: int = 3) -> dict[str, Any]:
+    """The disk's sequential read rate over the chain's block files (O_DIRECT), median of ``runs``
+    reads of 1 GiB, each from a different file than the last."""
+    from benchmarks import backfill as bf
+
+    files = sorted(str(p) for p in Path(node.datadir).glob("**/blocks/blk*.dat"))
+    if not files:
+        raise RuntimeError(f"no blk*.dat under {node.datadir}")
+    reads = [bf.direct_read(files[(i * len(files)) // runs:] + files[:(i * len(files)) // runs]) for i in range(runs)]
+    failed = [r["error"] for r in reads if "error" in r]
+    if failed:
+        return {"error": failed[0]}
+    return {"runs": reads, **spread([r["mb_per_s"] for r in reads])}
+
+
 def era_costs(args: argparse.Namespace, node: Any, chain: Any) -> list[dict[str, Any]]:
     """One loop run per read path on each era's segment, and the bare loops on it: per-block costs."""
     from benchmarks import backfill as bf
@@ -318,8 +333,10 @@ def node_benchmarks(args: argparse.Namespace, results: dict[str, Any]) -> None:
         if "eras" not in args.skip:
             log("per-era costs (one loop run per path on each era's segment)")
             eras = attempt(results, "eras", era_costs, args, node, chain)
+            log("disk: O_DIRECT reads of the block files (past the page cache)")
+            disk = attempt(results, "disk", disk_rate, node)
             if eras:
-                attempt(results, "projection", project, eras, results.get("rounds") or [])
+                attempt(results, "projection", project, eras, results.get("rounds") or [], disk)
         if "etl" not in args.skip:
             log("bitcoin-etl")
             attempt(results, "bitcoin_etl", etl_runs, args, node, headline)

@@ -153,3 +153,39 @@ def test_cpu_table_bounds_the_whole_process_ratio_by_cpu_over_the_cpus():
     assert "| 13.5 |" in rows["`poolwatch sync` REST"]
     assert rows["ceiling of sync REST / bare REST on 2 CPUs"].endswith(f"{11.0 / 13.5:.2f}x |")
     assert cpu_table({"rounds": [{"bare_rest": {"seconds": 1.0}}], "machine": {"cpus": 2}}) == []
+
+
+def test_cold_disk_projection_takes_the_slower_of_cost_and_disk_per_block():
+    from benchmarks.eras import ERAS, MAINNET_TIP, mainnet_bytes
+    from benchmarks.projection import project
+
+    eras = [{"era": e.name, "mean_bytes": e.mean_bytes,
+             "loop": {s: _loop(100, 50, 0.05) for s in ("rest", "rpc", "blkfiles")},  # 1 ms per block
+             "bare": {"rest": {"blocks_per_s": 100.0}, "pread": {"blocks_per_s": 1000.0}, "rpc": {"blocks_per_s": 10.0}}}
+            for e in ERAS]
+    rate = 500.0  # MB/s: a 1.5 MB block takes 3 ms to read, a 20 kB one 0.04 ms
+    p = project(eras, [], {"median": rate})
+    expected = sum(max(0.001, e.mean_bytes / (rate * 1e6)) * e.blocks for e in ERAS) / 3600
+    assert p["total_hours"]["blkfiles_cold"] == pytest.approx(expected)
+    assert p["total_hours"]["blkfiles"] == pytest.approx(MAINNET_TIP * 0.001 / 3600)
+    assert p["total_hours"]["disk_only"] == pytest.approx(mainnet_bytes() / (rate * 1e6) / 3600)
+    assert p["goal_judged_on"] == "cold disk" and p["goal_blkfiles_met"] == (expected < 1.0)
+    # A failed disk measurement leaves the warm projection, judged as such.
+    warm = project(eras, [], {"error": "O_DIRECT read failed"})
+    assert "blkfiles_cold" not in warm["total_hours"] and warm["goal_judged_on"] == "page cache"
+
+
+def test_direct_read_reads_every_byte_past_the_page_cache_or_says_why_not(tmp_path):
+    from benchmarks.backfill import direct_read
+
+    files = []
+    for i, size in enumerate((3 * 1024 * 1024 + 123, 4096, 1)):
+        path = tmp_path / f"blk{i:05d}.dat"
+        path.write_bytes(os.urandom(size))
+        files.append(str(path))
+    out = direct_read(files, chunk=1 << 20)
+    if "error" in out:  # a file system without O_DIRECT (tmpfs): named, not a crash
+        assert "O_DIRECT" in out["error"]
+        return
+    assert out["bytes"] == 3 * 1024 * 1024 + 123 + 4096 + 1 and out["mb_per_s"] > 0
+    assert direct_read(files, max_bytes=1 << 20, chunk=1 << 20)["bytes"] == 1 << 20
