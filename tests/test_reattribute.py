@@ -285,3 +285,60 @@ def test_rows_missing_from_the_height_buckets_are_read_through_the_catalog(tmp_p
         ours = _rows(warehouse, version)
         for table in ours:
             assert ours[table].equals(theirs[table]), table
+
+
+class _Ready:
+    def __init__(self, report):
+        self.report = report
+
+    def done(self) -> bool:
+        return True
+
+    def __call__(self):
+        return self.report
+
+
+class _SecondGroupFails:
+    """A validator whose second report fails (the others pass): stands in for Great Expectations."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def submit(self, tables, context):
+        from pipeline.store.validation import Failure, ValidationReport
+
+        self.calls += 1
+        failures = [Failure("attributions", "invariant(test)", "made to fail")] if self.calls == 2 else []
+        return _Ready(ValidationReport(f"b{self.calls}", "2026-01-01T00:00:00Z",
+                                       {t: v.num_rows for t, v in tables.items()}, None, failures, 1, {}))
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_group_that_fails_validation_is_never_published_and_leaves_no_file(tmp_path, shipped, attributed,
+                                                                             monkeypatch):
+    """Groups are written (staged) while validated: a rejected one is discarded, not published,
+    and the groups after it are discarded too; the warehouse keeps its current version."""
+    import shutil
+
+    from pipeline.store.validation import BatchRejected
+
+    root, tagged, paid = attributed
+    document = copy.deepcopy(shipped.document)
+    _change("tag removed", document, tagged, paid)
+    updated = parse_registry(document)
+    shutil.copytree(root, tmp_path / "a")
+    warehouse = Warehouse(tmp_path / "a")
+    before = warehouse.attribution_version
+    validator = _SecondGroupFails()
+    monkeypatch.setattr(jobs, "BackgroundValidator", lambda: validator)
+    with warehouse.writer(), pytest.raises(BatchRejected, match="made to fail"):
+        reattribute(warehouse, updated, chunk_size=100)  # 25 chunks: groups of at most 8
+    assert validator.calls >= 2
+    assert not list((tmp_path / "a").rglob("*.tmp"))
+    assert warehouse.attribution_version == before
+    assert list((tmp_path / "a" / "quarantine").iterdir())
+    published = _rows(warehouse, attribution_version(updated.version, False))["attributions"]
+    assert 0 < published.num_rows < BLOCKS  # the first group only
+    assert published["height"].to_pylist() == sorted(published["height"].to_pylist())

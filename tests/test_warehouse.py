@@ -362,3 +362,53 @@ def test_refresh_catalog_keeps_a_current_catalog_unless_forced(warehouse_dir: Pa
         wh.refresh_catalog(force=True)
         assert wh.catalog_path.stat().st_ino != built
     assert _from_catalog(wh, "SELECT count(*) FROM blocks") == [(15,)]
+
+
+def _tmp_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.tmp"))
+
+
+def test_staged_commit_is_invisible_until_published_and_meta_follows_the_publish_order(warehouse_dir: Path) -> None:
+    from pipeline.store.warehouse import StagedCommit
+
+    wh = Warehouse(warehouse_dir)
+    with wh.writer():
+        wh.commit(synthetic_tables(range(0, 10)))
+        revision = wh.meta["data_revision"]
+        before = _data_files(warehouse_dir)
+        # Two batches in different height buckets (blocks: 10,000 heights a bucket), staged at once.
+        first = wh.stage(synthetic_tables(range(20_000, 20_010)))
+        second = wh.stage(synthetic_tables(range(30_000, 30_010)))
+        assert isinstance(first, StagedCommit) and _tmp_files(warehouse_dir)
+        assert _data_files(warehouse_dir) == before and wh.stored_range() == (0, 9)
+        assert wh.meta["data_revision"] == revision
+        wh.publish(first)
+        wh.publish(second)
+        assert not _tmp_files(warehouse_dir)
+        # meta.json is worked out at each publish: both bumps and both dirty spans are kept.
+        assert wh.meta["data_revision"] == revision + 2
+        assert wh.meta["dirty"][1] == 30_009
+        with pytest.raises(Exception, match="not staged"):
+            wh.publish(first)
+    assert wh.read("blocks").column("height").to_pylist() == [*range(10), *range(20_000, 20_010), *range(30_000, 30_010)]
+
+
+def test_discarded_overlapping_and_forgotten_stagings_change_nothing(warehouse_dir: Path) -> None:
+    from pipeline.store.warehouse import StagedOverlapError
+
+    wh = Warehouse(warehouse_dir)
+    with wh.writer():
+        wh.commit(synthetic_tables(range(0, 10)))
+        before = _data_files(warehouse_dir)
+        staged = wh.stage(synthetic_tables(range(5, 15), salt="other"))
+        # The same partition files again while the first is pending: refused, the first intact.
+        with pytest.raises(StagedOverlapError, match="staging"):
+            wh.stage(synthetic_tables(range(8, 12), salt="third"))
+        assert len(_tmp_files(warehouse_dir)) == len(staged.files)
+        wh.discard(staged)
+        assert not _tmp_files(warehouse_dir) and _data_files(warehouse_dir) == before
+        wh.stage(synthetic_tables(range(10, 20)))  # never published: dropped when the lock goes
+    assert not _tmp_files(warehouse_dir) and _data_files(warehouse_dir) == before
+    assert wh.stored_range() == (0, 9)
+    with pytest.raises(WriterLockRequiredError):
+        wh.stage(synthetic_tables(range(10, 20)))

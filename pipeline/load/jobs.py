@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from pipeline.attribution.changes import RuleChanges
     from pipeline.attribution.registry import Registry
     from pipeline.source.base import BlockSource
-    from pipeline.store.warehouse import Warehouse
+    from pipeline.store.warehouse import StagedCommit, Warehouse
 
 log = logging.getLogger("pipeline.load.jobs")
 
@@ -159,28 +159,36 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
     version = attribution_version(registry.version, allow_cross_network)
     context = {"chain": chain, "registry_version": version, "pool_ids": sorted({p.id for p in registry.pools})}
     done = again = 0
-    reuse = reuse_plan(warehouse, registry, allow_cross_network) if stored is not None else None
+    planned = planned_changes(warehouse, registry, allow_cross_network) if stored is not None else None
+    # Nothing is validated when no rule changed (every row relabelled): no helper then. When rules
+    # changed, blocks will be attributed again whatever the stored rows hold: the helper starts
+    # now (Great Expectations' import takes seconds) while they are checked.
+    validator = BackgroundValidator() if validate and stored is not None and not (planned and planned[1].none) \
+        else None
+    reuse = reuse_plan(warehouse, registry, allow_cross_network, planned) if planned is not None else None
     if reuse is not None:
         log.info("registry %s against the stored %s: %s; attributing again only the blocks these can change, "
                  "relabelling the other stored attributions as %s", registry.version, reuse.source,
                  reuse.changes.describe(), version)
-    # Nothing is validated when no rule changed (every row relabelled): no helper then.
-    validator = BackgroundValidator() if validate and stored is not None and not (reuse and reuse.changes.none) \
-        else None
-    waiting: list[tuple[dict, PendingReport | None]] = []
+    elif validator is None and validate and stored is not None:  # the stored rows cannot be carried over
+        validator = BackgroundValidator()
+    waiting: list[tuple[dict, StagedCommit, PendingReport | None]] = []
 
     def commit_ready(hold: int) -> None:
-        """Commit, in order, the groups whose validation is in; while more than ``hold`` groups are
-        held, wait for the oldest (what is held stays bounded; 0 commits everything)."""
-        while waiting and (len(waiting) > hold or waiting[0][1] is None or waiting[0][1].done()):
-            previous, report = waiting.pop(0)
-            gate(warehouse, previous, report() if report is not None else None)
+        """Publish, in order, the groups whose validation is in; while more than ``hold`` groups
+        are held, wait for the oldest (what is held stays bounded; 0 publishes everything)."""
+        while waiting and (len(waiting) > hold or waiting[0][2] is None or waiting[0][2].done()):
+            previous, staged, report = waiting[0]
+            gate(warehouse, previous, report() if report is not None else None, staged=staged)
+            waiting.pop(0)
 
     def hand_over(tables: dict, checked: dict | None) -> None:
-        """Validate this group (``checked``: its rows not validated before) in the background and
-        commit what is ready, holding at most two groups."""
+        """Validate this group (``checked``: its rows not validated before) in the background,
+        write its files meanwhile (staged: published once its report is in, discarded if it
+        fails), and publish what is ready, holding at most two groups."""
         checked_rows = checked is not None and checked["attributions"].num_rows
-        waiting.append((tables, validator.submit(checked, context) if validator and checked_rows else None))
+        report = validator.submit(checked, context) if validator and checked_rows else None
+        waiting.append((tables, warehouse.stage(tables), report))
         commit_ready(hold=2)
 
     try:
@@ -219,6 +227,8 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
                 hand_over(_concat([c.tables for c in pending]), _concat([c.fresh for c in pending]))
         commit_ready(hold=0)
     finally:
+        for _, staged, _ in waiting:  # a failure: what was written and not published goes
+            warehouse.discard(staged)
         if validator is not None:
             validator.close()
     tables = {"pool_definitions": pool_definitions_table(registry)}
@@ -249,16 +259,13 @@ class Reuse:
     bucketed: bool = True
 
 
-def reuse_plan(warehouse: Warehouse, registry: Registry, allow_cross_network: bool) -> Reuse | None:
-    """The warehouse's current attribution version and the registry's rule changes against it,
-    when that version's rows can be carried over: computed under the same engine rules and
-    settings (``attribution_version`` of the current registry under this setting is the current
-    version), its registry readable, and one row under it for every stored block (same height and
-    hash, nothing more). Else None: every block is attributed again.
-
-    Attribution is the whole-history pass that cannot be made cheaper per block (per-block Python
-    matching, ~30-100 us a block): a registry update that touches a few pools would cost minutes at
-    mainnet height for rows that are mostly byte-identical."""
+def planned_changes(warehouse: Warehouse, registry: Registry,
+                    allow_cross_network: bool) -> tuple[str, RuleChanges] | None:
+    """(the warehouse's current attribution version, the registry's rule changes against that
+    version's registry) when the current version was computed under the same engine rules and
+    settings (``attribution_version`` of its registry under this setting is the current version)
+    and its registry is readable; else None. Cheap (no stored row is read): ``reuse_plan`` then
+    checks the stored rows."""
     from pipeline.attribution.changes import rule_changes
     from pipeline.attribution.engine import attribution_version, compiled_matcher
 
@@ -272,6 +279,26 @@ def reuse_plan(warehouse: Warehouse, registry: Registry, allow_cross_network: bo
         return None
     if old is None or attribution_version(old.version, allow_cross_network) != current:
         return None
+    chain = warehouse.meta.get("chain", "main")
+    return current, rule_changes(compiled_matcher(old, chain, allow_cross_network),
+                                 compiled_matcher(registry, chain, allow_cross_network))
+
+
+def reuse_plan(warehouse: Warehouse, registry: Registry, allow_cross_network: bool,
+               planned: tuple[str, RuleChanges] | None = None) -> Reuse | None:
+    """The warehouse's current attribution version and the registry's rule changes against it
+    (``planned_changes``, or ``planned`` when already worked out), when that version's rows can be
+    carried over: besides ``planned_changes``' conditions, one row under it for every stored
+    block (same height and hash, nothing more). Else None: every block is attributed again.
+
+    Attribution is the whole-history pass that cannot be made cheaper per block (per-block Python
+    matching, ~30-100 us a block): a registry update that touches a few pools would cost minutes at
+    mainnet height for rows that are mostly byte-identical."""
+    if planned is None:
+        planned = planned_changes(warehouse, registry, allow_cross_network)
+    if planned is None:
+        return None
+    current, changes = planned
     escaped = current.replace("'", "''")
     con = warehouse.connect()
     try:
@@ -284,9 +311,6 @@ def reuse_plan(warehouse: Warehouse, registry: Registry, allow_cross_network: bo
         con.close()
     if (missing, extra) != (0, 0):
         return None
-    chain = warehouse.meta.get("chain", "main")
-    changes = rule_changes(compiled_matcher(old, chain, allow_cross_network),
-                           compiled_matcher(registry, chain, allow_cross_network))
     bucketed = all(warehouse.in_declared_layout(t) for t in ("blocks", "coinbase_outputs"))
     return Reuse(current, changes, bucketed)
 

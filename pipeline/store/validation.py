@@ -555,13 +555,20 @@ def save_report(warehouse_root: Path | str, report: ValidationReport) -> Path:
     return path
 
 
-def gate(warehouse: Any, tables: Mapping[str, pa.Table], report: ValidationReport | None, **commit: Any) -> None:
+def gate(warehouse: Any, tables: Mapping[str, pa.Table], report: ValidationReport | None, *,
+         staged: Any = None, **commit: Any) -> None:
     """The one gate between a batch and the warehouse (loads, re-attribution, metrics): a failed
     report quarantines the batch and raises ``BatchRejected`` (nothing stored); a passing one is
     committed (``commit``: ``Warehouse.commit`` options) and its summary kept for Data Docs.
-    ``report`` None: the caller chose not to validate."""
+    ``report`` None: the caller chose not to validate. ``staged``: the batch was already written
+    by ``Warehouse.stage`` (while it was validated): published if it passes, else discarded."""
     if report is not None and not report.ok:
+        if staged is not None:
+            warehouse.discard(staged)
         raise BatchRejected(report.summary(), quarantine(warehouse.root, tables, report))
-    warehouse.commit(tables, **commit)
+    if staged is not None:
+        warehouse.publish(staged)
+    else:
+        warehouse.commit(tables, **commit)
     if report is not None:
         save_report(warehouse.root, report)

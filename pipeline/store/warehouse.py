@@ -80,6 +80,21 @@ class WarehouseError(RuntimeError):
     """Base of the warehouse's own errors."""
 
 
+class StagedOverlapError(WarehouseError):
+    """A commit was staged over files that another staged commit, not yet published, writes."""
+
+
+@dataclass
+class StagedCommit:
+    """A commit written but not yet published (``Warehouse.stage``)."""
+
+    commit_id: str
+    tables: dict[str, pa.Table]          # conformed: what meta.json's bookkeeping is worked out from
+    files: list[tuple[Path, Path]]       # (temporary file, the file it replaces)
+    derived_from: str | None = None
+    derived_meta: dict[str, object] | None = None
+
+
 class WarehouseBusyError(WarehouseError):
     """Another process holds the writer lock."""
 
@@ -361,6 +376,7 @@ class Warehouse:
         self.views_dir = Path(views_dir) if views_dir is not None else DEFAULT_VIEWS_DIR
         self._lock_fd: int | None = None
         self._lock_depth = 0
+        self._staged: dict[str, StagedCommit] = {}  # staged, not yet published or discarded
         self._view_files: dict[str, Path] = {}
 
     # -- paths
@@ -412,8 +428,11 @@ class Warehouse:
             self._recover()
             yield self
         finally:
-            self._lock_fd, self._lock_depth = None, 0
-            os.close(fd)  # releases the flock
+            try:
+                self._drop_unpublished()
+            finally:
+                self._lock_fd, self._lock_depth = None, 0
+                os.close(fd)  # releases the flock
 
     def _acquire(self, wait: float) -> int:
         path = self.root / LOCK_NAME
@@ -608,7 +627,19 @@ class Warehouse:
         must lie in the range. The metrics' incremental refresh rewrites only the windows it
         recomputed this way, not the whole history's tables.
         """
-        self._require_writer("commit")
+        self.publish(self.stage(tables, derived_from=derived_from, derived_meta=derived_meta,
+                                replace_range=replace_range))
+
+    def stage(self, tables: Mapping[str, pa.Table], *, derived_from: str | None = None,
+              derived_meta: Mapping[str, object] | None = None,
+              replace_range: Mapping[str, tuple[int, int]] | None = None) -> StagedCommit:
+        """The first half of ``commit``: every check, and the new data files written beside the
+        stored ones under temporary names (invisible to readers, removed by recovery after a
+        crash). Nothing changes until ``publish``; ``discard`` drops it. Lets a caller write a
+        batch while its validation is still running. Several may be staged at once when they
+        write different files (else: ``StagedOverlapError``); each is published under the same
+        writer lock, and meta.json is worked out then, from the meta of the time."""
+        self._require_writer("stage")
         conformed = {name: self._conform(table_spec(name), t) for name, t in tables.items()}
         specs = [table_spec(n) for n in conformed]
         if any(s.derived for s in specs) and derived_from is None:
@@ -617,19 +648,53 @@ class Warehouse:
         if unknown:
             raise ValueError(f"replace_range names table(s) {unknown} that the commit does not hold")
         commit_id = self._new_commit_id()
-        staged: list[tuple[Path, Path]] = []
+        files: list[tuple[Path, Path]] = []
         try:
             self._ensure_schema_files(specs)
             for name, batch in conformed.items():
-                staged += self._stage_table(table_spec(name), batch, commit_id, (replace_range or {}).get(name))
-            meta = self._meta_after(conformed, derived_from, derived_meta)
-            if meta is not None:
-                staged.append(self._stage_meta(meta, commit_id))
+                files += self._stage_table(table_spec(name), batch, commit_id, (replace_range or {}).get(name))
+            pending = {final for other in self._staged.values() for _, final in other.files}
+            overlap = sorted(str(final) for _, final in files if final in pending)
+            if overlap:
+                raise StagedOverlapError(f"staging {overlap[0]} (and {len(overlap) - 1} more) again before the "
+                                         "commit that staged it was published or discarded")
         except BaseException:
-            for tmp, _ in staged:
+            for tmp, _ in files:
                 tmp.unlink(missing_ok=True)
             raise
-        self._apply(commit_id, staged)
+        staged = StagedCommit(commit_id, conformed, files, derived_from, dict(derived_meta or {}) or None)
+        self._staged[commit_id] = staged
+        return staged
+
+    def publish(self, staged: StagedCommit) -> None:
+        """The second half of ``commit``: meta.json as it must read after the staged tables, then
+        journal and renames (atomic, as ``commit``)."""
+        self._require_writer("publish")
+        if self._staged.get(staged.commit_id) is not staged:
+            raise WarehouseError(f"commit {staged.commit_id} is not staged here (published or discarded already?)")
+        files = list(staged.files)
+        try:
+            meta = self._meta_after(staged.tables, staged.derived_from, staged.derived_meta)
+            if meta is not None:
+                files.append(self._stage_meta(meta, staged.commit_id))
+        except BaseException:
+            self.discard(staged)
+            raise
+        del self._staged[staged.commit_id]
+        self._apply(staged.commit_id, files)
+
+    def discard(self, staged: StagedCommit) -> None:
+        """Drop a staged commit: its temporary files are removed, nothing stored changes."""
+        self._staged.pop(staged.commit_id, None)
+        for tmp, _ in staged.files:
+            tmp.unlink(missing_ok=True)
+
+    def _drop_unpublished(self) -> None:
+        """At the writer lock's release: staged commits nobody published are discarded (their
+        temporary files would otherwise wait for the next recovery)."""
+        for staged in list(self._staged.values()):
+            log.warning("commit %s was staged but never published; discarding it", staged.commit_id)
+            self.discard(staged)
 
     def _meta_after(self, tables: Mapping[str, pa.Table], derived_from: str | None,
                     derived_meta: Mapping[str, object] | None = None) -> dict | None:
