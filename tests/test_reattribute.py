@@ -342,3 +342,47 @@ def test_a_group_that_fails_validation_is_never_published_and_leaves_no_file(tmp
     published = _rows(warehouse, attribution_version(updated.version, False))["attributions"]
     assert 0 < published.num_rows < BLOCKS  # the first group only
     assert published["height"].to_pylist() == sorted(published["height"].to_pylist())
+
+
+class _Later(_Ready):
+    def done(self) -> bool:  # never in before it is asked for: every group is held while staged
+        return False
+
+
+def test_groups_sharing_a_partition_file_while_validated_are_published_in_order(tmp_path, shipped, attributed,
+                                                                              monkeypatch):
+    """Chunks of 100 heights in 10,000-height buckets: every group writes the same partition files.
+    A group staged while an earlier one over the same files waits for its report goes after that
+    one is published; the result is the full pass's, file for file."""
+    import shutil
+
+    from pipeline.store.validation import ValidationReport
+
+    root, tagged, paid = attributed
+    document = copy.deepcopy(shipped.document)
+    _change("tag removed", document, tagged, paid)
+    updated = parse_registry(document)
+
+    class Passing(_SecondGroupFails):
+        def submit(self, tables, context):
+            self.calls += 1
+            report = ValidationReport(f"b{self.calls}", "2026-01-01T00:00:00Z",
+                                      {t: v.num_rows for t, v in tables.items()}, None, [], 1, {})
+            return _Later(report)
+
+    validator = Passing()
+    monkeypatch.setattr(jobs, "BackgroundValidator", lambda: validator)
+    shutil.copytree(root, tmp_path / "a")
+    carried = Warehouse(tmp_path / "a")
+    with carried.writer():
+        reattribute(carried, updated, chunk_size=100)
+    assert validator.calls > 2 and not list((tmp_path / "a").rglob("*.tmp"))
+    shutil.copytree(root, tmp_path / "b")
+    scratch = Warehouse(tmp_path / "b")
+    monkeypatch.setattr(jobs, "reuse_plan", lambda *args: None)
+    with scratch.writer():
+        reattribute(scratch, updated, validate=False)
+    version = attribution_version(updated.version, False)
+    assert carried.attribution_version == version
+    for table in ("attributions", "attribution_candidates"):
+        assert _files(carried, table, version) == _files(scratch, table, version), table

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from pipeline.load.custody import links_after, recompute_custody_links
 from pipeline.load.loop import (COMMIT_LOCK_WAIT, BackgroundValidator, BatchPlan, ChainChangedError, PendingReport,
-                                RegistryChangedError, in_order, load, loop_chunks, plan_chunks)
+                                RegistryChangedError, in_order, load, loop_chunks)
 from pipeline.load.spends import UncheckedSpends, unchecked_spends
 from pipeline.source.choice import open_block_source
 from pipeline.source.client import NodeClient
@@ -153,6 +153,7 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
     from pipeline.attribution.engine import (AttributionSettings, attribute_tables, attribution_version,
                                              compiled_matcher, pool_definitions_table)
     from pipeline.store.validation import gate, validate_batch
+    from pipeline.store.warehouse import StagedOverlapError
 
     stored = warehouse.stored_range()
     chain = warehouse.meta.get("chain", "main")
@@ -188,12 +189,17 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
         fails), and publish what is ready, holding at most two groups."""
         checked_rows = checked is not None and checked["attributions"].num_rows
         report = validator.submit(checked, context) if validator and checked_rows else None
-        waiting.append((tables, warehouse.stage(tables), report))
+        try:
+            staged = warehouse.stage(tables)
+        except StagedOverlapError:  # shares a partition file with a held group: that one goes first
+            commit_ready(hold=0)
+            staged = warehouse.stage(tables)
+        waiting.append((tables, staged, report))
         commit_ready(hold=2)
 
     try:
         if stored is not None and reuse is None:
-            for lo, hi in plan_chunks(stored[0], stored[1], chunk_size):
+            for lo, hi in aligned_chunks(stored[0], stored[1], chunk_size):
                 where = f"height BETWEEN {lo} AND {hi}"
                 blocks = warehouse.read("blocks", where=where)
                 outputs = warehouse.read("coinbase_outputs", where=where)
@@ -208,7 +214,7 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
             pending: list[_Carried] = []
             # Chunks are read, matched and relabelled by two threads, ahead of the commits (the
             # reads, Arrow kernels and Parquet writes run without the interpreter lock).
-            chunks = plan_chunks(stored[0], stored[1], chunk_size)
+            chunks = aligned_chunks(stored[0], stored[1], chunk_size)
             with ThreadPoolExecutor(max_workers=2, thread_name_prefix="poolwatch-reattribute") as threads:
                 carried_chunks = in_order(chunks, lambda lo, hi: threads.submit(_carried_over, warehouse, reuse,
                                                                                matcher, lo, hi), in_flight=3)
@@ -247,6 +253,16 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
     if stats is not None:
         stats.update(blocks=done, attributed_again=again)
     return done
+
+
+def aligned_chunks(start: int, end: int, chunk_size: int) -> list[tuple[int, int]]:
+    """[start, end] in chunks that end where multiples of chunk_size begin (the first may be
+    shorter): with the default 50,000 (a multiple of the attribution tables' 10,000-height buckets)
+    two chunks never write the same partition file, whatever height the stored history starts at."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk size must be >= 1, got {chunk_size}")
+    edges = [start, *range((start // chunk_size + 1) * chunk_size, end + 1, chunk_size), end + 1]
+    return [(lo, nxt - 1) for lo, nxt in zip(edges, edges[1:]) if lo < nxt]
 
 
 @dataclass(frozen=True)
