@@ -85,6 +85,32 @@ def _median_of(rounds: list[dict[str, Any]], key: str, get: Any) -> float | None
     return statistics.median(values) if values else None
 
 
+def cpu_ceilings(results: dict[str, Any]) -> dict[str, float]:
+    """Per path: the bare loop's wall time over (sync's CPU + the node's CPU during it) / CPUs,
+    medians over rounds: the best whole-process ratio the machine's CPUs allow."""
+    rounds = results.get("rounds") or []
+    cpus = (results.get("machine") or {}).get("cpus") or 1
+    out = {}
+    for label, bare, cli in CPU_PAIRS:
+        bare_wall = _median_of(rounds, bare, lambda run: run.get("seconds"))
+        own = _median_of(rounds, cli, lambda run: run["cpu"].get("client"))
+        node = _median_of(rounds, cli, lambda run: run["cpu"].get("node"))
+        if bare_wall and own:
+            out[label] = bare_wall / ((own + (node or 0.0)) / cpus)
+    return out
+
+
+def cpu_summary(results: dict[str, Any]) -> list[str]:
+    ceilings = cpu_ceilings(results)
+    if not ceilings:
+        return []
+    cpus = (results.get("machine") or {}).get("cpus") or 1
+    return [f"CPU work bounds the whole-process ratios on these {cpus} CPUs: with the CPU seconds of `poolwatch "
+            f"sync`'s process tree and of the node spread evenly over all {cpus}, the sync could reach at most "
+            + ", ".join(f"{v:.2f}x of the bare {k} loop" for k, v in ceilings.items())
+            + " (medians over rounds; \"CPU used\" in benchmarks/results.md)."]
+
+
 def cpu_table(results: dict[str, Any]) -> list[str]:
     """Wall and CPU seconds of each bare loop and `poolwatch sync` (median over rounds): the node's
     CPU and this side's (every thread and helper process). Their sum over the machine's CPUs is the
@@ -101,12 +127,9 @@ def cpu_table(results: dict[str, Any]) -> list[str]:
                 continue
             floor = (own + (node or 0.0)) / cpus
             rows.append(f"| {name} | {wall:.1f} | {own:.1f} | {_f(node, 1)} | {floor:.1f} |")
-        bare_wall = _median_of(rounds, bare, lambda run: run.get("seconds"))
-        own = _median_of(rounds, cli, lambda run: run["cpu"].get("client"))
-        node = _median_of(rounds, cli, lambda run: run["cpu"].get("node"))
-        if bare_wall and own is not None:
-            rows.append(f"| ceiling of sync {label} / bare {label} on {cpus} CPUs | - | - | - | "
-                        f"{bare_wall / ((own + (node or 0.0)) / cpus):.2f}x |")
+        ceiling = cpu_ceilings(results).get(label)
+        if ceiling is not None:
+            rows.append(f"| ceiling of sync {label} / bare {label} on {cpus} CPUs | - | - | - | {ceiling:.2f}x |")
     if not rows:
         return []
     return ["| run (median over rounds) | wall s | its CPU s | node CPU s | CPU sum / CPUs, s |",
@@ -299,7 +322,7 @@ def memory_lines(results: dict[str, Any]) -> list[str]:
 def summary(results: dict[str, Any]) -> list[str]:
     """The section README and docs/performance.md quote (benchmarks/docs.py inserts it)."""
     lines = [describe_run(results), ""] + ratios_table(results)
-    for extra in (memory_lines(results), etl_lines(results), upkeep_lines(results)):
+    for extra in (cpu_summary(results), memory_lines(results), etl_lines(results), upkeep_lines(results)):
         if extra:
             lines += [""] + extra
     p = results.get("projection")

@@ -6,14 +6,17 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import pandas as pd
 from rich.console import Console
 from rich.text import Text
 
 from pipeline.cli import output
 from pipeline.cli.output import Column, fmt_number, is_missing, no_negative_zero, signless_zero
+
+if TYPE_CHECKING:  # pandas is imported where a command needs it: `poolwatch sync` never does
+    import pandas as pd
 
 err = Console(stderr=True)
 
@@ -141,6 +144,8 @@ def pool_table(rows: pd.DataFrame, level: str) -> tuple[list[Column], list[list]
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    import pandas as pd
+
     frame = frame.copy()
     for name in frame.columns:
         if pd.api.types.is_float_dtype(frame[name]):

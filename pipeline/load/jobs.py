@@ -363,8 +363,8 @@ def _carried_over(warehouse: Warehouse, reuse: Reuse, matcher, lo: int, hi: int)
     blocks = _stored_rows(warehouse, "blocks", BLOCK_COLUMNS, lo, hi, stored, bucketed) if changes.tags else None
     outputs = _stored_rows(warehouse, "coinbase_outputs", OUTPUT_COLUMNS, lo, hi, stored, bucketed) \
         if changes.scripts else None
-    again = affected_heights(changes, blocks if blocks is not None else BLOCKS_NONE,
-                             outputs if outputs is not None else OUTPUTS_NONE, stored)
+    again = affected_heights(changes, blocks if blocks is not None else BLOCKS_NONE.empty_table(),
+                             outputs if outputs is not None else OUTPUTS_NONE.empty_table(), stored)
     if not len(again):
         return _Carried(old, empty, stored.num_rows)
     if blocks is None:
@@ -399,9 +399,10 @@ def _merged(old: pa.Table, fresh: pa.Table, again: pa.Array) -> pa.Table:
 # from the stored attributions: the hash strings are a large part of both tables' bytes).
 BLOCK_COLUMNS = ("height", "time", "coinbase_script_sig_hex")
 OUTPUT_COLUMNS = ("height", "output_index", "value_sat", "script_hex")
-BLOCKS_NONE = pa.table({"height": pa.array([], pa.int32()), "coinbase_script_sig_hex": pa.array([], pa.string())})
-OUTPUTS_NONE = pa.table({"height": pa.array([], pa.int32()), "value_sat": pa.array([], pa.int64()),
-                         "script_hex": pa.array([], pa.string())})
+# Schemas, not empty tables: making a pyarrow table imports pandas (a quarter of a second), which
+# must not happen when `poolwatch` starts.
+BLOCKS_NONE = pa.schema([("height", pa.int32()), ("coinbase_script_sig_hex", pa.string())])
+OUTPUTS_NONE = pa.schema([("height", pa.int32()), ("value_sat", pa.int64()), ("script_hex", pa.string())])
 
 
 def _stored_rows(warehouse: Warehouse, table: str, columns: tuple[str, ...], lo: int, hi: int,
