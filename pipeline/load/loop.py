@@ -505,9 +505,9 @@ def _in_workers(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: Ba
 def _read_ahead(source: BlockSource, chunks: Sequence[tuple[int, int]], spends: SpendRecorder | None = None
                 ) -> Iterator[tuple[Located, list[DecodedBlock], dict[str, float]]]:
     """(located, decoded blocks, timings) per chunk, in order, made by one background thread up to
-    ``READ_AHEAD_CHUNKS`` chunks ahead of the consumer. The thread has its own source (connections and file handles); a
-    second helper thread, with a source of its own, locates the next chunk (two batched RPCs) while
-    this one is read, so reads never wait for them. Exceptions are re-raised here; when the
+    ``READ_AHEAD_CHUNKS`` chunks ahead of the consumer. The thread has its own source (connections
+    and file handles); a second helper thread, with a source of its own, locates the next chunk
+    (two batched RPCs) while this one is read, so reads never wait for them. Exceptions are re-raised here; when the
     consumer stops early the threads are told to stop and give up within a few blocks."""
     # Decoded blocks are small (header and coinbase): several chunks may wait, so reading goes on
     # while the consumer waits for the validating process to start (seconds) or for a long validation.
@@ -735,6 +735,5 @@ def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: Batc
 
 __all__ = ["BatchPlan", "COMMIT_LOCK_WAIT", "ChainChangedError", "LoadResult", "MAX_DEFAULT_WORKERS", "PreparedBatch",
            "READ_SLICE", "ReadCancelled", "RegistryChangedError", "batch_context", "build", "decode_raw",
-           "default_workers", "first_broken_link", "keep_block_buffers_on_the_heap", "load", "plan_chunks", "prepare", "prepared_batches",
-           "loop_chunks",
-           "read_decoded", "validate"]
+           "default_workers", "first_broken_link", "keep_block_buffers_on_the_heap", "load", "loop_chunks", "plan_chunks",
+           "prepare", "prepared_batches", "read_decoded", "validate"]

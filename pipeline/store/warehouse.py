@@ -783,10 +783,11 @@ class Warehouse:
 
     def _read_file(self, spec: TableSpec, path: Path, columns: list[str] | None = None) -> pa.Table:
         """One data file in the declared types; ``columns``: only these (the others are not decoded)."""
-        # Mapped, not read into a buffer: a file is only ever replaced by a rename, never rewritten.
+        # Read, not memory-mapped (~20% faster): on a warehouse shared over NFS another host may
+        # replace the file meanwhile, and a mapped page that goes stale is a SIGBUS, not an error.
         if columns is None:
-            return pq.read_table(path, memory_map=True).select(spec.column_names).cast(spec.arrow_schema)
-        return pq.read_table(path, columns=columns, memory_map=True).select(columns).cast(
+            return pq.read_table(path).select(spec.column_names).cast(spec.arrow_schema)
+        return pq.read_table(path, columns=columns).select(columns).cast(
             pa.schema([spec.arrow_schema.field(c) for c in columns]))
 
     def _stage_table(self, spec: TableSpec, batch: pa.Table, commit_id: str,
