@@ -229,12 +229,16 @@ def vm_hwm_mb(pid: int | str = "self") -> float | None:
     return None
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(x) for x in text.split()]
+def _children(pid: int | str) -> list[int]:
+    """Child processes of ``pid``, whichever of its threads started them (a child belongs to the
+    thread that forked it while that thread lives: the validating helper is started by one)."""
+    children = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children += [int(x) for x in path.read_text().split()]
+        except OSError:  # the thread ended meanwhile
+            continue
+    return children
 
 
 class TreePeaks:

@@ -190,20 +190,17 @@ def relabelled_registry(registry: Any) -> Any:
 
 def _cpu_seconds() -> float:
     """CPU seconds of this process (every thread) and of its finished children."""
-    import resource
+    from benchmarks.backfill import children_cpu_seconds
 
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
+    return time.process_time() + children_cpu_seconds()
 
 
 def _wait_for_children(timeout: float = 60.0) -> None:
     """Until this process has no child process left (they are reaped by whoever started them)."""
+    from benchmarks.backfill import _children
+
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        tasks = Path("/proc/self/task")
-        if not tasks.exists() or not any((t / "children").read_text().split() for t in tasks.iterdir()
-                                         if (t / "children").exists()):
-            return
+    while _children("self") and time.monotonic() < deadline:
         time.sleep(0.05)
 
 

@@ -118,6 +118,7 @@ def cpu_table(results: dict[str, Any]) -> list[str]:
     rounds = results.get("rounds") or []
     cpus = (results.get("machine") or {}).get("cpus") or 1
     rows = []
+    ceilings = cpu_ceilings(results)
     for label, bare, cli in CPU_PAIRS:
         for name, key in ((f"bare {label}", bare), (f"`poolwatch sync` {label}", cli)):
             wall = _median_of(rounds, key, lambda run: run.get("seconds"))
@@ -127,7 +128,7 @@ def cpu_table(results: dict[str, Any]) -> list[str]:
                 continue
             floor = (own + (node or 0.0)) / cpus
             rows.append(f"| {name} | {wall:.1f} | {own:.1f} | {_f(node, 1)} | {floor:.1f} |")
-        ceiling = cpu_ceilings(results).get(label)
+        ceiling = ceilings.get(label)
         if ceiling is not None:
             rows.append(f"| ceiling of sync {label} / bare {label} on {cpus} CPUs | - | - | - | {ceiling:.2f}x |")
     if not rows:

@@ -40,6 +40,8 @@ from pipeline.store.schemas import TableSpec, schemas_dir, table_spec
 if TYPE_CHECKING:
     import pandas as pd
 
+    from pipeline.store.warehouse import StagedCommit
+
 # GX phones home unless told not to; a pipeline must not.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 # Before GX is ever imported: its import alone logs ~200 INFO lines ("Skipping registering function
@@ -556,7 +558,7 @@ def save_report(warehouse_root: Path | str, report: ValidationReport) -> Path:
 
 
 def gate(warehouse: Any, tables: Mapping[str, pa.Table], report: ValidationReport | None, *,
-         staged: Any = None, **commit: Any) -> None:
+         staged: StagedCommit | None = None, **commit: Any) -> None:
     """The one gate between a batch and the warehouse (loads, re-attribution, metrics): a failed
     report quarantines the batch and raises ``BatchRejected`` (nothing stored); a passing one is
     committed (``commit``: ``Warehouse.commit`` options) and its summary kept for Data Docs.
