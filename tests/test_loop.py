@@ -203,7 +203,8 @@ def test_load_refuses_a_batch_broken_inside(mainnet_blocks_dir, tmp_path: Path) 
     assert warehouse.stored_range() == (0, 49)
 
 
-def _load_with_a_future_last_block(chain: dict[int, bytes], count: int, chunk: int, tmp_path: Path):
+def _load_with_a_future_last_block(chain: dict[int, bytes], count: int, chunk: int, tmp_path: Path,
+                                   validator=None):
     """Blocks 0..count-1 in one blk file, the last dated 2096 (past the 2-hour future bound), loaded
     in chunks of ``chunk`` with validation by the one-process pipeline: (warehouse, BatchRejected)."""
     from pipeline.store.validation import BatchRejected
@@ -220,7 +221,7 @@ def _load_with_a_future_last_block(chain: dict[int, bytes], count: int, chunk: i
     with warehouse.writer():
         warehouse.bind_chain("main", MAIN.genesis_hash)
         with _source(folder, blocks) as source, pytest.raises(BatchRejected) as caught:
-            load(source, warehouse, 0, count - 1, plan, batch_size=chunk)
+            load(source, warehouse, 0, count - 1, plan, batch_size=chunk, validator=validator)
     return warehouse, caught.value
 
 
@@ -277,6 +278,96 @@ def test_one_process_pipeline_stopped_early_stops_its_validator(mainnet_blocks_d
         assert first.report is not None and first.report.ok
         batches.close()
     assert _children() - before == set()
+
+
+def _counted_starts(monkeypatch) -> list[str]:
+    """Record every start of a helper pool the loop makes (its name, then "up" once started), starting
+    them as usual."""
+    from pipeline.load import loop
+
+    started: list[str] = []
+    real = loop._start_pool
+
+    def counting(workers, initializer, initargs, name):
+        started.append(name)
+        pool = real(workers, initializer, initargs, name)
+        started.append("up")
+        return pool
+
+    monkeypatch.setattr(loop, "_start_pool", counting)
+    return started
+
+
+def _wait_for_no_children(before: set[int], seconds: float = 60.0) -> set[int]:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while _children() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _children() - before
+
+
+def test_a_validator_started_before_the_load_is_the_one_it_uses(mainnet_blocks_dir, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """``ValidatorStart`` begins the validating process before ``load`` is called (``sync_range``
+    does so while it opens the warehouse): the pipelined load validates with it, starts no second
+    one, still refuses the bad last batch, and stops it at the end."""
+    from pipeline.load.loop import ValidatorStart
+
+    started = _counted_starts(monkeypatch)
+    before = _children()
+    early = ValidatorStart.for_range(0, 119, 40, validate=True, workers=1)
+    assert early is not None and started[:1] == ["poolwatch-validator"]
+    taken = early.take()
+    assert taken is not None and early.take() is None  # handed over once
+    warehouse, rejected = _load_with_a_future_last_block(mainnet_blocks_dir[1], 120, 40, tmp_path, validator=taken)
+    early.close()  # nothing left to stop: the load owned it
+    assert "time" in str(rejected) and warehouse.stored_range() == (0, 79)
+    assert started == ["poolwatch-validator", "up"]
+    assert _wait_for_no_children(before) == set()
+
+
+def test_a_validator_start_no_load_takes_is_stopped(mainnet_blocks_dir, monkeypatch) -> None:
+    """A start nobody takes (the set-up failed, or the load had one batch and validated in its own
+    process) is stopped once it is up, without the caller waiting for it."""
+    import time
+
+    from pipeline.load.loop import ValidatorStart
+
+    started = _counted_starts(monkeypatch)
+    before = _children()
+    early = ValidatorStart()
+    mark = time.perf_counter()
+    early.close()
+    assert time.perf_counter() - mark < 1.0
+    deadline = time.monotonic() + 60
+    while "up" not in started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started == ["poolwatch-validator", "up"]
+    assert _wait_for_no_children(before) == set()
+
+    blocks_dir, chain = mainnet_blocks_dir
+    started.clear()
+    early = ValidatorStart()
+    with _source(blocks_dir, chain) as source:
+        batches = list(prepared_batches(source, plan_chunks(0, 49, 50), BatchPlan(None, "main", validate=True),
+                                        validator=early.take()))
+    assert len(batches) == 1 and batches[0].report is not None and batches[0].report.ok
+    assert started[:1] == ["poolwatch-validator"] and len(started) <= 2  # the early one only: validated here
+    deadline = time.monotonic() + 60
+    while "up" not in started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _wait_for_no_children(before) == set()
+
+
+def test_a_validator_is_started_early_only_for_a_pipelined_validated_load(monkeypatch) -> None:
+    from pipeline.load.loop import ValidatorStart
+
+    started = _counted_starts(monkeypatch)
+    assert ValidatorStart.for_range(0, 99, 1000, validate=True, workers=1) is None    # one batch: validated here
+    assert ValidatorStart.for_range(0, 2999, 1000, validate=False, workers=1) is None  # nothing to validate
+    assert ValidatorStart.for_range(0, 2999, 1000, validate=True, workers=4) is None   # workers validate
+    assert started == []
 
 
 def _children() -> set[int]:

@@ -170,3 +170,64 @@ def test_an_explicit_registry_is_not_silently_replaced(regtest_node, tmp_path):
         sync_range(NodeClient(regtest_node.client_config()), Warehouse(root), 0, 60, registry=registry_a,
                    allow_cross_network=True, batch_size=30, progress=after_batch)
     assert Warehouse(root).meta["registry_version"] == registry_b.version
+
+
+@pytest.mark.node
+def test_a_range_given_in_full_starts_its_validator_before_the_set_up(regtest_node, tmp_path, monkeypatch):
+    """``sync_range`` with both heights starts the validating process before it takes the writer lock
+    (so Great Expectations' import overlaps the set-up), the load uses that one and no other, and a
+    set-up that fails (the lock is held by another writer) leaves no helper running."""
+    import time
+
+    from pipeline.attribution.registry import load_registry
+    from pipeline.devnode.chains import mine_chain
+    from pipeline.devnode.demo import demo_specs
+    from pipeline.load import loop
+    from pipeline.load.jobs import sync_range
+    from pipeline.source.client import NodeClient
+    from pipeline.store.warehouse import Warehouse, WarehouseBusyError
+
+    registry = load_registry()
+    mine_chain(regtest_node, demo_specs(registry, 60, allow_p2sh=regtest_node.flavor == "core"))
+    starts: list[str] = []
+    real = loop._start_pool
+
+    def counting(workers, initializer, initargs, name):
+        starts.append(name)
+        pool = real(workers, initializer, initargs, name)
+        starts.append("up")
+        return pool
+
+    monkeypatch.setattr(loop, "_start_pool", counting)
+    client = NodeClient(regtest_node.client_config())
+    root = tmp_path / "wh"
+    result = sync_range(client, Warehouse(root), 0, 60, registry=registry, allow_cross_network=True, batch_size=20)
+    assert result.blocks_loaded == 61 and result.batches == 4
+    assert starts == ["poolwatch-validator", "up"]
+
+    starts.clear()
+    busy = Warehouse(root)
+    with busy.writer():
+        with pytest.raises(WarehouseBusyError):
+            sync_range(client, Warehouse(root), 0, 60, registry=registry, allow_cross_network=True, batch_size=20)
+    assert starts[:1] == ["poolwatch-validator"]
+    deadline = time.monotonic() + 60
+    while (len(starts) < 2 or _live_children()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert starts == ["poolwatch-validator", "up"] and _live_children() == set()
+
+
+def _live_children() -> set[int]:
+    from pathlib import Path
+
+    found = set()
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if state != "Z" and b"pipeline.load.processes" in cmdline:
+                found.add(int(pid))
+    return found

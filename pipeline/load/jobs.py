@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from pipeline.load.custody import links_after, recompute_custody_links
 from pipeline.load.loop import (COMMIT_LOCK_WAIT, BackgroundValidator, BatchPlan, ChainChangedError, PendingReport,
-                                RegistryChangedError, in_order, load, loop_chunks)
+                                RegistryChangedError, ValidatorStart, in_order, load, loop_chunks)
 from pipeline.load.spends import UncheckedSpends, unchecked_spends
 from pipeline.source.choice import open_block_source
 from pipeline.source.client import NodeClient
@@ -521,50 +521,59 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
     if end is not None and end > tip:
         raise HeightAboveTipError(f"asked for blocks up to height {end} but the node's tip is {tip}; "
                                   f"wait for the node to catch up or lower --to", height=end, tip=tip)
-
-    # Set-up under the writer lock: chain binding, registry, reorg repair, the range.
-    with warehouse.writer(wait=writer_wait):
-        warehouse.bind_chain(network.name, genesis)
-        registry, allow_cross_network = _apply_registry(warehouse, choice, result, validate)
-        if incremental:
-            result.reorg_fork_height = check_and_repair_reorg(client, warehouse)
-        stored = warehouse.stored_range()
-
-    if start is None:
-        start = stored[1] + 1 if stored else 0
-    if end is None:
-        end = tip
-    if end > tip:
-        raise HeightAboveTipError(f"asked for blocks up to height {end} but the node's tip is {tip}; "
-                                  f"wait for the node to catch up or lower --to", height=end, tip=tip)
-    if start < 0:
-        raise ValueError(f"bad height range: from {start} to {end} (heights start at 0)")
-    result.start, result.end = start, end
-    if on_plan:
-        on_plan(start, end)
-    log.info("loading heights %d..%d (%d blocks) from a %s node in %d batches", start, end,
-             max(0, end - start + 1), network.name, len(loop_chunks(start, end, batch_size)))
-    blocks = open_block_source(client, network, source, datadir)
-    next_lo = start
+    # A range given in full is known before the set-up: its validating process (if it needs one)
+    # starts now and imports Great Expectations while the set-up below runs.
+    early = ValidatorStart.for_range(start, end, batch_size, validate, workers) \
+        if start is not None and end is not None and start >= 0 else None
     try:
-        while True:
-            plan = BatchPlan(registry, network.name, allow_cross_network, validate, record_spends)
-            try:
-                _load_resuming(client, warehouse, blocks, next_lo, end, result, plan=plan, batch_size=batch_size,
-                               progress=progress, writer_wait=writer_wait, workers=workers)
-                break
-            except RegistryChangedError as exc:
-                if choice.explicit is not None:
-                    raise
-                log.warning("%s; continuing from height %d with the warehouse's new registry", exc, exc.resume_from)
-                with warehouse.writer(wait=max(writer_wait, COMMIT_LOCK_WAIT)):
-                    registry, allow_cross_network = _apply_registry(warehouse, choice, result, validate)
-                next_lo = exc.resume_from
+        # Set-up under the writer lock: chain binding, registry, reorg repair, the range.
+        with warehouse.writer(wait=writer_wait):
+            warehouse.bind_chain(network.name, genesis)
+            registry, allow_cross_network = _apply_registry(warehouse, choice, result, validate)
+            if incremental:
+                result.reorg_fork_height = check_and_repair_reorg(client, warehouse)
+            stored = warehouse.stored_range()
+
+        if start is None:
+            start = stored[1] + 1 if stored else 0
+        if end is None:
+            end = tip
+        if end > tip:
+            raise HeightAboveTipError(f"asked for blocks up to height {end} but the node's tip is {tip}; "
+                                      f"wait for the node to catch up or lower --to", height=end, tip=tip)
+        if start < 0:
+            raise ValueError(f"bad height range: from {start} to {end} (heights start at 0)")
+        result.start, result.end = start, end
+        if early is None:  # a range worked out from the warehouse: its validating process starts here
+            early = ValidatorStart.for_range(start, end, batch_size, validate, workers)
+        log.info("loading heights %d..%d (%d blocks) from a %s node in %d batches", start, end,
+                 max(0, end - start + 1), network.name, len(loop_chunks(start, end, batch_size)))
+        blocks = open_block_source(client, network, source, datadir)
+        next_lo = start
+        try:
+            while True:
+                plan = BatchPlan(registry, network.name, allow_cross_network, validate, record_spends)
+                try:
+                    _load_resuming(client, warehouse, blocks, next_lo, end, result, plan=plan,
+                                   batch_size=batch_size, progress=progress, writer_wait=writer_wait,
+                                   workers=workers, early=early)
+                    break
+                except RegistryChangedError as exc:
+                    if choice.explicit is not None:
+                        raise
+                    log.warning("%s; continuing from height %d with the warehouse's new registry", exc,
+                                exc.resume_from)
+                    with warehouse.writer(wait=max(writer_wait, COMMIT_LOCK_WAIT)):
+                        registry, allow_cross_network = _apply_registry(warehouse, choice, result, validate)
+                    next_lo = exc.resume_from
+        finally:
+            blocks.close()
+        # The registry version was made current (pool_definitions + meta) by reattribute() in the set-up.
+        if refresh:
+            _refresh(warehouse, writer_wait, validate and result.batches > 0)
     finally:
-        blocks.close()
-    # The registry version was made current (pool_definitions + meta) by reattribute() in the set-up.
-    if refresh:
-        _refresh(warehouse, writer_wait, validate and result.batches > 0)
+        if early is not None:
+            early.close()
     result.seconds = time.monotonic() - started
     return result
 
@@ -676,7 +685,7 @@ def _apply_registry(warehouse: Warehouse, choice: RegistryChoice, result: SyncRe
 
 def _load_resuming(client: NodeClient, warehouse: Warehouse, blocks: BlockSource, start: int, end: int,
                    result: SyncResult, *, plan: BatchPlan, batch_size: int, progress: Progress | None,
-                   writer_wait: float, workers: int) -> None:
+                   writer_wait: float, workers: int, early: ValidatorStart | None = None) -> None:
     """``load`` [start, end]; when the node's chain changed during the run (a batch did not link, or
     batches read ahead were stale by the time the run ended), repair as at the start and resume from
     the fork."""
@@ -691,7 +700,8 @@ def _load_resuming(client: NodeClient, warehouse: Warehouse, blocks: BlockSource
     while next_lo <= end:
         try:
             loaded = load(blocks, warehouse, next_lo, end, plan, batch_size=batch_size, workers=workers,
-                          progress=on_batch, lock_wait=lock_wait, stages=result.stages)
+                          progress=on_batch, lock_wait=lock_wait, stages=result.stages,
+                          validator=early.take() if early is not None else None)
             result.spends_checked += loaded.spends_checked
             result.notes += loaded.spends_skipped
             changed_at, resume_from = _stale_end(client, warehouse, end), None

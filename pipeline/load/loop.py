@@ -396,6 +396,41 @@ def _start_pool(workers: int, initializer: Callable[..., Any], initargs: tuple, 
     return pool
 
 
+class ValidatorStart:
+    """The validating process of a pipelined load, started before the load itself: a caller that
+    knows its range early (``sync_range`` with both heights given) starts it first, so the helper's
+    interpreter and Great Expectations' multi-second import run while the caller still opens the
+    warehouse and applies the registry, on a CPU that would otherwise wait. ``take`` hands the start
+    to the first ``load`` (which shuts the helper down when it ends); ``close`` stops a start no load
+    took, once it is up, without waiting here."""
+
+    def __init__(self) -> None:
+        starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolwatch-validator-start")
+        self._future: Future | None = starter.submit(_start_pool, 1, _init_validator, (), "poolwatch-validator")
+        starter.shutdown(wait=False)
+
+    @classmethod
+    def for_range(cls, lo: int, hi: int, batch_size: int, validate: bool, workers: int) -> ValidatorStart | None:
+        """A start when ``load`` would validate [lo, hi] in a helper (several batches, one process),
+        else None: a load of one batch validates in its own process and never waits for a helper."""
+        return cls() if validate and workers == 1 and len(loop_chunks(lo, hi, batch_size)) > 1 else None
+
+    def take(self) -> Future | None:
+        future, self._future = self._future, None
+        return future
+
+    def close(self) -> None:
+        future, self._future = self._future, None
+        if future is not None:
+            future.add_done_callback(_shutdown_started)
+
+
+def _shutdown_started(future: Future) -> None:
+    pool = future.result()
+    if pool is not None:
+        pool.shutdown()
+
+
 @dataclass
 class PendingReport:
     """A batch's report from ``BackgroundValidator``: ``done()`` without waiting, the report when
@@ -566,7 +601,7 @@ def _read_ahead(source: BlockSource, chunks: Sequence[tuple[int, int]], spends: 
 
 
 def _pipelined(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: BatchPlan,
-               spends: SpendRecorder | None = None) -> Iterator[PreparedBatch]:
+               spends: SpendRecorder | None = None, validator: Future | None = None) -> Iterator[PreparedBatch]:
     """One process, three stages at once: a thread reads and decodes batch k+1 while this thread
     builds batch k and a helper process validates it; batches come out in order. Each batch is
     handed to the commit as soon as it is validated, so the end of a range waits only for the last
@@ -574,14 +609,14 @@ def _pipelined(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: Bat
 
     The validating process starts in the background (its interpreter, imports and Great
     Expectations' multi-second import) while the first batch is read: nothing waits for it before
-    the first batch is built. This process imports Great Expectations only if it has to validate
-    (the helper could not start or died)."""
-    starting: Future | None = None
-    starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolwatch-validator-start") \
-        if plan.validate else None
-    if starter is not None:
-        starting = starter.submit(_start_pool, 1, _init_validator, (), "poolwatch-validator")
-        starter.shutdown(wait=False)
+    the first batch is built (or earlier: ``validator``, a start from ``ValidatorStart``, which this
+    load then owns). This process imports Great Expectations only if it has to validate (the helper
+    could not start or died)."""
+    starting: Future | None = validator if plan.validate else None
+    if validator is not None and not plan.validate:
+        validator.add_done_callback(_shutdown_started)
+    if plan.validate and starting is None:
+        starting = ValidatorStart().take()
     validator: HelperPool | None = None
     try:
         with closing(_read_ahead(source, chunks, spends)) as ahead:
@@ -635,18 +670,24 @@ def _validate_in(validator: HelperPool, batch: PreparedBatch, plan: BatchPlan,
 
 
 def prepared_batches(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: BatchPlan,
-                     workers: int = 1, spends: SpendRecorder | None = None) -> Iterator[PreparedBatch]:
+                     workers: int = 1, spends: SpendRecorder | None = None,
+                     validator: Future | None = None) -> Iterator[PreparedBatch]:
     """Built (and validated) batches per chunk, in order; ``workers`` places the stages; ``spends``
-    (the run's coinbase index) is used by the one thread that decodes, in height order."""
+    (the run's coinbase index) is used by the one thread that decodes, in height order.
+    ``validator``: a validating process already starting (``ValidatorStart.take``), owned from here
+    on: used by a pipelined load, stopped by any other."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if validator is not None and (workers > 1 or len(chunks) <= 1):
+        validator.add_done_callback(_shutdown_started)
+        validator = None
     if workers > 1:
         yield from _in_workers(source, chunks, plan, workers, spends)
     elif len(chunks) <= 1:
         for lo, hi in chunks:
             yield prepare(source, *locate(source, lo, hi), plan, spends)
     else:
-        yield from _pipelined(source, chunks, plan, spends)
+        yield from _pipelined(source, chunks, plan, spends, validator)
 
 
 # ------------------------------------------------------------------------------------------- commit
@@ -663,7 +704,8 @@ class LoadResult:
 
 def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: BatchPlan, *, batch_size: int = 1000,
          workers: int = 1, progress: Callable[[int], None] | None = None,
-         lock_wait: float = COMMIT_LOCK_WAIT, stages: dict[str, float] | None = None) -> LoadResult:
+         lock_wait: float = COMMIT_LOCK_WAIT, stages: dict[str, float] | None = None,
+         validator: Future | None = None) -> LoadResult:
     """Load heights [lo, hi] from ``source`` into ``warehouse``: every stage, every batch, in order.
 
     The commit of each batch happens under the warehouse's writer lock (taken per commit,
@@ -671,7 +713,8 @@ def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: Batc
     committed just before) and be attributed with the warehouse's current registry; a rejected
     batch is quarantined (``BatchRejected``); else it is committed and its validation summary kept
     for Data Docs. ``stages`` (optional) accumulates seconds per stage, measured where each ran,
-    plus ``wait`` (for batches: what the commits did not hide) and ``commit``.
+    plus ``wait`` (for batches: what the commits did not hide) and ``commit``. ``validator``: a
+    validating process started earlier by the caller (``ValidatorStart``), owned by this load.
     """
     from pipeline.store.validation import gate
 
@@ -683,7 +726,8 @@ def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: Batc
     last_hash: str | None = None
     last_height: int | None = None
     mark = time.perf_counter()
-    with closing(prepared_batches(source, loop_chunks(lo, hi, batch_size), plan, workers, spends)) as batches:
+    with closing(prepared_batches(source, loop_chunks(lo, hi, batch_size), plan, workers, spends,
+                                  validator)) as batches:
         for batch in batches:
             got = time.perf_counter()
             with warehouse.writer(wait=lock_wait):
@@ -734,6 +778,6 @@ def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: Batc
 
 
 __all__ = ["BatchPlan", "COMMIT_LOCK_WAIT", "ChainChangedError", "LoadResult", "MAX_DEFAULT_WORKERS", "PreparedBatch",
-           "READ_SLICE", "ReadCancelled", "RegistryChangedError", "batch_context", "build", "decode_raw",
-           "default_workers", "first_broken_link", "keep_block_buffers_on_the_heap", "load", "loop_chunks", "plan_chunks",
-           "prepare", "prepared_batches", "read_decoded", "validate"]
+           "READ_SLICE", "ReadCancelled", "RegistryChangedError", "ValidatorStart", "batch_context", "build",
+           "decode_raw", "default_workers", "first_broken_link", "keep_block_buffers_on_the_heap", "load",
+           "loop_chunks", "plan_chunks", "prepare", "prepared_batches", "read_decoded", "validate"]
