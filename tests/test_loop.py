@@ -318,9 +318,8 @@ def test_a_validator_started_before_the_load_is_the_one_it_uses(mainnet_blocks_d
     before = _children()
     early = ValidatorStart.for_range(0, 119, 40, validate=True, workers=1)
     assert early is not None and started[:1] == ["poolwatch-validator"]
-    taken = early.take()
-    assert taken is not None and early.take() is None  # handed over once
-    warehouse, rejected = _load_with_a_future_last_block(mainnet_blocks_dir[1], 120, 40, tmp_path, validator=taken)
+    warehouse, rejected = _load_with_a_future_last_block(mainnet_blocks_dir[1], 120, 40, tmp_path, validator=early)
+    assert early.take() is None  # the load took it over
     early.close()  # nothing left to stop: the load owned it
     assert "time" in str(rejected) and warehouse.stored_range() == (0, 79)
     assert started == ["poolwatch-validator", "up"]
@@ -351,7 +350,8 @@ def test_a_validator_start_no_load_takes_is_stopped(mainnet_blocks_dir, monkeypa
     early = ValidatorStart()
     with _source(blocks_dir, chain) as source:
         batches = list(prepared_batches(source, plan_chunks(0, 49, 50), BatchPlan(None, "main", validate=True),
-                                        validator=early.take()))
+                                        validator=early))
+    early.close()  # one batch: validated here, the early start was not taken
     assert len(batches) == 1 and batches[0].report is not None and batches[0].report.ok
     assert started[:1] == ["poolwatch-validator"] and len(started) <= 2  # the early one only: validated here
     deadline = time.monotonic() + 60

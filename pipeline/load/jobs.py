@@ -701,7 +701,7 @@ def _load_resuming(client: NodeClient, warehouse: Warehouse, blocks: BlockSource
         try:
             loaded = load(blocks, warehouse, next_lo, end, plan, batch_size=batch_size, workers=workers,
                           progress=on_batch, lock_wait=lock_wait, stages=result.stages,
-                          validator=early.take() if early is not None else None)
+                          validator=early)
             result.spends_checked += loaded.spends_checked
             result.notes += loaded.spends_skipped
             changed_at, resume_from = _stale_end(client, warehouse, end), None

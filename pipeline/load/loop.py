@@ -400,9 +400,10 @@ class ValidatorStart:
     """The validating process of a pipelined load, started before the load itself: a caller that
     knows its range early (``sync_range`` with both heights given) starts it first, so the helper's
     interpreter and Great Expectations' multi-second import run while the caller still opens the
-    warehouse and applies the registry, on a CPU that would otherwise wait. ``take`` hands the start
-    to the first ``load`` (which shuts the helper down when it ends); ``close`` stops a start no load
-    took, once it is up, without waiting here."""
+    warehouse and applies the registry, on a CPU that would otherwise wait. The caller passes it to
+    ``load``; the first pipelined, validating load takes it (``take``) and shuts the helper down when
+    it ends. The caller always calls ``close`` at its end: it stops a start no load took (a load of
+    one batch, a set-up that failed), once it is up, without waiting here."""
 
     def __init__(self) -> None:
         starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolwatch-validator-start")
@@ -601,7 +602,7 @@ def _read_ahead(source: BlockSource, chunks: Sequence[tuple[int, int]], spends: 
 
 
 def _pipelined(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: BatchPlan,
-               spends: SpendRecorder | None = None, validator: Future | None = None) -> Iterator[PreparedBatch]:
+               spends: SpendRecorder | None = None, early: ValidatorStart | None = None) -> Iterator[PreparedBatch]:
     """One process, three stages at once: a thread reads and decodes batch k+1 while this thread
     builds batch k and a helper process validates it; batches come out in order. Each batch is
     handed to the commit as soon as it is validated, so the end of a range waits only for the last
@@ -609,14 +610,14 @@ def _pipelined(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: Bat
 
     The validating process starts in the background (its interpreter, imports and Great
     Expectations' multi-second import) while the first batch is read: nothing waits for it before
-    the first batch is built (or earlier: ``validator``, a start from ``ValidatorStart``, which this
-    load then owns). This process imports Great Expectations only if it has to validate (the helper
-    could not start or died)."""
-    starting: Future | None = validator if plan.validate else None
-    if validator is not None and not plan.validate:
-        validator.add_done_callback(_shutdown_started)
-    if plan.validate and starting is None:
-        starting = ValidatorStart().take()
+    the first batch is built (or earlier: ``early``, the caller's ``ValidatorStart``, taken here).
+    This process imports Great Expectations only if it has to validate (the helper could not start
+    or died)."""
+    starting: Future | None = None
+    if plan.validate:
+        starting = early.take() if early is not None else None
+        if starting is None:
+            starting = ValidatorStart().take()
     validator: HelperPool | None = None
     try:
         with closing(_read_ahead(source, chunks, spends)) as ahead:
@@ -671,16 +672,13 @@ def _validate_in(validator: HelperPool, batch: PreparedBatch, plan: BatchPlan,
 
 def prepared_batches(source: BlockSource, chunks: Sequence[tuple[int, int]], plan: BatchPlan,
                      workers: int = 1, spends: SpendRecorder | None = None,
-                     validator: Future | None = None) -> Iterator[PreparedBatch]:
+                     validator: ValidatorStart | None = None) -> Iterator[PreparedBatch]:
     """Built (and validated) batches per chunk, in order; ``workers`` places the stages; ``spends``
     (the run's coinbase index) is used by the one thread that decodes, in height order.
-    ``validator``: a validating process already starting (``ValidatorStart.take``), owned from here
-    on: used by a pipelined load, stopped by any other."""
+    ``validator``: the caller's early start of the validating process, which a pipelined load takes
+    (the caller closes it whatever happened)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if validator is not None and (workers > 1 or len(chunks) <= 1):
-        validator.add_done_callback(_shutdown_started)
-        validator = None
     if workers > 1:
         yield from _in_workers(source, chunks, plan, workers, spends)
     elif len(chunks) <= 1:
@@ -705,7 +703,7 @@ class LoadResult:
 def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: BatchPlan, *, batch_size: int = 1000,
          workers: int = 1, progress: Callable[[int], None] | None = None,
          lock_wait: float = COMMIT_LOCK_WAIT, stages: dict[str, float] | None = None,
-         validator: Future | None = None) -> LoadResult:
+         validator: ValidatorStart | None = None) -> LoadResult:
     """Load heights [lo, hi] from ``source`` into ``warehouse``: every stage, every batch, in order.
 
     The commit of each batch happens under the warehouse's writer lock (taken per commit,
@@ -713,8 +711,8 @@ def load(source: BlockSource, warehouse: Warehouse, lo: int, hi: int, plan: Batc
     committed just before) and be attributed with the warehouse's current registry; a rejected
     batch is quarantined (``BatchRejected``); else it is committed and its validation summary kept
     for Data Docs. ``stages`` (optional) accumulates seconds per stage, measured where each ran,
-    plus ``wait`` (for batches: what the commits did not hide) and ``commit``. ``validator``: a
-    validating process started earlier by the caller (``ValidatorStart``), owned by this load.
+    plus ``wait`` (for batches: what the commits did not hide) and ``commit``. ``validator``: the
+    caller's early start of the validating process (``ValidatorStart``; the caller closes it).
     """
     from pipeline.store.validation import gate
 
