@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from fake_node import FakeNode, decoded, fake_source
+from helper_processes import counted_starts, live_children
 from pipeline.chain.networks import MAIN, REGTEST
 from pipeline.load.loop import BatchPlan, default_workers, load, loop_chunks, plan_chunks, prepared_batches
 from pipeline.load.tables import blocks_to_tables
@@ -271,40 +272,22 @@ def test_one_process_pipeline_stopped_early_stops_its_validator(mainnet_blocks_d
     is waited for and the process is stopped (no helper left running)."""
     blocks_dir, chain = mainnet_blocks_dir
     plan = BatchPlan(registry=None, chain="main", validate=True)
-    before = _children()
+    before = live_children()
     with _source(blocks_dir, chain) as source:
         batches = prepared_batches(source, plan_chunks(0, 199, 50), plan)
         first = next(batches)
         assert first.report is not None and first.report.ok
         batches.close()
-    assert _children() - before == set()
-
-
-def _counted_starts(monkeypatch) -> list[str]:
-    """Record every start of a helper pool the loop makes (its name, then "up" once started), starting
-    them as usual."""
-    from pipeline.load import loop
-
-    started: list[str] = []
-    real = loop._start_pool
-
-    def counting(workers, initializer, initargs, name):
-        started.append(name)
-        pool = real(workers, initializer, initargs, name)
-        started.append("up")
-        return pool
-
-    monkeypatch.setattr(loop, "_start_pool", counting)
-    return started
+    assert live_children() - before == set()
 
 
 def _wait_for_no_children(before: set[int], seconds: float = 60.0) -> set[int]:
     import time
 
     deadline = time.monotonic() + seconds
-    while _children() - before and time.monotonic() < deadline:
+    while live_children() - before and time.monotonic() < deadline:
         time.sleep(0.1)
-    return _children() - before
+    return live_children() - before
 
 
 def test_a_validator_started_before_the_load_is_the_one_it_uses(mainnet_blocks_dir, tmp_path: Path,
@@ -314,8 +297,8 @@ def test_a_validator_started_before_the_load_is_the_one_it_uses(mainnet_blocks_d
     one, still refuses the bad last batch, and stops it at the end."""
     from pipeline.load.loop import ValidatorStart
 
-    started = _counted_starts(monkeypatch)
-    before = _children()
+    started = counted_starts(monkeypatch)
+    before = live_children()
     early = ValidatorStart.for_range(0, 119, 40, validate=True, workers=1)
     assert early is not None and started[:1] == ["poolwatch-validator"]
     warehouse, rejected = _load_with_a_future_last_block(mainnet_blocks_dir[1], 120, 40, tmp_path, validator=early)
@@ -333,8 +316,8 @@ def test_a_validator_start_no_load_takes_is_stopped(mainnet_blocks_dir, monkeypa
 
     from pipeline.load.loop import ValidatorStart
 
-    started = _counted_starts(monkeypatch)
-    before = _children()
+    started = counted_starts(monkeypatch)
+    before = live_children()
     early = ValidatorStart()
     mark = time.perf_counter()
     early.close()
@@ -363,25 +346,11 @@ def test_a_validator_start_no_load_takes_is_stopped(mainnet_blocks_dir, monkeypa
 def test_a_validator_is_started_early_only_for_a_pipelined_validated_load(monkeypatch) -> None:
     from pipeline.load.loop import ValidatorStart
 
-    started = _counted_starts(monkeypatch)
+    started = counted_starts(monkeypatch)
     assert ValidatorStart.for_range(0, 99, 1000, validate=True, workers=1) is None    # one batch: validated here
     assert ValidatorStart.for_range(0, 2999, 1000, validate=False, workers=1) is None  # nothing to validate
     assert ValidatorStart.for_range(0, 2999, 1000, validate=True, workers=4) is None   # workers validate
     assert started == []
-
-
-def _children() -> set[int]:
-    """Live child processes of this one (from /proc; zombies are reaped ones' remains, not counted)."""
-    found = set()
-    for task in Path("/proc/self/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if state != "Z":
-                found.add(int(pid))
-    return found
 
 
 _FAULTS_PROBE = """

@@ -182,23 +182,14 @@ def test_a_range_given_in_full_starts_its_validator_before_the_set_up(regtest_no
     from pipeline.attribution.registry import load_registry
     from pipeline.devnode.chains import mine_chain
     from pipeline.devnode.demo import demo_specs
-    from pipeline.load import loop
+    from helper_processes import counted_starts, live_children
     from pipeline.load.jobs import sync_range
     from pipeline.source.client import NodeClient
     from pipeline.store.warehouse import Warehouse, WarehouseBusyError
 
     registry = load_registry()
     mine_chain(regtest_node, demo_specs(registry, 60, allow_p2sh=regtest_node.flavor == "core"))
-    starts: list[str] = []
-    real = loop._start_pool
-
-    def counting(workers, initializer, initargs, name):
-        starts.append(name)
-        pool = real(workers, initializer, initargs, name)
-        starts.append("up")
-        return pool
-
-    monkeypatch.setattr(loop, "_start_pool", counting)
+    starts = counted_starts(monkeypatch)
     client = NodeClient(regtest_node.client_config())
     root = tmp_path / "wh"
     result = sync_range(client, Warehouse(root), 0, 60, registry=registry, allow_cross_network=True, batch_size=20)
@@ -212,22 +203,7 @@ def test_a_range_given_in_full_starts_its_validator_before_the_set_up(regtest_no
             sync_range(client, Warehouse(root), 0, 60, registry=registry, allow_cross_network=True, batch_size=20)
     assert starts[:1] == ["poolwatch-validator"]
     deadline = time.monotonic() + 60
-    while (len(starts) < 2 or _live_children()) and time.monotonic() < deadline:
+    while (len(starts) < 2 or live_children(b"pipeline.load.processes")) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert starts == ["poolwatch-validator", "up"] and _live_children() == set()
+    assert starts == ["poolwatch-validator", "up"] and live_children(b"pipeline.load.processes") == set()
 
-
-def _live_children() -> set[int]:
-    from pathlib import Path
-
-    found = set()
-    for task in Path("/proc/self/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if state != "Z" and b"pipeline.load.processes" in cmdline:
-                found.add(int(pid))
-    return found
