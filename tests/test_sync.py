@@ -192,8 +192,11 @@ def test_a_range_given_in_full_starts_its_validator_before_the_set_up(regtest_no
     starts = counted_starts(monkeypatch)
     client = NodeClient(regtest_node.client_config())
     root = tmp_path / "wh"
-    result = sync_range(client, Warehouse(root), 0, 60, registry=registry, allow_cross_network=True, batch_size=20)
+    planned: list[tuple[int, int]] = []
+    result = sync_range(client, Warehouse(root), 0, 60, registry=registry, allow_cross_network=True, batch_size=20,
+                        on_plan=lambda lo, hi: planned.append((lo, hi)))
     assert result.blocks_loaded == 61 and result.batches == 4
+    assert planned == [(0, 60)]  # the CLI's progress bar gets its total from this
     assert starts == ["poolwatch-validator", "up"]
 
     starts.clear()

@@ -544,6 +544,8 @@ def sync_range(client: NodeClient, warehouse: Warehouse, start: int | None = Non
         if start < 0:
             raise ValueError(f"bad height range: from {start} to {end} (heights start at 0)")
         result.start, result.end = start, end
+        if on_plan:
+            on_plan(start, end)
         if early is None:  # a range worked out from the warehouse: its validating process starts here
             early = ValidatorStart.for_range(start, end, batch_size, validate, workers)
         log.info("loading heights %d..%d (%d blocks) from a %s node in %d batches", start, end,
