@@ -307,7 +307,10 @@ def _reattribution_text(u: dict[str, Any]) -> str:
             f"{u['reattribute_blocks'] - u['reattribute_again_blocks']:,} rows carried over under the new version); "
             f"one pool gaining a tag no block carries {u['newtag_seconds']:.1f} s ({u['newtag_again_blocks']:,} "
             f"attributed again); a registry differing only in its description {u['relabel_seconds']:.1f} s (every "
-            f"row relabelled); a change that alters every block's rows (engine rules, a setting) costs what the "
+            f"row relabelled); "
+            + (f"the same registry once more {u['current_seconds']:.1f} s (attributions current: nothing attributed "
+               f"or written); " if "current_seconds" in u else "")
+            + f"a change that alters every block's rows (engine rules, a setting) costs what the "
             f"first attribution costs ({u['attribute_first_seconds']:.1f} s)")
 
 

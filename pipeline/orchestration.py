@@ -427,10 +427,16 @@ def reattribute_history() -> dict[str, Any]:
     with warehouse.writer(wait=writer_wait()):
         recorded = recorded_settings(warehouse.meta)
         cross = recorded.cross_network if recorded is not None else cross_network_registry()
-        done = reattribute(warehouse, registry, allow_cross_network=cross)  # the recorded setting is kept
+        stats: dict[str, int] = {}
+        done = reattribute(warehouse, registry, allow_cross_network=cross, stats=stats)  # the recorded setting is kept
         warehouse.refresh_catalog()
+    result = {"reattributed": done, "registry_version": registry.version, "previous_registry_version": previous}
+    if stats.get("current"):
+        log.info("registry version %s is current: its rows cover all %d stored blocks, nothing attributed again",
+                 registry.version, stats["current"])
+        return {**result, "note": "attributions current"}
     log.info("re-attributed %d stored blocks: registry version %s -> %s", done, previous, registry.version)
-    return {"reattributed": done, "registry_version": registry.version, "previous_registry_version": previous}
+    return result
 
 
 def recompute_metrics() -> dict[str, Any]:

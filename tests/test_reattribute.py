@@ -82,6 +82,43 @@ def test_a_change_a_rule_reads_or_a_missing_row_attributes_again(tmp_path, shipp
     assert reusable_version(warehouse, relabelled_registry(shipped), False) is None
 
 
+def test_the_current_version_with_every_row_attributes_nothing_unless_asked_again(tmp_path, shipped, monkeypatch):
+    warehouse = _warehouse(tmp_path / "a", shipped)
+    version = attribution_version(shipped.version, False)
+    files = _files(warehouse, "attributions", version)
+    matched: list[int] = []
+    from pipeline.attribution import engine  # reattribute imports the engine's function when called
+
+    original = engine.attribute_tables
+
+    def counting(blocks, *args, **kwargs):
+        matched.append(blocks.num_rows)
+        return original(blocks, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "attribute_tables", counting)
+    stats: dict[str, int] = {}
+    with warehouse.writer():
+        assert reattribute(warehouse, shipped, chunk_size=1000, validate=False, stats=stats) == 0
+    assert stats == {"blocks": 0, "attributed_again": 0, "current": BLOCKS} and matched == []
+    assert _files(warehouse, "attributions", version) == files
+
+    # Asked again: every block matched again, the same bytes written.
+    with warehouse.writer():
+        assert reattribute(warehouse, shipped, chunk_size=1000, validate=False, again=True, stats=stats) == BLOCKS
+    assert sum(matched) == BLOCKS and stats["attributed_again"] == BLOCKS
+    assert _files(warehouse, "attributions", version) == files
+
+    # A stored block without its row: the current version is not complete, every block is done.
+    with warehouse.writer():
+        warehouse.delete_heights_from(BLOCKS - 1, tables=["attributions"])
+    assert not jobs.rows_cover_blocks(warehouse, version)
+    matched.clear()
+    with warehouse.writer():
+        assert reattribute(warehouse, shipped, chunk_size=1000, validate=False) == BLOCKS
+    assert sum(matched) == BLOCKS and jobs.rows_cover_blocks(warehouse, version)
+    assert _files(warehouse, "attributions", version) == files
+
+
 # ------------------------------------------------------------------- rule changes: only affected blocks
 
 
@@ -386,3 +423,23 @@ def test_groups_sharing_a_partition_file_while_validated_are_published_in_order(
     assert carried.attribution_version == version
     for table in ("attributions", "attribution_candidates"):
         assert _files(carried, table, version) == _files(scratch, table, version), table
+
+
+def test_the_reattribute_dag_task_does_nothing_for_the_current_registry(tmp_path, shipped, monkeypatch):
+    """``poolwatch_reattribute``'s task (``orchestration.reattribute_history``): run by hand, or by a
+    registry update that leaves its content as it was, it attributes nothing and says so."""
+    import json
+
+    from pipeline import orchestration
+
+    warehouse = _warehouse(tmp_path / "wh", shipped)
+    monkeypatch.setenv("POOLWATCH_WAREHOUSE", str(warehouse.root))
+    result = orchestration.reattribute_history()
+    assert result["reattributed"] == 0 and result["note"] == "attributions current"
+    updated = relabelled_registry(shipped)
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps(updated.document))
+    monkeypatch.setenv("POOLWATCH_REGISTRY", str(path))
+    result = orchestration.reattribute_history()
+    assert result["reattributed"] == BLOCKS and "note" not in result
+    assert Warehouse(warehouse.root).attribution_version == attribution_version(updated.version, False)

@@ -354,16 +354,22 @@ def families(registry_path, suggest, min_template_heights, min_co_spends, as_csv
                    "the warehouse's recorded setting.")
 @click.option("--change-settings", is_flag=True,
               help="Confirm a change of a recorded attribution setting (results change).")
+@click.option("--again", is_flag=True,
+              help="Attribute every stored block again even when its rows are current (same registry, settings "
+                   "and engine rules: the same rows are rewritten; minutes at mainnet height).")
 @click.option("--no-validate", is_flag=True, help="Skip the Great Expectations gate.")
 @click.option("--wait", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Seconds to wait for another writer.")
 @click.option("--no-metrics", is_flag=True, help="Do not recompute the stored metric tables (they are marked stale).")
 @click.pass_context
-def attribute(ctx, registry_path, cross_network_registry, change_settings, no_validate, wait, no_metrics) -> None:
+def attribute(ctx, registry_path, cross_network_registry, change_settings, again, no_validate, wait,
+              no_metrics) -> None:
     """Re-attribute all stored blocks from their stored coinbases (no node needed).
 
     Results are kept per attribution version (registry version + settings); the warehouse's current
-    version becomes this one. Settings the warehouse recorded are kept unless changed explicitly."""
+    version becomes this one. Settings the warehouse recorded are kept unless changed explicitly.
+    When the version is already current and every stored block has its row, nothing is done
+    (--again does it anyway)."""
     from pipeline.attribution.engine import attribution_version
     from pipeline.cli.progress import progress_bar
     from pipeline.load.jobs import RegistryChoice, reattribute
@@ -382,11 +388,16 @@ def attribute(ctx, registry_path, cross_network_registry, change_settings, no_va
             stats: dict[str, int] = {}
             with progress_bar("attribute", total=stored[1] - stored[0] + 1) as advance:
                 done = reattribute(warehouse, registry, allow_cross_network=cross, validate=not no_validate,
-                                   progress=advance, stats=stats)
+                                   progress=advance, stats=stats, again=again)
             warehouse.refresh_catalog()
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
     version = attribution_version(registry.version, cross)
+    if stats.get("current"):
+        out.print(Text(f"attributions are current: every one of the {stats['current']:,} stored blocks has its row "
+                       f"under attribution version {version}; nothing attributed again (the same registry, "
+                       "settings and engine rules give the same rows)"))
+        return
     change = "unchanged" if before == version else f"was {before}"
     again = stats.get("attributed_again", done)
     how = "" if again == done else f" ({again:,} matched again, {done - again:,} unchanged by the registry's changes)"

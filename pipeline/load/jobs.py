@@ -138,7 +138,7 @@ class SettingsChangeError(ValueError):
 
 def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network: bool = False,
                 chunk_size: int = 50_000, validate: bool = True, progress: Progress | None = None,
-                stats: dict[str, int] | None = None) -> int:
+                stats: dict[str, int] | None = None, again: bool = False) -> int:
     """Re-attribute the whole stored history from stored coinbases (no node) with ``registry`` and
     the cross-network setting.
 
@@ -146,9 +146,11 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
     (attributions are partitioned by it); the warehouse's current version, registry and settings
     become these. When the current version's rows are complete and were computed under the same
     engine rules and settings, only the blocks the registry update can change are attributed again
-    (``pipeline.attribution.changes``); the others' rows are relabelled. Returns the blocks done;
-    ``stats`` (if given) also gets how many of them were attributed again. The caller holds the
-    writer lock.
+    (``pipeline.attribution.changes``); the others' rows are relabelled. When the version is the
+    current one and its rows cover every stored block, nothing is done (``stats["current"]``: the
+    blocks covered) unless ``again``: then every block is attributed again (the same rows, rewritten).
+    Returns the blocks done; ``stats`` (if given) also gets how many of them were attributed again.
+    The caller holds the writer lock.
     """
     from pipeline.attribution.engine import (AttributionSettings, attribute_tables, attribution_version,
                                              compiled_matcher, pool_definitions_table)
@@ -159,7 +161,17 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
     chain = warehouse.meta.get("chain", "main")
     version = attribution_version(registry.version, allow_cross_network)
     context = {"chain": chain, "registry_version": version, "pool_ids": sorted({p.id for p in registry.pools})}
-    done = again = 0
+    if not again and stored is not None and warehouse.attribution_version == version \
+            and rows_cover_blocks(warehouse, version):
+        # The version names the registry's content, the settings and the engine rules, and every stored
+        # block has its row under it: attributing again would write the same bytes (minutes at
+        # mainnet height), so nothing is done.
+        log.info("attribution version %s is current and every stored block has its row under it: nothing to "
+                 "attribute again", version)
+        if stats is not None:
+            stats.update(blocks=0, attributed_again=0, current=stored[1] - stored[0] + 1)
+        return 0
+    done = matched = 0  # blocks done; of them, matched again by the engine (the rest relabelled)
     planned = planned_changes(warehouse, registry, allow_cross_network) if stored is not None else None
     # Nothing is validated when no rule changed (every row relabelled): no helper then. When rules
     # changed, blocks will be attributed again whatever the stored rows hold: the helper starts
@@ -206,7 +218,7 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
                 tables = attribute_tables(blocks, outputs, registry, chain, allow_cross_network=allow_cross_network)
                 hand_over(tables, tables)
                 done += blocks.num_rows
-                again += blocks.num_rows
+                matched += blocks.num_rows
                 if progress:
                     progress(blocks.num_rows)
         elif stored is not None:
@@ -226,7 +238,7 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
                         hand_over(_concat([c.tables for c in pending]), _concat([c.fresh for c in pending]))
                         pending.clear()
                     done += carried.rows
-                    again += carried.fresh["attributions"].num_rows
+                    matched += carried.fresh["attributions"].num_rows
                     if progress:
                         progress(carried.rows)
             if pending:
@@ -249,9 +261,9 @@ def reattribute(warehouse: Warehouse, registry: Registry, *, allow_cross_network
     warehouse.set_meta(registry_version=registry.version, attribution_version=version,
                        attribution_settings=AttributionSettings(allow_cross_network).to_meta())
     log.info("attribution version %s: %d stored block(s), %d attributed again, %d relabelled", version, done,
-             again, done - again)
+             matched, done - matched)
     if stats is not None:
-        stats.update(blocks=done, attributed_again=again)
+        stats.update(blocks=done, attributed_again=matched)
     return done
 
 
@@ -300,6 +312,23 @@ def planned_changes(warehouse: Warehouse, registry: Registry,
                                  compiled_matcher(registry, chain, allow_cross_network))
 
 
+def rows_cover_blocks(warehouse: Warehouse, version: str) -> bool:
+    """Whether ``version``'s attribution rows are exactly one per stored block: same height and
+    hash, none missing, none extra (a row of a block no longer stored counts as extra)."""
+    if not warehouse.table_dir("attributions").is_dir():
+        return False
+    con = warehouse.connect()
+    try:
+        missing, extra = con.execute("""
+            SELECT count(*) FILTER (WHERE a.height IS NULL), count(*) FILTER (WHERE b.height IS NULL)
+            FROM blocks b FULL OUTER JOIN
+                 (SELECT height, block_hash FROM attributions WHERE registry_version = ?) a
+                 ON a.height = b.height AND a.block_hash = b.hash""", [version]).fetchone()
+    finally:
+        con.close()
+    return (missing, extra) == (0, 0)
+
+
 def reuse_plan(warehouse: Warehouse, registry: Registry, allow_cross_network: bool,
                planned: tuple[str, RuleChanges] | None = None) -> Reuse | None:
     """The warehouse's current attribution version and the registry's rule changes against it
@@ -315,17 +344,7 @@ def reuse_plan(warehouse: Warehouse, registry: Registry, allow_cross_network: bo
     if planned is None:
         return None
     current, changes = planned
-    escaped = current.replace("'", "''")
-    con = warehouse.connect()
-    try:
-        missing, extra = con.execute(f"""
-            SELECT count(*) FILTER (WHERE a.height IS NULL), count(*) FILTER (WHERE b.height IS NULL)
-            FROM blocks b FULL OUTER JOIN
-                 (SELECT height, block_hash FROM attributions WHERE registry_version = '{escaped}') a
-                 ON a.height = b.height AND a.block_hash = b.hash""").fetchone()
-    finally:
-        con.close()
-    if (missing, extra) != (0, 0):
+    if not rows_cover_blocks(warehouse, current):
         return None
     bucketed = all(warehouse.in_declared_layout(t) for t in ("blocks", "coinbase_outputs"))
     return Reuse(current, changes, bucketed)
