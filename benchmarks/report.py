@@ -244,8 +244,14 @@ def etl_lines(results: dict[str, Any]) -> list[str]:
     rounds = results.get("rounds") or []
     cli = sorted(r["cli_rest"]["blocks_per_s"] for r in rounds if "blocks_per_s" in (r.get("cli_rest") or {}))
     pw = cli[len(cli) // 2] if cli else None
+    headline = (results.get("config") or {}).get("era_blocks")
+    part = etl["last"] - etl["first"] + 1
+    subset = (f" (the first {part:,} blocks of the {headline:,}-block headline range, same era and block sizes: "
+              f"the whole range would take ~{headline / s['median'] / 60:.0f} min a run at this rate, so the rate "
+              "per block is compared, over different spans)"
+              if headline and part < headline and s.get("median") else "")
     return [f"bitcoin-etl (`export_blocks_and_transactions`, {etl['install']}, 1 worker) over heights "
-            f"{etl['first']}..{etl['last']} of the same node, {len(etl['runs'])} runs: median "
+            f"{etl['first']}..{etl['last']}{subset} of the same node, {len(etl['runs'])} runs: median "
             f"{_f(s['median'])} blocks/s ({_f(s['min'])}-{_f(s['max'])}). DIFFERENT WORK: it asks `getblock <hash> 2` "
             "and exports every transaction as JSON; poolwatch reads raw blocks and keeps header and coinbase. "
             + (f"`poolwatch sync` over REST, whole process, ran at a median {pw:,.1f} blocks/s over the headline range "
