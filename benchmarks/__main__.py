@@ -11,7 +11,8 @@ Steps (benchmarks/backfill.py says what every timed loop does):
 1. the chain (benchmarks/chain.py, eras from benchmarks/eras.py), cached under benchmarks/out/chains/<key>;
 2. headline rounds over the newest era's segment (2023+ blocks, ~1.56 MB / ~3.9 MWU): in each round the
    bare loops (REST with a new connection per block, getblock 0 through poolwatch's transport, pread of
-   the located records), then ``poolwatch sync`` as a process (REST, RPC, block files) and the production
+   the located records; bare REST again beside Python work in a thread and in another process: the
+   interpreter lock's share), then ``poolwatch sync`` as a process (REST, RPC, block files) and the production
    loop ``pipeline.load.loop.load`` in a fresh interpreter (its steady state and stage timings). Every
    ratio is computed per round; the median and min-max over rounds are the headline, best-of-N second;
 3. one loop run per read path on every era's segment: per-block costs for the projection
@@ -162,6 +163,7 @@ def headline_rounds(args: argparse.Namespace, node: Any, segment: Any, results: 
     results["headline_range"] = {"era": segment.era, "first": lo, "last": hi, "blocks": hi - lo + 1,
                                  "bytes": segment.bytes, "weight": segment.weight, "rpc_last": rpc_hi,
                                  "rpc_blocks": rpc_hi - lo + 1}
+    results["python_work_duty"], results["python_work_period"] = bf.BUSY_DUTY, bf.BUSY_PERIOD
     bf.bare_rest(node, hashes)  # warm-up: the node's block cache and the page cache
     bf.warm_files(locations)
     rounds = []
@@ -170,6 +172,8 @@ def headline_rounds(args: argparse.Namespace, node: Any, segment: Any, results: 
         r["bare_rest"] = bf.with_cpu(node, bf.bare_rest, node, hashes)
         r["bare_rpc"] = bf.with_cpu(node, bf.bare_rpc, node, hashes[:rpc_hi - lo + 1])
         r["bare_pread"] = bf.with_cpu(node, bf.bare_pread, locations)
+        for where in ("thread", "process"):  # what sharing the interpreter lock costs a fetching loop
+            r[f"bare_rest_beside_{where}"] = bf.with_cpu(node, bf.bare_rest_beside, node, hashes, where)
         log(f"round {rnd}/{args.rounds}: bare REST {r['bare_rest']['blocks_per_s']:.0f}, getblock 0 "
             f"{r['bare_rpc']['blocks_per_s']:.0f}, pread {r['bare_pread']['blocks_per_s']:.0f} blocks/s")
         for source in PATHS:

@@ -132,6 +132,54 @@ def bare_rest(node: NodeAccess, hashes: Sequence[str]) -> dict[str, float]:
     return rate(len(hashes), total, time.perf_counter() - started)
 
 
+BUSY_PERIOD = 0.002  # s: the Python work beside a loop runs in bursts of duty x this, then sleeps the rest
+BUSY_DUTY = 0.5       # about what the sync's decoding and building threads use beside its fetching thread
+
+
+def python_work(stop: Any, duty: float = BUSY_DUTY, period: float = BUSY_PERIOD) -> None:
+    """Pure-Python work for ``duty`` of every ``period`` (it holds the interpreter lock while it
+    runs), until ``stop()`` is true."""
+    if not 0 < duty < 1:
+        raise ValueError(f"duty must be between 0 and 1, got {duty}")
+    busy, idle = duty * period, (1 - duty) * period
+    while not stop():
+        started = time.perf_counter()
+        while time.perf_counter() - started < busy:
+            pass
+        time.sleep(idle)
+
+
+def bare_rest_beside(node: NodeAccess, hashes: Sequence[str], where: str, duty: float = BUSY_DUTY
+                     ) -> dict[str, float]:
+    """The bare REST loop while Python code runs ``duty`` of the time beside it: in a thread of this
+    process (``where="thread"``: it competes for the CPUs and for the interpreter lock, as the
+    sync's decoding and building threads do beside its fetching thread), or in another process
+    (``"process"``: for the CPUs only). What the thread costs beyond the process is what sharing
+    the interpreter lock costs a fetching loop; the work beside it is the same."""
+    if where == "thread":
+        done = threading.Event()
+        worker = threading.Thread(target=python_work, args=(done.is_set, duty), name="python-work", daemon=True)
+        worker.start()
+        try:
+            return bare_rest(node, hashes)
+        finally:
+            done.set()
+            worker.join()
+    if where == "process":
+        script = ("import sys; from benchmarks.backfill import python_work; "
+                  "python_work(lambda: False, float(sys.argv[1]))")
+        proc = subprocess.Popen([sys.executable, "-c", script, str(duty)], cwd=REPO)
+        try:
+            time.sleep(1.0)  # its interpreter start-up and imports, before the clock
+            if proc.poll() is not None:
+                raise RuntimeError(f"the Python work process exited ({proc.returncode}) before the loop")
+            return bare_rest(node, hashes)
+        finally:
+            proc.kill()
+            proc.wait()
+    raise ValueError(f"where must be 'thread' or 'process', got {where!r}")
+
+
 def bare_rpc(node: NodeAccess, hashes: Sequence[str]) -> dict[str, float]:
     """``getblock <hash> 0`` with the pipeline's transport and batching (what ``RpcSource.read`` asks
     per slice of ``READ_SLICE`` blocks), hex decoded to bytes."""

@@ -137,6 +137,32 @@ def cpu_table(results: dict[str, Any]) -> list[str]:
             "|---|---:|---:|---:|---:|"] + rows
 
 
+def lock_table(results: dict[str, Any]) -> list[str]:
+    """The bare REST loop alone and beside the same Python work in a thread of its process or in
+    another process (``bare_rest_beside``): rates and each one's ratio to the loop alone in the same
+    round, medians over rounds with min-max."""
+    rounds = results.get("rounds") or []
+    rows = []
+    for name, key in (("alone", "bare_rest"), ("beside Python work in a thread of its process (CPUs and the "
+                                               "interpreter lock shared)", "bare_rest_beside_thread"),
+                      ("beside the same work in another process (CPUs shared)", "bare_rest_beside_process")):
+        rates, ratios = [], []
+        for r in rounds:
+            run, alone = r.get(key), r.get("bare_rest")
+            if isinstance(run, dict) and "blocks_per_s" in run and isinstance(alone, dict) \
+                    and alone.get("blocks_per_s"):
+                rates.append(run["blocks_per_s"])
+                ratios.append(run["blocks_per_s"] / alone["blocks_per_s"])
+        if not rates:
+            continue
+        rows.append(f"| {name} | {statistics.median(rates):,.1f} | {min(rates):,.1f}-{max(rates):,.1f} | "
+                    f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |")
+    if len(rows) < 3:
+        return []
+    return ["| bare REST loop | blocks/s median | min-max | / alone, same round: median (min-max) |",
+            "|---|---:|---|---|"] + rows
+
+
 def rates_table(results: dict[str, Any]) -> list[str]:
     """Median blocks/s of every timed loop over the rounds (min-max)."""
     rounds = results.get("rounds") or []
@@ -392,6 +418,17 @@ def render(results: dict[str, Any]) -> str:
                   "/proc). Both share the machine's CPUs: no run can finish in less wall time than their sum "
                   "over the CPU count, so the bare loop's wall time over that sum bounds the whole-process "
                   "ratio on this machine (the ceiling rows).", ""] + cpu
+    lock = lock_table(results)
+    if lock:
+        duty = results.get("python_work_duty")
+        lines += ["", "## What sharing the interpreter lock costs a fetching loop", "",
+                  "`poolwatch sync` fetches in one thread while others decode and build (Python code, holding "
+                  "the interpreter lock while they run). To see what that sharing costs, each round also runs "
+                  "the bare REST loop beside pure-Python work busy "
+                  + (f"{duty:.0%} of every {results.get('python_work_period', 0) * 1000:g} ms " if duty else "")
+                  + "(`benchmarks.backfill.bare_rest_beside`): once in a thread of the loop's process, once in "
+                  "another process. The work is the same; the difference between the two is the lock's share.",
+                  ""] + lock
     stages = stages_table(results)
     if stages:
         lines += ["", "## Stage breakdown of the production loop (its own `stages` timings, round 1)", "",

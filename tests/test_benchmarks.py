@@ -52,6 +52,9 @@ def test_quick_benchmark_runs_the_production_loop_on_core(regtest_binary, tmp_pa
         assert {"decode", "validate", "commit"} <= stages and any(s.startswith("read") for s in stages), stages
         assert rnd[key]["steady"]["blocks"] > 0
     assert rnd["same_blocks_table"] is True
+    for where in ("thread", "process"):  # the interpreter-lock probe ran the bare loop over the same blocks
+        probe = rnd[f"bare_rest_beside_{where}"]
+        assert probe["blocks"] == rnd["bare_rest"]["blocks"] and probe["bytes"] == rnd["bare_rest"]["bytes"]
     assert len({rnd[k]["blocks_digest"] for k in ("loop_rest", "loop_rpc", "loop_blkfiles")}) == 1
     ratios = {r["label"]: r for r in results["ratios"]}
     whole = ratios["sync REST (whole process) / bare REST"]
@@ -153,6 +156,48 @@ def test_cpu_table_bounds_the_whole_process_ratio_by_cpu_over_the_cpus():
     assert "| 13.5 |" in rows["`poolwatch sync` REST"]
     assert rows["ceiling of sync REST / bare REST on 2 CPUs"].endswith(f"{11.0 / 13.5:.2f}x |")
     assert cpu_table({"rounds": [{"bare_rest": {"seconds": 1.0}}], "machine": {"cpus": 2}}) == []
+
+
+def test_lock_table_sets_each_probe_against_the_loop_alone_in_its_round():
+    from benchmarks.report import lock_table
+
+    def rest(rate: float) -> dict:
+        return {"blocks_per_s": rate}
+
+    def round_of(alone: float, thread: dict, process: float) -> dict:
+        return {"bare_rest": rest(alone), "bare_rest_beside_thread": thread, "bare_rest_beside_process": rest(process)}
+
+    rounds = [round_of(400.0, rest(200.0), 300.0), round_of(300.0, rest(180.0), 270.0),
+              round_of(350.0, {"error": "x"}, 280.0)]
+    rows = lock_table({"rounds": rounds})[2:]
+    alone, thread, process = rows
+    assert alone.endswith("| 1.00x (1.00-1.00) |")
+    # Thread: 0.5 and 0.6 of the loop alone in their rounds (the third round failed): median 0.55.
+    assert "| 190.0 | 180.0-200.0 | 0.55x (0.50-0.60) |" in thread
+    assert "| 280.0 | 270.0-300.0 | 0.80x (0.75-0.90) |" in process
+    assert lock_table({"rounds": [{"bare_rest": rest(1.0)}]}) == []
+
+
+def test_python_work_keeps_to_its_duty(monkeypatch):
+    from benchmarks import backfill
+
+    with pytest.raises(ValueError, match="duty"):
+        backfill.python_work(lambda: True, 1.5)
+    clock = {"now": 0.0, "slept": 0.0}
+
+    def perf_counter() -> float:  # each look at the clock costs 10 us of busy time
+        clock["now"] += 1e-5
+        return clock["now"]
+
+    def sleep(seconds: float) -> None:
+        clock["now"] += seconds
+        clock["slept"] += seconds
+
+    monkeypatch.setattr(backfill.time, "perf_counter", perf_counter)
+    monkeypatch.setattr(backfill.time, "sleep", sleep)
+    backfill.python_work(lambda: clock["now"] > 1.0, 0.25, period=0.01)
+    # A quarter of every 10 ms busy, the rest asleep: ~0.75 of the 1 s slept.
+    assert clock["slept"] == pytest.approx(0.75, abs=0.02)
 
 
 def test_cold_disk_projection_takes_the_slower_of_cost_and_disk_per_block():
