@@ -313,8 +313,9 @@ def planned_changes(warehouse: Warehouse, registry: Registry,
 
 
 def rows_cover_blocks(warehouse: Warehouse, version: str) -> bool:
-    """Whether ``version``'s attribution rows are exactly one per stored block: same height and
-    hash, none missing, none extra (a row of a block no longer stored counts as extra)."""
+    """Whether ``version``'s attribution rows cover the stored blocks exactly: a row (same height
+    and hash) for every stored block, and none for a block not stored (e.g. one rolled back by a
+    reorg). One row per block is the commit's own check (the unique key, validated)."""
     if not warehouse.table_dir("attributions").is_dir():
         return False
     con = warehouse.connect()
