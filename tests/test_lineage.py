@@ -166,6 +166,10 @@ def test_stored_views_and_the_metrics_command_agree_after_every_change(chain, tm
     assert "STALE" in status.output and "201..240" in status.output
     sql = CliRunner().invoke(main, ["--warehouse", str(root), "sql", "SELECT count(*) FROM centralization_day"])
     assert "stale" in sql.output
+    # `attribute` with the current registry attributes nothing, and still refreshes stale metrics.
+    assert "attributions are current" in cli(root, "attribute")
+    assert not Warehouse(root).freshness()["stale"]
+    agree()
     cli(root, "metrics", "--refresh")
     agree()
     cli(root, "attribute", "--no-cross-network-registry", "--change-settings")

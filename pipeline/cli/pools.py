@@ -397,11 +397,13 @@ def attribute(ctx, registry_path, cross_network_registry, change_settings, again
         out.print(Text(f"attributions are current: every one of the {stats['current']:,} stored blocks has its row "
                        f"under attribution version {version}; nothing attributed again (the same registry, "
                        "settings and engine rules give the same rows)"))
-        return
-    change = "unchanged" if before == version else f"was {before}"
-    again = stats.get("attributed_again", done)
-    how = "" if again == done else f" ({again:,} matched again, {done - again:,} unchanged by the registry's changes)"
-    out.print(Text(f"attributed {done:,} stored blocks{how}: attribution version {version} ({change})"))
+    else:
+        change = "unchanged" if before == version else f"was {before}"
+        matched = stats.get("attributed_again", done)
+        how = "" if matched == done else \
+            f" ({matched:,} matched again, {done - matched:,} unchanged by the registry's changes)"
+        out.print(Text(f"attributed {done:,} stored blocks{how}: attribution version {version} ({change})"))
+    # Also when nothing was attributed: metrics a run with --no-metrics left stale are brought up to date.
     if not no_metrics:
         from pipeline.cli.core import update_metrics
 
